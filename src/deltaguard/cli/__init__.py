@@ -1,0 +1,17 @@
+"""Command-line interface: a thin shell over the library (``deltaguard --help``)."""
+
+from __future__ import annotations
+
+from deltaguard.cli.app import app
+
+# Each module adds its commands to ``app``; importing them is all the wiring there is.
+from deltaguard.cli import models as _models  # noqa: E402,F401
+from deltaguard.cli import registries as _registries  # noqa: E402,F401
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="deltaguard")
+
+
+__all__ = ["app", "main"]

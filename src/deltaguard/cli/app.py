@@ -1,0 +1,75 @@
+"""The Typer application shared by every command module, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from deltaguard.errors import DeltaguardError
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+class DeltaguardGroup(TyperGroup):
+    """Turns an expected ``DeltaguardError`` into ``error: <message>`` and an exit code.
+
+    Exit 2 for usage and config errors, 1 for runtime errors. Any other exception is a bug: one line
+    without ``--debug``, the full traceback with it.
+    """
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DeltaguardError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except KeyboardInterrupt:
+            err_console.print("interrupted; finished steps are kept and a rerun resumes")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            err_console.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (a bug; rerun with --debug for the traceback)",
+                highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=DeltaguardGroup,
+    help="deltaguard: compress, attack, evaluate, explain and serve fine-tuned language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors.")) -> None:
+    _state["debug"] = debug
+
+
+def add_group(name: str, help_text: str) -> typer.Typer:
+    """A sub-command group (``deltaguard models ...``) that shares the error handling."""
+    group = typer.Typer(cls=DeltaguardGroup, help=help_text, no_args_is_help=True, pretty_exceptions_enable=False)
+    app.add_typer(group, name=name)
+    return group
+
+
+def fail_usage(message: str) -> None:
+    """Exit 2 with a one-line message, for checks the CLI itself makes."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()

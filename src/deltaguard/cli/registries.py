@@ -1,0 +1,28 @@
+"""``deltaguard list <family>``: every registry with one-line docs."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+from rich.table import Table
+
+from deltaguard.cli.app import app, console, fail_usage
+
+# family → "module:attribute" of its Registry; modules are imported only when listed.
+FAMILIES = {
+    "compressors": "deltaguard.delta.methods:compressors",
+}
+
+
+@app.command("list")
+def list_family(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)}")) -> None:
+    """List the members of a plug-in family (compressors, judges, datasets, threats, backends)."""
+    if family not in FAMILIES:
+        fail_usage(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    module_name, attr = FAMILIES[family].split(":")
+    registry = getattr(importlib.import_module(module_name), attr)
+    table = Table("name", "description", title=family)
+    for name in registry.names():
+        table.add_row(name, registry.describe(name))
+    console.print(table)

