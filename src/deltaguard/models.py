@@ -120,6 +120,7 @@ def convert_gguf(gguf_path: Path, *, target: Path | None = None) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
@@ -156,10 +157,19 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ConfigError(f"dtype={dtype!r} must be one of {', '.join(DTYPES)}") from None
 
 
+def _quiet_transformers() -> None:
+    """transformers' own per-load progress bars and notices would drown ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def load_model(spec: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu") -> Any:
     """Load a causal LM in eval mode from any model spec (see ``resolve_model_dir``)."""
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     model_dir = resolve_model_dir(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
@@ -172,7 +182,9 @@ def load_tokenizer(spec: str | Path) -> Any:
     """Load the tokenizer with left padding and a pad token (needed for batched generation)."""
     from transformers import AutoTokenizer
 
-    model_dir = resolve_model_dir(spec)
+    path = Path(str(spec)).expanduser()
+    # A directory holding only tokenizer files (e.g. the copy inside a compressed delta) is fine too.
+    model_dir = path if (path / "tokenizer_config.json").is_file() else resolve_model_dir(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, KeyError) as exc:

@@ -1,0 +1,116 @@
+"""``compress``: stream a delta through a registered method into a ``CompressedDelta``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from deltaguard.delta.extract import Delta
+from deltaguard.delta.fingerprint import combine, tensor_digest
+from deltaguard.delta.methods import CompressorConfig, compressors
+from deltaguard.delta.methods.base import parts_n_bytes, to_16bit
+from deltaguard.delta.report import TensorStats, fidelity
+from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor
+from deltaguard.errors import ConfigError
+from deltaguard.progress import progress_bar
+
+
+def compress(delta: Delta, config: CompressorConfig, *, calib: list[str] | None = None,
+             progress: bool = True) -> CompressedDelta:
+    """Compress every changed tensor: targeted linear weights with the method, the rest as 16-bit deltas.
+
+    Methods that need calibration (BitDelta with ``distill``) then run ``calibrate`` on ``calib``;
+    without calibration text they raise instead of silently skipping the step.
+    """
+    compressor = compressors.get(config.name)()
+    if compressor.requires_calibration(config) and not calib:
+        raise ConfigError(
+            f"{config.name}: scale distillation needs calibration text (--calib SET_OR_FILE), or set distill=false"
+        )
+    digests: dict[str, tuple[str, tuple[int, ...], str]] = {}
+    tensors: dict[str, PackedTensor] = {}
+    n_unchanged = 0
+    with progress_bar(f"compress ({config.label})", len(delta.entries), enabled=progress) as bar:
+        for pair in delta.iter_pairs():
+            entry = pair.entry
+            if entry.base_name not in digests:
+                digests[entry.base_name] = (entry.base_name, entry.base_shape, tensor_digest(pair.base))
+            diff = pair.delta
+            if not entry.n_extra_rows and not torch.any(diff):
+                n_unchanged += 1
+                bar.advance()
+                continue
+            tensors[entry.name] = _pack_one(compressor, config, pair, diff)
+            bar.advance()
+    missing = set(delta.base_tensor_names) - set(digests)
+    if missing:  # base tensors with no fine-tune counterpart cannot exist after extract_delta's checks
+        raise ConfigError(f"internal: base tensors {sorted(missing)[:3]} were not fingerprinted")
+    meta = {
+        "base": {"source": str(delta.base_dir), "model_type": delta.base_config.get("model_type")},
+        "finetuned": {"source": str(delta.finetuned_dir)},
+        "n_model_params": delta.n_finetuned_params,
+        "n_unchanged_tensors": n_unchanged,
+        "tie_word_embeddings": bool(delta.finetuned_config.get("tie_word_embeddings", False)),
+    }
+    packed = CompressedDelta(config, combine(digests.values()), tensors, delta.finetuned_config, meta,
+                             _tokenizer_dir(delta))
+    if compressor.requires_calibration(config):
+        packed = compressor.calibrate(packed, calib or [], progress=progress)
+    return packed
+
+
+def _pack_one(compressor: Any, config: CompressorConfig, pair: Any, diff: torch.Tensor) -> PackedTensor:
+    entry = pair.entry
+    note = ""
+    if config.is_target(entry.name):
+        problem = _incompatibility(entry, diff)
+        if problem is None:
+            parts = compressor.compress_tensor(diff, config, name=entry.name)
+            approx = compressor.decompress_tensor(parts, entry.base_shape, config)
+            error, cosine = fidelity(diff, approx)
+            stats = TensorStats(diff.numel(), parts_n_bytes(parts), error, cosine)
+            return PackedTensor(entry.name, "linear", config.name, entry.shape, entry.base_shape, parts, stats)
+        if config.on_incompatible == "raise":
+            raise ConfigError(f"{config.name} cannot compress {entry.name}: {problem} (set on_incompatible=keep to store it in 16 bits)")
+        note = f"kept in 16 bits: {problem}"
+    parts = {"delta": to_16bit(diff)}
+    if entry.n_extra_rows:
+        parts["extra_rows"] = pair.finetuned[entry.base_shape[0]:].contiguous()
+    error, cosine = fidelity(diff, parts["delta"].float())
+    n_params = diff.numel() + (parts["extra_rows"].numel() if entry.n_extra_rows else 0)
+    stats = TensorStats(n_params, parts_n_bytes(parts), error, cosine, note)
+    return PackedTensor(entry.name, "dense", DENSE, entry.shape, entry.base_shape, parts, stats)
+
+
+def _incompatibility(entry: Any, diff: torch.Tensor) -> str | None:
+    if diff.dim() != 2:
+        return f"it is {diff.dim()}-D, not a 2-D weight"
+    if entry.n_extra_rows:
+        return "its vocabulary grew"
+    return None
+
+
+def _tokenizer_dir(delta: Delta) -> Any:
+    return delta.finetuned_dir if (delta.finetuned_dir / "tokenizer_config.json").is_file() else None
+
+
+_SPEC_PATTERNS: list[tuple[str, str, Any]] = [
+    (r"bitdelta(?:-k(?P<k>[1-4]))?(?P<nod>-nodistill)?", "bitdelta",
+     lambda m: {"n_masks": int(m["k"] or 1), "distill": m["nod"] is None}),
+    (r"kbit(?P<bits>\d+)", "kbit", lambda m: {"bits": int(m["bits"])}),
+    (r"lowrank(?P<rank>\d+)", "lowrank", lambda m: {"rank": int(m["rank"])}),
+    (r"dare-p(?P<p>[0-9.]+)", "dare", lambda m: {"p": float(m["p"])}),
+    (r"compeft-d(?P<d>[0-9.]+)", "compeft", lambda m: {"density": float(m["d"])}),
+]
+
+
+def method_from_spec(spec: str, **overrides: Any) -> CompressorConfig:
+    """A config from a short name: ``bitdelta``, ``bitdelta-k2``, ``bitdelta-nodistill``, ``kbit4``,
+    ``lowrank16``, ``mixed``, ``dare``, ``dare-p0.5``, ``compeft``, ``compeft-d0.05``, or any registered name."""
+    spec = spec.strip().lower()
+    for pattern, name, fields in _SPEC_PATTERNS:
+        if match := re.fullmatch(pattern, spec):
+            return compressors.get(name).config_cls.from_fields({**fields(match), **overrides})
+    return compressors.get(spec).config_cls.from_fields(overrides)

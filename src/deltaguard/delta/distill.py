@@ -1,0 +1,132 @@
+"""BitDelta scale distillation: train only the per-matrix scales to match the fine-tune's logits.
+
+The student is the base with every 16-bit delta merged and every targeted linear replaced by
+``W_base + Σ_k s_k·sign_k`` where only ``s_k`` is trainable; the teacher is the fine-tuned model.
+The loss is the mean squared error between their logits over real (non-padding) tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from deltaguard.delta.packing import unpack_signs
+from deltaguard.delta.store import DENSE, CompressedDelta
+from deltaguard.errors import ConfigError
+from deltaguard.models import load_model, load_tokenizer
+from deltaguard.progress import progress_bar
+
+
+class _ScaledSignLinear(nn.Module):
+    """Linear with a frozen base weight and frozen ±1 sign matrices; only the scales train."""
+
+    def __init__(self, base: nn.Linear, signs: Tensor, scales: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight_base", base.weight.detach(), persistent=False)
+        self.register_buffer("signs", signs, persistent=False)           # [k, out, in] ±1
+        self.scales = nn.Parameter(scales.clone().to(torch.float32))       # [k]
+        self.bias = base.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight_base + torch.einsum("k,koi->oi", self.scales.to(self.signs.dtype), self.signs).to(self.weight_base.dtype)
+        return nn.functional.linear(x, weight, self.bias)
+
+
+def _batches(token_ids: list[Tensor], batch_size: int, seed: int, pad_id: int) -> Any:
+    order = list(range(len(token_ids)))
+    rng = random.Random(seed)
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order) - len(order) % batch_size or len(order), batch_size):
+            chunk = [token_ids[i] for i in order[start:start + batch_size]]
+            width = max(t.numel() for t in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, tokens in enumerate(chunk):
+                ids[row, : tokens.numel()] = tokens
+                mask[row, : tokens.numel()] = 1
+            yield ids, mask
+
+
+def masked_logit_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """Mean over real tokens of the mean squared logit difference (padding positions excluded)."""
+    per_token = (student.float() - teacher.float()).pow(2).mean(dim=-1)  # [batch, pos]
+    weights = mask.to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum().clamp(min=1)
+
+
+def distill_scales(packed: CompressedDelta, calib: list[str], *, base: Any = None, finetuned: Any = None,
+                   progress: bool = True) -> CompressedDelta:
+    """Return a copy of a BitDelta ``packed`` whose scales minimise the logit MSE on ``calib``."""
+    config = packed.config
+    texts = [t for t in calib if t and t.strip()]
+    if not texts:
+        raise ConfigError("scale distillation needs at least one non-empty calibration text")
+    base = base if base is not None else packed.meta["base"]["source"]
+    finetuned = finetuned if finetuned is not None else packed.meta["finetuned"]["source"]
+    tokenizer = load_tokenizer(base)
+    teacher = load_model(finetuned) if not hasattr(finetuned, "forward") else finetuned
+    student = load_model(base) if not hasattr(base, "forward") else copy_for_student(base)
+    teacher.eval().requires_grad_(False)
+    student.eval().requires_grad_(False)
+
+    modules: dict[str, _ScaledSignLinear] = {}
+    with torch.no_grad():
+        for name, tensor in packed.tensors.items():
+            param_owner = name.removesuffix(".weight")
+            if tensor.encoding == DENSE:
+                target = student.get_parameter(name)
+                rows = tensor.base_shape[0]
+                target[:rows] += tensor.parts["delta"].to(target.dtype)
+                continue
+            parent_name, _, child = param_owner.rpartition(".")
+            parent = student.get_submodule(parent_name)
+            signs = torch.stack([unpack_signs(s, tensor.base_shape[-1], torch.bfloat16) for s in tensor.parts["signs"]])
+            module = _ScaledSignLinear(getattr(parent, child), signs, tensor.parts["scales"])
+            setattr(parent, child, module)
+            modules[name] = module
+
+    ids = [tokenizer(t, truncation=True, max_length=config.seq_len, return_tensors="pt")["input_ids"][0] for t in texts]
+    ids = [t for t in ids if t.numel() >= 2]
+    if not ids:
+        raise ConfigError("calibration texts tokenise to fewer than 2 tokens each")
+    params = [m.scales for m in modules.values()]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.distill_steps) / config.distill_steps))
+    )
+    batches = _batches(ids, min(config.batch_size, len(ids)), config.seed, tokenizer.pad_token_id or 0)
+    losses: list[float] = []
+    with progress_bar("distill scales", config.distill_steps, enabled=progress) as bar:
+        for _ in range(config.distill_steps):
+            input_ids, mask = next(batches)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                target = teacher(input_ids=input_ids, attention_mask=mask).logits
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = student(input_ids=input_ids, attention_mask=mask).logits
+            loss = masked_logit_mse(logits, target, mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.advance(loss=losses[-1])
+    updates = {name: {"scales": module.scales.detach().to(torch.float32).clone()} for name, module in modules.items()}
+    calibration = {
+        "calibration": {
+            "n_texts": len(ids), "steps": config.distill_steps, "batch_size": config.batch_size,
+            "seq_len": config.seq_len, "lr": config.lr, "loss_first": losses[0], "loss_last": losses[-1],
+            "loss_min": min(losses),
+        }
+    }
+    return packed.with_parts(updates, calibration)
+
+
+def copy_for_student(model: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(model)

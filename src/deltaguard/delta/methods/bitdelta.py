@@ -1,0 +1,96 @@
+"""BitDelta: sign bits plus one scale per matrix (and per pass), optionally distilled.
+
+Pass i stores ``sign(R_i)`` as packed bits and ``s_i = mean|R_i|`` where ``R_1 = Δ`` and
+``R_{i+1} = R_i − s_i·sign(R_i)``: more passes (masks) trade bits for fidelity. For a fixed sign
+pattern, ``mean|R|`` is the scale that minimises the Frobenius error, so the initial scales are the
+closed form; distillation (``distill.py``) then tunes only the scales to match the fine-tune's logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from deltaguard.config import check_range
+from deltaguard.delta.methods.base import Compressor, CompressorConfig, Parts, compressors
+from deltaguard.delta.packing import pack_signs, unpack_signs
+
+
+@dataclass(frozen=True, kw_only=True)
+class BitDeltaConfig(CompressorConfig):
+    """1-bit sign deltas with per-matrix scales (Liu et al., 2024).
+
+    Args:
+        n_masks: sign passes per matrix, 1..4 (each compresses the remaining residual; ~n bits/param).
+        distill: tune the scales to match the fine-tune's logits on calibration text (needs ``calib``).
+        distill_steps: optimiser steps of scale distillation (paper: 200).
+        batch_size: calibration sequences per step (paper: 4).
+        seq_len: tokens per calibration sequence (paper: 128).
+        lr: AdamW learning rate for the scales, cosine-decayed to 0 (paper: 1e-4).
+        seed: order of calibration batches.
+    """
+
+    name: ClassVar[str] = "bitdelta"
+    version: ClassVar[int] = 1
+    n_masks: int = 1
+    distill: bool = True
+    distill_steps: int = 200
+    batch_size: int = 4
+    seq_len: int = 128
+    lr: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("bitdelta.n_masks", self.n_masks, 1, 4)
+        check_range("bitdelta.distill_steps", self.distill_steps, 1)
+        check_range("bitdelta.batch_size", self.batch_size, 1)
+        check_range("bitdelta.seq_len", self.seq_len, 2)
+        check_range("bitdelta.lr", self.lr, 0.0, low_inclusive=False)
+
+    @property
+    def label(self) -> str:
+        suffix = f"-k{self.n_masks}" if self.n_masks > 1 else ""
+        return f"bitdelta{suffix}" + ("" if self.distill else "-nodistill")
+
+
+@compressors.register("bitdelta")
+class BitDelta(Compressor[BitDeltaConfig]):
+    """Sign bits + one fp32 scale per matrix and pass; scales distilled on calibration text."""
+
+    config_cls = BitDeltaConfig
+
+    def requires_calibration(self, config: BitDeltaConfig) -> bool:
+        return config.distill
+
+    def compress_tensor(self, delta: Tensor, config: BitDeltaConfig, *, name: str) -> Parts:
+        residual = delta.to(torch.float32)
+        signs, scales = [], []
+        for _ in range(config.n_masks):
+            sign_bits = pack_signs(residual)
+            scale = residual.abs().mean()
+            signs.append(sign_bits)
+            scales.append(scale)
+            residual = residual - scale * unpack_signs(sign_bits, residual.shape[-1])
+        return {"signs": torch.stack(signs), "scales": torch.stack(scales).to(torch.float32)}
+
+    def decompress_tensor(self, parts: Parts, shape: tuple[int, ...], config: BitDeltaConfig) -> Tensor:
+        out = torch.zeros(shape, dtype=torch.float32)
+        for sign_bits, scale in zip(parts["signs"], parts["scales"]):
+            out += scale * unpack_signs(sign_bits, shape[-1])
+        return out
+
+    def delta_matmul(self, x: Tensor, parts: Parts, shape: tuple[int, ...], config: BitDeltaConfig) -> Tensor:
+        out = None
+        for sign_bits, scale in zip(parts["signs"], parts["scales"]):
+            term = (x @ unpack_signs(sign_bits, shape[-1], x.dtype).T) * scale.to(x.dtype)
+            out = term if out is None else out + term
+        return out
+
+    def calibrate(self, packed: Any, calib: list[str], *, progress: bool = True) -> Any:
+        from deltaguard.delta.distill import distill_scales
+
+        return distill_scales(packed, calib, progress=progress)

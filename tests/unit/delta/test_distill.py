@@ -1,0 +1,47 @@
+"""Scale distillation: only scales move, logit MSE falls, padding never counts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import make_tiny_llama, perturb, save_dir
+from deltaguard.delta import BitDeltaConfig, calibrate, compress, extract_delta
+from deltaguard.delta.distill import masked_logit_mse
+from deltaguard.errors import ConfigError
+
+
+def test_masked_mse_ignores_padding():
+    student = torch.tensor([[[1.0, 1.0], [5.0, 5.0]]])
+    teacher = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    assert masked_logit_mse(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(1.0)
+    assert masked_logit_mse(student, teacher, torch.tensor([[1, 1]])).item() == pytest.approx(13.0)
+
+
+def test_distillation_moves_only_scales_and_reduces_logit_error(tmp_path, tiny_tokenizer):
+    vocab = len(tiny_tokenizer)
+    base_dir = save_dir(make_tiny_llama(seed=0, vocab_size=vocab), tmp_path / "b")
+    tiny_tokenizer.save_pretrained(base_dir)
+    ft = perturb(make_tiny_llama(seed=0, vocab_size=vocab), seed=1, scale=2e-2)
+    ft_dir = save_dir(ft, tmp_path / "f")
+    delta = extract_delta(base_dir, ft_dir)
+    texts = ["How do I bake bread?", "Sure, here is a simple recipe.", "What is 12 plus 7?", "Step 1: mix the flour."]
+    cfg = BitDeltaConfig(distill_steps=40, batch_size=4, seq_len=16, lr=1e-3)
+    initial = compress(delta, cfg.replace(distill=False), progress=False)
+    tuned = calibrate(dataclasses.replace(initial, config=cfg), calib=texts, progress=False)
+    for name, tensor in initial.tensors.items():
+        if tensor.kind == "linear":
+            assert torch.equal(tuned.tensors[name].parts["signs"], tensor.parts["signs"])
+    moved = [not torch.equal(tuned.tensors[n].parts["scales"], t.parts["scales"]) for n, t in initial.tensors.items() if t.kind == "linear"]
+    assert all(moved)
+    calibration = tuned.meta["calibration"]
+    assert calibration["loss_min"] < calibration["loss_first"]
+
+
+def test_distillation_without_calibration_text_raises(tmp_path):
+    base_dir = save_dir(make_tiny_llama(seed=0), tmp_path / "b")
+    ft_dir = save_dir(perturb(make_tiny_llama(seed=0)), tmp_path / "f")
+    with pytest.raises(ConfigError, match="needs calibration text"):
+        compress(extract_delta(base_dir, ft_dir), BitDeltaConfig(), calib=None, progress=False)
