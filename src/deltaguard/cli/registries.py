@@ -12,6 +12,9 @@ from deltaguard.cli.app import app, console, fail_usage
 # family → "module:attribute" of its Registry; modules are imported only when listed.
 FAMILIES = {
     "compressors": "deltaguard.delta.methods:compressors",
+    "judges": "deltaguard.judges:judges",
+    "datasets": "deltaguard.data:datasets",
+    "backends": "deltaguard.generation:backends",
 }
 
 

@@ -1,0 +1,133 @@
+"""``deltaguard eval``, ``deltaguard judge-check`` and ``deltaguard data list|show``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from deltaguard.cli.app import add_group, app, console
+from deltaguard.errors import ConfigError
+from deltaguard.io import sha256_file, write_json
+
+data_app = add_group("data", "Prompt sets and tasks: sizes, sources and splits.")
+
+
+def _csv(value: str, what: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise ConfigError(f"{what} must name at least one item, got {value!r}")
+    return items
+
+
+def _model_id(model: str, delta: Path | None) -> str:
+    if delta is None:
+        return model
+    manifest = delta / "manifest.json"
+    ident = sha256_file(manifest)[:12] if manifest.is_file() else "unverified"
+    return f"{model}+delta:{delta.name}@{ident}"
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="model spec: embedded name, HF dir, .gguf or hub id"),
+    delta: Path | None = typer.Option(None, "--delta", help="compressed delta to apply to the model in memory"),
+    suite: str = typer.Option("safety,utility", "--suite", help="comma-separated: safety, utility"),
+    judge: str = typer.Option("keyword", "--judge", help="comma-separated judges: keyword, llm, llamaguard"),
+    limit: int | None = typer.Option(None, "--limit", help="at most N prompts per set (seeded subset)"),
+    out: Path = typer.Option(..., "-o", "--out", help="run directory (reused: finished work is skipped)"),
+    judge_options: list[str] = typer.Option([], "--judge-opt", help="judge.field=value, repeatable (e.g. llm.backend=hf)"),
+    overrides: list[str] = typer.Option([], "--set", help="eval field=value or generation.field=value, repeatable"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16"),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch"),
+) -> None:
+    """Measure refusal, attack success, harmfulness, over-refusal, task accuracy and perplexity."""
+    from deltaguard.evaluate import EvalConfig, evaluate
+    from deltaguard.metrics import Rate
+    from deltaguard.models import load_model, load_tokenizer, set_threads
+
+    config = EvalConfig(suites=_csv(suite, "--suite"), judges=_csv(judge, "--judge"),
+                        judge_options=tuple(judge_options), limit=limit).with_overrides(overrides)
+    if delta is not None and not delta.is_dir():
+        raise ConfigError(f"--delta {delta} is not a delta directory")
+    set_threads(threads)
+    with console.status(f"loading {model}"):
+        lm = load_model(model, dtype=dtype)
+        tokenizer = load_tokenizer(model)
+        if delta is not None:
+            from deltaguard.delta import apply_delta_, load_delta
+
+            apply_delta_(lm, load_delta(delta))
+    result = evaluate(lm, tokenizer, config, out_dir=out, model_id=_model_id(model, delta))
+    table = Table("metric", "dataset", "judge", "value", "95% CI", "n", "errors", title=result.model_id)
+    for m in result.metrics:
+        r = m.result
+        fmt = (lambda x: f"{x:.1%}") if isinstance(r, Rate) else (lambda x: f"{x:.3g}")
+        value = "n/a" if r.value != r.value else fmt(r.value)
+        ci = "n/a" if r.low != r.low else f"{fmt(r.low)} – {fmt(r.high)}"
+        table.add_row(m.metric, f"{m.dataset}:{m.split}", m.judge or "-", value, ci, str(r.n), str(r.n_errors))
+    console.print(table)
+    console.print(f"wrote {out / 'results.json'} and {out / 'summary.md'}")
+
+
+@app.command("judge-check")
+def judge_check(
+    judge: str = typer.Option(..., "--judge", help="judge name: keyword, llm, llamaguard"),
+    task: str | None = typer.Option(None, "--task", help="refusal or harm (default: refusal if the judge judges refusals)"),
+    limit: int | None = typer.Option(None, "--limit", help="at most N labelled responses (seeded subset)"),
+    seed: int = typer.Option(0, "--seed", help="subset seed"),
+    judge_options: list[str] = typer.Option([], "--judge-opt", help="field=value for the judge, repeatable"),
+    out: Path = typer.Option(..., "-o", "--out", help="output directory for judge-check-<judge>-<task>.json"),
+) -> None:
+    """Agreement of a judge with human labels (accuracy, precision, recall, F1, Cohen's kappa)."""
+    from deltaguard.judges import check_judge, judge_from_overrides
+
+    options = [o.partition(".")[2] if o.startswith(f"{judge}.") else o for o in judge_options]
+    judge_obj = judge_from_overrides(judge, options)
+    with console.status(f"judging with {judge}"):
+        result = check_judge(judge_obj, task=task, limit=limit, seed=seed)
+    a = result.agreement
+    c = a.confusion
+    positive = "refusal" if result.task == "refusal" else "unsafe"
+    table = Table("statistic", "value", title=f"{judge} v{result.judge_version} vs humans ({result.task}, "
+                                              f"{result.dataset['name']}, n={a.n}, judge errors={result.n_errors})")
+    for name, value in (("accuracy", a.accuracy), ("precision", a.precision), ("recall", a.recall), ("F1", a.f1),
+                        ("Cohen's kappa", a.kappa)):
+        table.add_row(name, f"{value:.3f}")
+    console.print(table)
+    matrix = Table("human \\ judge", positive, f"not {positive}", title="confusion matrix")
+    matrix.add_row(positive, str(c.tp), str(c.fn))
+    matrix.add_row(f"not {positive}", str(c.fp), str(c.tn))
+    console.print(matrix)
+    path = write_json(out / f"judge-check-{judge}-{result.task}.json", result.to_dict())
+    console.print(f"wrote {path}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Every registered prompt set with its source, size and split sizes."""
+    from deltaguard.data import SPLITS, list_datasets
+
+    table = Table("name", "source", "size", *SPLITS, "description")
+    for info in list_datasets():
+        if info.error:
+            table.add_row(info.name, info.source, "unavailable", *["-"] * len(SPLITS), info.error)
+            continue
+        table.add_row(info.name, info.source, str(info.size), *[str(info.splits.get(s, "-")) for s in SPLITS],
+                      info.description)
+    console.print(table)
+
+
+@data_app.command("show")
+def data_show(spec: str = typer.Argument(..., help="set name, name:split, file path or hf:org/name"),
+              split: str = typer.Option("eval", "--split", help="calib, train, eval or all"),
+              limit: int = typer.Option(5, "--limit", help="prompts to show")) -> None:
+    """Print a few prompts of a set (with their ids and metadata)."""
+    from deltaguard.data import load_prompts
+
+    prompts = load_prompts(spec, split=split, limit=limit)
+    console.print(f"{prompts.name}:{prompts.split} ({prompts.source}, content hash {prompts.content_hash})")
+    for p in prompts.prompts:
+        meta = {k: v for k, v in p.meta.items() if k != "response"}
+        console.print(f"[bold]{p.id}[/] {p.text}  [dim]{meta}[/]", highlight=False)
