@@ -66,7 +66,7 @@ def test_make_judge_errors():
         make_judge("keyword", match="fuzzy")
     with pytest.raises(ConfigError, match="non-empty"):
         make_judge("keyword", strings=())
-    with pytest.raises(ConfigError, match="no option 'nope'"):
+    with pytest.raises(ConfigError, match="has no field 'nope'"):
         judge_from_overrides("keyword", ["nope=1"])
     with pytest.raises(ConfigError, match="field=value"):
         judge_from_overrides("keyword", ["justtext"])

@@ -10,13 +10,11 @@ an attack success or a refusal. A judge that cannot work at all raises ``JudgeEr
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from deltaguard.config import Config, parse_value
+from deltaguard.config import Config
 from deltaguard.errors import ConfigError
 from deltaguard.io import canonical_json
 from deltaguard.registry import Registry
@@ -127,18 +125,7 @@ def make_judge(name: str, **options: Any) -> BaseJudge:
 def judge_from_overrides(name: str, overrides: list[str]) -> BaseJudge:
     """Build a judge from ``field=value`` strings (typed like ``--set``)."""
     judge_cls = judges.get(name)
-    hints = typing.get_type_hints(judge_cls.config_cls)
-    fields = {f.name for f in dataclasses.fields(judge_cls.config_cls)}
-    options: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ConfigError(f"judge option expects field=value, got {item!r}")
-        if key not in fields:
-            raise ConfigError(f"judge {name!r} has no option {key!r}; options: {', '.join(sorted(fields))}")
-        options[key] = parse_value(raw.strip(), hints[key], field=f"{name}.{key}")
-    return make_judge(name, **options)
+    return judge_cls(judge_cls.config_cls().with_overrides(overrides))
 
 
 def check_items(items: list[JudgeItem]) -> None:
