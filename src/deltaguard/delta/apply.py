@@ -25,6 +25,15 @@ def _as_delta(delta: CompressedDelta | str | Path) -> CompressedDelta:
     return delta if isinstance(delta, CompressedDelta) else load_delta(delta)
 
 
+def _prepare(model: Any, delta: CompressedDelta | str | Path, *, check: bool) -> CompressedDelta:
+    """Load the delta if needed, verify the base, and shape vocabulary and head like the fine-tune's."""
+    delta = _as_delta(delta)
+    if check:
+        check_base(delta, model, where="delta")
+    _prepare_vocab_and_head(model, delta)
+    return delta
+
+
 def _prepare_vocab_and_head(model: Any, delta: CompressedDelta) -> None:
     """Grow the vocabulary and untie the head when the fine-tune did."""
     new_vocab = delta.model_config.get("vocab_size")
@@ -50,10 +59,7 @@ def _add_dense_(param: Tensor, packed: PackedTensor) -> None:
 
 def apply_delta_(model: Any, delta: CompressedDelta | str | Path, *, check: bool = True) -> Any:
     """Merge the delta into ``model``'s weights in place (checks the base fingerprint first)."""
-    delta = _as_delta(delta)
-    if check:
-        check_base(delta, model, where="delta")
-    _prepare_vocab_and_head(model, delta)
+    delta = _prepare(model, delta, check=check)
     with torch.no_grad():
         for name, packed in delta.tensors.items():
             param = _parameter(model, name)
@@ -120,10 +126,7 @@ class DeltaLinear(nn.Module):
 
 def attach_delta_(model: Any, delta: CompressedDelta | str | Path, *, check: bool = True) -> Any:
     """Apply the delta on the fly: targeted linears become ``DeltaLinear``; 16-bit deltas are merged."""
-    delta = _as_delta(delta)
-    if check:
-        check_base(delta, model, where="delta")
-    _prepare_vocab_and_head(model, delta)
+    delta = _prepare(model, delta, check=check)
     with torch.no_grad():
         for name, packed in delta.tensors.items():
             if packed.encoding == DENSE:
