@@ -48,6 +48,7 @@ class CompressionReport:
     rows: tuple[tuple[str, str, str, TensorStats], ...]  # (name, kind, encoding, stats)
     n_model_params: int
     n_unchanged: int
+    is_calibrated: bool = False  # per-tensor errors then describe the closed-form scales, before calibration
 
     def _sum(self, kind: str | None, attr: str) -> int:
         return sum(getattr(s, attr) for _, k, _, s in self.rows if kind is None or k == kind)
@@ -73,6 +74,7 @@ class CompressionReport:
             "n_tensors": len(self.rows),
             "n_unchanged_tensors": self.n_unchanged,
             "kept_uncompressed": kept,
+            "errors_measured_before_calibration": self.is_calibrated,
         }
 
     def table(self, *, max_rows: int = 12) -> Table:
@@ -94,4 +96,6 @@ class CompressionReport:
             f"{s['ratio_vs_fp16_delta']:.2f}x smaller than the fp16 delta (linear layers {s['linear_ratio_vs_fp16_delta']:.2f}x), "
             f"{s['ratio_vs_fp16_model']:.2f}x smaller than the fp16 model; {s['n_unchanged_tensors']} unchanged tensors not stored"
         )
+        if self.is_calibrated:
+            table.caption += "; errors are of the closed-form scales (calibration then minimised the logit error)"
         return table

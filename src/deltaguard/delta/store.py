@@ -74,7 +74,7 @@ class CompressedDelta:
     def report(self) -> CompressionReport:
         rows = tuple((t.name, t.kind, t.encoding, t.stats) for t in self.tensors.values())
         return CompressionReport(self.config.label, rows, int(self.meta.get("n_model_params", 0)),
-                                 int(self.meta.get("n_unchanged_tensors", 0)))
+                                 int(self.meta.get("n_unchanged_tensors", 0)), "calibration" in self.meta)
 
     def decompress(self, name: str) -> Tensor:
         """The fp32 delta of one tensor over the base rows (grown rows are in ``parts['extra_rows']``)."""
