@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_tiny_llama, perturb, save_dir
+from tinymodels import make_tiny_llama, perturb, save_dir
 from deltaguard.cli import app
 
 runner = CliRunner()

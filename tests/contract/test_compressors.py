@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import make_tiny_llama, perturb, save_dir
+from tinymodels import make_tiny_llama, perturb, save_dir
 from deltaguard.delta import (
     apply_delta, attach_delta_, compress, compressors, extract_delta, load_delta, merge,
 )

@@ -1,7 +1,6 @@
 """Fixtures for the evaluation tests: a tiny chat model, and a real OpenAI-compatible server on loopback.
 
-Not a conftest.py: a second conftest module would shadow ``from conftest import ...`` in other test
-folders. Test modules import the fixtures they use from here.
+Test modules import the fixtures they use from here.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from conftest import make_tiny_llama
+from tinymodels import make_tiny_llama
 
 
 @pytest.fixture

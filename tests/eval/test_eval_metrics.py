@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from tinymodels import make_tiny_llama
 from deltaguard.errors import ConfigError, JudgeError
 from deltaguard.judges import JUDGE_ERROR, Verdict, agreement
 from deltaguard.metrics import (

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from conftest import make_tiny_llama
+from tinymodels import make_tiny_llama
 from deltaguard.errors import ConfigError
 from deltaguard.lens import LensConfig, logit_lens
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_tiny_llama, perturb
+from tinymodels import make_tiny_llama, perturb
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.lens import LensConfig, load_result, logit_lens, merge_results
 from deltaguard.lens.plots import label_text, plot_top_tokens, save_all

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from tinymodels import make_tiny_llama
 from deltaguard.errors import DeltaguardError
 from deltaguard.lens import LensConfig, find_parts, logit_lens
 from deltaguard.lens import api as lens_api

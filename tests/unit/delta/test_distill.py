@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import make_tiny_llama, perturb, save_dir
+from tinymodels import make_tiny_llama, perturb, save_dir
 from deltaguard.delta import BitDeltaConfig, calibrate, compress, extract_delta
 from deltaguard.delta.distill import masked_logit_mse
 from deltaguard.errors import ConfigError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_llama, perturb, save_dir
+from tinymodels import make_tiny_llama, perturb, save_dir
 from deltaguard.delta import KBitConfig, apply_delta, compress, extract_delta, load_delta
 from deltaguard.delta.fingerprint import fingerprint_model
 from deltaguard.delta.store import base_fingerprint_of
