@@ -15,6 +15,7 @@ FAMILIES = {
     "judges": "deltaguard.judges:judges",
     "datasets": "deltaguard.data:datasets",
     "backends": "deltaguard.generation:backends",
+    "kernels": "deltaguard.kernels:kernels",
 }
 
 

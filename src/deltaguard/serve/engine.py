@@ -1,0 +1,396 @@
+"""Continuous batching over one shared base: sequences of different tenants decode in one forward pass.
+
+Each ``step`` (1) admits waiting requests — prefilled together in one forward (left-padded, each
+row with its own tenant's delta) — and they join the running batch; (2) runs ONE decode forward for every
+running sequence, whatever its tenant; (3) retires sequences that hit EOS, a stop string, their
+token budget, or were cancelled. The KV cache is one batched ``DynamicCache`` with left padding:
+when a sequence joins, the shorter side is padded on the left (masked out); when sequences leave,
+their rows are dropped and all-padding columns trimmed. Positions are tracked per row, so a row's
+result does not depend on the padding or on which other tenants share the batch.
+
+``start()`` runs the loop on a background thread that sleeps while there is nothing to do;
+``run_until_idle()`` drives it from the calling thread (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from deltaguard.config import Config, check_range
+from deltaguard.errors import ConfigError, DeltaguardError
+from deltaguard.serve.layers import MultiTenantModel
+from deltaguard.serve.requests import Completion, EngineBusyError, Event, RequestHandle, SamplingParams
+
+log = logging.getLogger("deltaguard.serve.engine")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig(Config):
+    """How the engine batches.
+
+    Args:
+        max_batch_size: sequences decoded together in one forward pass.
+        max_queue: requests waiting for a batch slot; more are refused (HTTP 429).
+        max_prefills_per_step: waiting requests admitted between two decode steps (bounds the
+            pause new arrivals cause to running streams).
+    """
+
+    name: ClassVar[str] = "engine"
+    version: ClassVar[int] = 1
+    max_batch_size: int = 16
+    max_queue: int = 256
+    max_prefills_per_step: int = 4
+
+    def __post_init__(self) -> None:
+        check_range("engine.max_batch_size", self.max_batch_size, 1, 4096)
+        check_range("engine.max_queue", self.max_queue, 1)
+        check_range("engine.max_prefills_per_step", self.max_prefills_per_step, 1)
+
+
+@dataclass
+class _Sequence:
+    handle: RequestHandle
+    next_token: int                 # sampled, not yet fed to the model
+    position: int                   # tokens of this sequence in the cache
+    generator: torch.Generator | None
+    emitted: int = 0                # characters of text already sent
+    text: str = ""
+    finish_reason: str | None = None
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+
+
+class Engine:
+    """Continuous-batching decode over a ``MultiTenantModel``; thread-safe ``submit``."""
+
+    def __init__(self, model: MultiTenantModel, tokenizer: Any, config: EngineConfig = EngineConfig()) -> None:
+        self.mt, self.tokenizer, self.config = model, tokenizer, config
+        self.device = next(model.model.parameters()).device
+        self.max_positions = int(getattr(model.model.config, "max_position_embeddings", 0) or 0)
+        self.stop_ids = _stop_ids(model.model, tokenizer)
+        self._pending: list[RequestHandle] = []
+        self._active: list[_Sequence] = []
+        self._cache: Any = None
+        self._mask: Tensor | None = None          # [B, L] 1 = real token
+        self._cond = threading.Condition()
+        self._step_lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._ids = itertools.count(1)
+        self.n_steps = 0
+        self.n_decoded_tokens = 0
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def submit(self, tenant: str, prompt_ids: list[int], params: SamplingParams, *,
+               loop: asyncio.AbstractEventLoop | None = None, request_id: str | None = None) -> RequestHandle:
+        if tenant not in self.mt:
+            raise ConfigError(f"tenant {tenant!r} is not loaded")
+        if not prompt_ids:
+            raise ConfigError("the prompt encodes to zero tokens")
+        if params.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens={params.max_new_tokens} must be >= 1")
+        if self.max_positions and len(prompt_ids) + params.max_new_tokens > self.max_positions:
+            raise ConfigError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
+                              f"exceeds the model's context of {self.max_positions} tokens")
+        handle = RequestHandle(request_id or f"req-{next(self._ids)}", tenant, list(prompt_ids), params, loop)
+        with self._cond:
+            if len(self._pending) >= self.config.max_queue:
+                raise EngineBusyError(f"the server is busy ({len(self._pending)} requests waiting); retry later")
+            self._pending.append(handle)
+            self._cond.notify()
+        return handle
+
+    def generate(self, tenant: str, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        """Submit and wait (drives the loop itself when no background thread runs)."""
+        handle = self.submit(tenant, prompt_ids, params)
+        if self._thread is None:
+            self.run_until_idle()
+        return _collect(handle)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="deltaguard-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def run_until_idle(self) -> None:
+        while self.has_work():
+            self.step()
+
+    def has_work(self) -> bool:
+        with self._cond:
+            return bool(self._pending or self._active)
+
+    @property
+    def n_active(self) -> int:
+        return len(self._active)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._pending)
+
+    def add_tenant(self, name: str, delta: Any) -> None:
+        with self._step_lock:
+            self.mt.add_tenant(name, delta)
+
+    def remove_tenant(self, name: str) -> None:
+        """Fail the tenant's queued and running requests, then drop its delta from every layer."""
+        with self._step_lock:
+            with self._cond:
+                for handle in [h for h in self._pending if h.tenant == name]:
+                    self._pending.remove(handle)
+                    handle._emit(Event("error", error=f"tenant {name!r} was removed", error_kind="removed"))
+            for seq in self._active:
+                if seq.handle.tenant == name:
+                    seq.finish_reason = "removed"
+            self._retire()
+            self.mt.remove_tenant(name)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and not (self._pending or self._active):
+                    self._cond.wait()
+                if not self._running:
+                    break
+            self.step()
+        with self._cond:
+            pending, self._pending = self._pending, []
+        for handle in [*pending, *(seq.handle for seq in self._active)]:
+            handle._emit(Event("error", error="the server is shutting down", error_kind="shutdown"))
+        self._active, self._cache, self._mask = [], None, None
+
+    def step(self) -> None:
+        """Admit waiting requests, decode one token for every running sequence, retire finished ones."""
+        with self._step_lock, torch.inference_mode():
+            try:
+                self._admit()
+                if self._active:
+                    self._decode()
+                self._retire()
+            except Exception as exc:  # a failed forward must not kill the server: fail the batch, go on
+                log.exception("engine step failed")
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                for seq in self._active:
+                    seq.handle._emit(Event("error", error=f"generation failed: {message}", error_kind="failed"))
+                self._active, self._cache, self._mask = [], None, None
+
+    def _admit(self) -> None:
+        with self._cond:
+            room = min(self.config.max_prefills_per_step, self.config.max_batch_size - len(self._active))
+            admitted, self._pending = self._pending[:max(room, 0)], self._pending[max(room, 0):]
+        ready = []
+        for handle in admitted:
+            if handle.is_cancelled:
+                handle._emit(Event("done", finish_reason="cancelled", n_prompt_tokens=len(handle.prompt_ids)))
+            elif handle.tenant not in self.mt:
+                handle._emit(Event("error", error=f"tenant {handle.tenant!r} was removed", error_kind="removed"))
+            else:
+                ready.append(handle)
+        if ready:
+            self._prefill(ready)
+
+    def _prefill(self, handles: list[RequestHandle]) -> None:
+        """One forward over the new prompts (left-padded, each row with its own tenant), then join the batch."""
+        from transformers import DynamicCache
+
+        width = max(len(h.prompt_ids) for h in handles)
+        ids = torch.zeros((len(handles), width), dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(handles), width), dtype=torch.long, device=self.device)
+        for row, handle in enumerate(handles):
+            ids[row, width - len(handle.prompt_ids):] = torch.tensor(handle.prompt_ids, dtype=torch.long)
+            mask[row, width - len(handle.prompt_ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.mt(tenants=[h.tenant for h in handles], input_ids=ids, attention_mask=mask, position_ids=positions,
+                      past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+        generators: list[torch.Generator | None] = []
+        for handle in handles:
+            generator = None
+            if handle.params.temperature > 0:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(handle.params.seed if handle.params.seed is not None else torch.seed())
+            generators.append(generator)
+        tokens = _sample(out.logits[:, -1, :], [h.params for h in handles], generators)
+        self._join(_cache_tensors(out.past_key_values), mask)
+        for handle, token, generator in zip(handles, tokens, generators):
+            seq = _Sequence(handle, token, len(handle.prompt_ids), generator,
+                            stop_ids=frozenset() if handle.params.ignore_eos else self.stop_ids)
+            self._active.append(seq)
+            self._accept(seq, token)
+
+    def _join(self, layers: list[tuple[Tensor, Tensor]], new_mask: Tensor) -> None:
+        """Append new rows (their cache ``[n, heads, P, dim]`` and mask ``[n, P]``), left-padding the shorter side."""
+        from transformers import DynamicCache
+
+        if self._cache is None or self._mask is None:
+            self._cache, self._mask = DynamicCache(ddp_cache_data=layers), new_mask
+            return
+        current = _cache_tensors(self._cache)
+        length = new_mask.shape[1]
+        width = max(self._mask.shape[1], length)
+        pad_old, pad_new = width - self._mask.shape[1], width - length
+        merged = [(torch.cat([_left_pad(k, pad_old), _left_pad(nk, pad_new)]),
+                   torch.cat([_left_pad(v, pad_old), _left_pad(nv, pad_new)]))
+                  for (k, v), (nk, nv) in zip(current, layers)]
+        self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(new_mask, (pad_new, 0))])
+        self._cache = DynamicCache(ddp_cache_data=merged)
+
+    def _decode(self) -> None:
+        assert self._mask is not None
+        live = [s for s in self._active if s.finish_reason is None]
+        if len(live) != len(self._active):
+            self._retire()
+            if not self._active:
+                return
+        batch = self._active
+        input_ids = torch.tensor([[s.next_token] for s in batch], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[s.position] for s in batch], dtype=torch.long, device=self.device)
+        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
+        out = self.mt(tenants=[s.handle.tenant for s in batch], input_ids=input_ids, attention_mask=self._mask,
+                      position_ids=positions, past_key_values=self._cache, use_cache=True)
+        self._cache = out.past_key_values
+        tokens = _sample(out.logits[:, -1, :], [s.handle.params for s in batch], [s.generator for s in batch])
+        self.n_steps += 1
+        self.n_decoded_tokens += len(batch)
+        for seq, token in zip(batch, tokens):
+            seq.position += 1
+            seq.next_token = token
+            self._accept(seq, token)
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        """Record a sampled token: stop on EOS / stop string / budget, else stream the new text."""
+        handle = seq.handle
+        if handle.first_token_at is None:
+            handle.first_token_at = time.perf_counter()
+        if handle.is_cancelled:
+            seq.finish_reason = "cancelled"
+            return
+        if token in seq.stop_ids:
+            seq.finish_reason = "stop"
+            return
+        handle.token_ids.append(token)
+        seq.text = self.tokenizer.decode(handle.token_ids, skip_special_tokens=True)
+        stops = handle.params.stop
+        if stops:
+            hits = [i for i in (seq.text.find(s) for s in stops) if i >= 0]
+            if hits:
+                seq.text = seq.text[:min(hits)]
+                seq.finish_reason = "stop"
+                return
+        if len(handle.token_ids) >= handle.params.max_new_tokens:
+            seq.finish_reason = "length"
+            return
+        hold = max((len(s) for s in stops), default=1) - 1  # a stop string may still be completing
+        ready = len(seq.text) - hold
+        if seq.text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            ready = min(ready, len(seq.text.rstrip("\ufffd")))
+        if ready > seq.emitted:
+            handle._emit(Event("text", text=seq.text[seq.emitted:ready]))
+            seq.emitted = ready
+
+    def _retire(self) -> None:
+        keep = []
+        for row, seq in enumerate(self._active):
+            if seq.finish_reason is None:
+                keep.append(row)
+                continue
+            handle = seq.handle
+            if seq.finish_reason == "removed":
+                handle._emit(Event("error", error=f"tenant {handle.tenant!r} was removed", error_kind="removed"))
+                continue
+            rest = seq.text[seq.emitted:].rstrip("\ufffd")
+            if rest and seq.finish_reason != "cancelled":
+                handle._emit(Event("text", text=rest))
+            handle._emit(Event("done", finish_reason=seq.finish_reason, n_prompt_tokens=len(handle.prompt_ids),
+                               n_completion_tokens=len(handle.token_ids)))
+        if len(keep) == len(self._active):
+            return
+        self._active = [self._active[i] for i in keep]
+        if not keep or self._mask is None:
+            self._active, self._cache, self._mask = [], None, None
+            return
+        from transformers import DynamicCache
+
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        mask = self._mask.index_select(0, index)
+        first = int((mask.sum(0) > 0).nonzero()[0])  # leading columns that are padding in every row
+        self._mask = mask[:, first:]
+        self._cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+                                                   for k, v in _cache_tensors(self._cache)])
+
+
+def _collect(handle: RequestHandle) -> Completion:
+    parts, reason = [], ""
+    for event in handle.events():
+        if event.kind == "text":
+            parts.append(event.text)
+        elif event.kind == "error":
+            raise DeltaguardError(event.error)
+        else:
+            reason = event.finish_reason or ""
+    return Completion("".join(parts), reason, list(handle.token_ids), len(handle.prompt_ids))
+
+
+def _left_pad(tensor: Tensor, n: int) -> Tensor:
+    """Pad a cache tensor ``[B, heads, L, dim]`` with ``n`` zero positions on the left."""
+    return F.pad(tensor, (0, 0, n, 0)) if n else tensor
+
+
+def _cache_tensors(cache: Any) -> list[tuple[Tensor, Tensor]]:
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
+        raise ConfigError("the served model must use a plain dynamic KV cache (full-attention decoder, e.g. Llama)")
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _sample(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
+    """One token per row: greedy for temperature 0, else nucleus sampling with the row's generator."""
+    logits = logits.float()
+    greedy = logits.argmax(dim=-1).tolist()
+    tokens = []
+    for row, (p, generator) in enumerate(zip(params, generators)):
+        if p.temperature == 0 or generator is None:
+            tokens.append(int(greedy[row]))
+            continue
+        probs = torch.softmax(logits[row] / p.temperature, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            before = sorted_probs.cumsum(-1) - sorted_probs
+            sorted_probs = sorted_probs.masked_fill(before >= p.top_p, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        tokens.append(int(torch.multinomial(probs, 1, generator=generator)))
+    return tokens
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for value in (getattr(tokenizer, "eos_token_id", None),
+                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return frozenset(ids)

@@ -1,0 +1,400 @@
+"""One shared base model, many tenants' compressed deltas, and a tenant per batch row.
+
+``MultiTenantModel`` wraps a loaded Hugging Face causal LM. Adding a tenant replaces each module its
+delta touches (once, shared by every tenant) with a multi-tenant wrapper that keeps the base module
+as it is and holds the tenant's parts in their compressed form:
+
+* ``MultiTenantLinear`` — ``base(x)`` for every row, plus for each row its own tenant's ``x·Δᵀ``:
+  BitDelta tenants through ``deltaguard.kernels`` (packed bits, all tenants together), other
+  methods (k-bit, low-rank, ...) through their compressor's ``delta_matmul``, 16-bit deltas of
+  untargeted linears (and of a tied output head) through a chunked matmul;
+* ``MultiTenantDense`` — any other module (norms, embeddings): the rows of a tenant run the module
+  with that tenant's parameters (an embedding adds ``Δ[ids]`` instead of building a whole table).
+
+The tenant of each row is set for the duration of one forward pass with ``use_rows``; rows whose
+tenant has no delta for a module get exactly the base module's output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from deltaguard.delta.fingerprint import fingerprint_model
+from deltaguard.delta.methods import compressors
+from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor
+from deltaguard.errors import ConfigError, IncompatibleBaseError
+from deltaguard.kernels import Backend, bitdelta_matmul, multi_tenant_bitdelta_, pick_backend, rows_by_slot
+from deltaguard.kernels.reference import MERGE_MIN_ROWS, merged_tile_linear
+
+DENSE_CHUNK_ROWS = 4096  # output rows of a 16-bit delta converted to the compute dtype at once
+
+
+class TenantRows:
+    """The tenant slot of every batch row (``-1``: base only) for the forward pass in progress.
+
+    The grouping of rows (flattened over tokens) by slot is computed once per pass and shape and
+    shared by every layer, so per-layer work is only the math.
+    """
+
+    def __init__(self) -> None:
+        self.slots: Tensor | None = None
+        self._groups: dict[int, list[tuple[int, Tensor | slice]]] = {}
+
+    def set(self, slots: Tensor | None) -> None:
+        self.slots = slots
+        self._groups = {}
+
+    def for_batch(self, n_rows: int) -> Tensor | None:
+        if self.slots is None:
+            return None
+        if self.slots.shape[0] != n_rows:
+            raise RuntimeError(f"internal: {self.slots.shape[0]} tenant rows set for a batch of {n_rows}")
+        return self.slots
+
+    def groups(self, per_row: int) -> list[tuple[int, Tensor | slice]]:
+        """``(slot, rows)`` over the batch flattened to ``[B·per_row, ...]`` (rows of one batch row are adjacent)."""
+        if per_row not in self._groups:
+            assert self.slots is not None
+            slots = self.slots.repeat_interleave(per_row) if per_row != 1 else self.slots
+            self._groups[per_row] = rows_by_slot(slots)
+        return self._groups[per_row]
+
+
+def dense_matmul(x: Tensor, delta: Tensor, *, chunk_rows: int = DENSE_CHUNK_ROWS) -> Tensor:
+    """``x·Δᵀ`` for a 16-bit stored ``Δ [out, in]``, converting at most ``chunk_rows`` rows at a time."""
+    out = torch.empty((x.shape[0], delta.shape[0]), dtype=x.dtype, device=x.device)
+    for start in range(0, delta.shape[0], chunk_rows):
+        out[:, start:start + chunk_rows] = x @ delta[start:start + chunk_rows].to(x.dtype).T
+    return out
+
+
+def _n_rows(rows: Tensor | slice) -> int:
+    return rows.stop - rows.start if isinstance(rows, slice) else rows.numel()
+
+
+def _per_row(x: Tensor) -> int:
+    """Vectors per batch row of ``x [B, ..., in]`` (tokens, when flattened to ``[B·S, in]``)."""
+    return x[0].numel() // x.shape[-1] if x.shape[0] else 1
+
+
+class MultiTenantLinear(nn.Module):
+    """A shared ``nn.Linear`` plus, per batch row, that row's tenant delta kept compressed."""
+
+    def __init__(self, base: nn.Linear, rows: TenantRows, *, backend: Backend = "auto") -> None:
+        super().__init__()
+        self.base = base
+        self.rows = rows
+        self.backend = backend
+        self.signs: dict[int, Tensor] = {}       # slot → uint8 [k, out, ceil(in/8)]
+        self.scale_values: dict[int, tuple[float, ...]] = {}  # slot → its k scales
+        self.matmuls: dict[int, Callable[[Tensor], Tensor]] = {}   # slot → x [n, in] ↦ x·Δᵀ (other encodings)
+        self.bias_deltas: dict[int, Tensor] = {}
+        self._stacked: tuple[Tensor, Tensor] | None = None          # signs/scales of all slots, for one CUDA launch
+
+    @property
+    def slots(self) -> set[int]:
+        return set(self.signs) | set(self.matmuls) | set(self.bias_deltas)
+
+    def add_weight_delta(self, slot: int, packed: PackedTensor, delta: CompressedDelta) -> None:
+        device = self.base.weight.device
+        parts = {name: tensor.to(device) for name, tensor in packed.parts.items()}
+        if packed.encoding == "bitdelta":
+            self.signs[slot] = parts["signs"]
+            self.scale_values[slot] = tuple(float(v) for v in parts["scales"])
+        elif packed.encoding == DENSE:
+            weight = parts["delta"]
+            self.matmuls[slot] = lambda x, w=weight: dense_matmul(x, w)
+        else:
+            compressor = compressors.get(packed.encoding)()
+            shape, config = packed.base_shape, delta.config
+            self.matmuls[slot] = lambda x: compressor.delta_matmul(x, parts, shape, config)
+        self._stacked = None
+
+    def add_shared_dense(self, slot: int, weight_delta: Tensor) -> None:
+        """A 16-bit delta shared with another module (a tied head reusing the embedding's delta)."""
+        self.matmuls[slot] = lambda x, w=weight_delta: dense_matmul(x, w)
+        self._stacked = None
+
+    def remove(self, slot: int) -> None:
+        for table in (self.signs, self.scale_values, self.matmuls, self.bias_deltas):
+            table.pop(slot, None)
+        self._stacked = None
+
+    def _bit_tables(self, device: torch.device) -> tuple[Any, Any]:
+        """Per-slot signs and scales: a stacked, zero-padded tensor pair on CUDA (one kernel launch)."""
+        if device.type != "cuda":
+            return self.signs, {slot: torch.tensor(v, dtype=torch.float32) for slot, v in self.scale_values.items()}
+        if self._stacked is None:
+            n_slots = max(self.signs) + 1
+            k = max(s.shape[0] for s in self.signs.values())
+            first = next(iter(self.signs.values()))
+            signs = torch.zeros((n_slots, k, *first.shape[1:]), dtype=torch.uint8, device=device)
+            scales = torch.zeros((n_slots, k), dtype=torch.float32, device=device)
+            for slot, tensor in list(self.signs.items()):
+                signs[slot, : tensor.shape[0]] = tensor
+                scales[slot, : tensor.shape[0]] = torch.tensor(self.scale_values[slot], dtype=torch.float32)
+                self.signs[slot] = signs[slot, : tensor.shape[0]]  # a view: the bits are held once
+            self._stacked = (signs, scales)
+        return self._stacked
+
+    def forward(self, x: Tensor) -> Tensor:
+        slots = self.rows.for_batch(x.shape[0])
+        if slots is None or not (self.signs or self.matmuls or self.bias_deltas):
+            return self.base(x)
+        x2 = x.reshape(-1, x.shape[-1])
+        per_row = _per_row(x)
+        groups = self.rows.groups(per_row)
+        use_kernel = bool(self.signs) and pick_backend(x.device, self.backend) != "torch"
+        # Many rows of one BitDelta tenant (a prompt): its weight tiles are built and multiplied once.
+        merged = [] if use_kernel else [(slot, rows) for slot, rows in groups
+                                        if slot in self.signs and _n_rows(rows) >= MERGE_MIN_ROWS]
+        if merged:
+            y2 = torch.empty((x2.shape[0], self.base.out_features), dtype=x.dtype, device=x.device)
+            rest = torch.ones(x2.shape[0], dtype=torch.bool, device=x.device)
+            for slot, rows in merged:
+                rest[rows] = False
+                y2[rows] = merged_tile_linear(x2[rows], self.base.weight, self.base.bias, self.signs[slot],
+                                              self.scale_values[slot])
+            if bool(rest.any()):
+                index = rest.nonzero().squeeze(1)
+                y2[index] = self.base(x2[index])
+        else:
+            y2 = self.base(x2)
+        if use_kernel:  # every BitDelta tenant of the batch in one kernel launch
+            token_slots = slots.repeat_interleave(per_row) if per_row != 1 else slots
+            has_bits = torch.tensor(sorted(self.signs), device=token_slots.device)
+            bit_slots = torch.where(torch.isin(token_slots, has_bits), token_slots, torch.full_like(token_slots, -1))
+            signs, scales = self._bit_tables(x.device)
+            multi_tenant_bitdelta_(y2, x2, signs, scales, bit_slots, backend=self.backend)
+        done = {slot for slot, _ in merged}
+        for slot, rows in groups:
+            if slot in self.signs and not use_kernel and slot not in done:
+                y2[rows] += bitdelta_matmul(x2[rows], self.signs[slot], self.scale_values[slot]).to(y2.dtype)
+            elif slot in self.matmuls:
+                y2[rows] += self.matmuls[slot](x2[rows]).to(y2.dtype)
+            if slot in self.bias_deltas:
+                y2[rows] += self.bias_deltas[slot].to(y2.dtype)
+        return y2.view(*x.shape[:-1], y2.shape[-1])
+
+
+class MultiTenantDense(nn.Module):
+    """Any other module (norm, embedding, ...) whose parameters some tenants changed (16-bit deltas)."""
+
+    def __init__(self, base: nn.Module, rows: TenantRows) -> None:
+        super().__init__()
+        self.base = base
+        self.rows = rows
+        self.deltas: dict[int, dict[str, Tensor]] = {}   # slot → {parameter name: 16-bit delta}
+
+    @property
+    def slots(self) -> set[int]:
+        return set(self.deltas)
+
+    def add_param_delta(self, slot: int, param_name: str, delta: Tensor) -> None:
+        self.deltas.setdefault(slot, {})[param_name] = delta.to(self.base.get_parameter(param_name).device)
+
+    def remove(self, slot: int) -> None:
+        self.deltas.pop(slot, None)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        y = self.base(x, *args, **kwargs)
+        slots = self.rows.for_batch(x.shape[0])
+        if slots is None or not self.deltas:
+            return y
+        for slot, rows in self.rows.groups(1):
+            deltas = self.deltas.get(slot)
+            if not deltas:
+                continue
+            if isinstance(self.base, nn.Embedding) and set(deltas) == {"weight"}:
+                y[rows] = y[rows] + F.embedding(x[rows], deltas["weight"]).to(y.dtype)
+                continue
+            params = {name: self.base.get_parameter(name) + delta.to(self.base.get_parameter(name).dtype)
+                      for name, delta in deltas.items()}
+            y[rows] = torch.func.functional_call(self.base, params, (x[rows], *args), kwargs).to(y.dtype)
+        return y
+
+
+@dataclass(frozen=True)
+class TenantFootprint:
+    """Bytes one tenant adds to the server (its compressed parts, as held in memory)."""
+
+    name: str
+    n_bytes: int
+    n_linear_params: int
+    encodings: tuple[str, ...]
+
+
+class MultiTenantModel:
+    """A base causal LM shared by every tenant; each batch row is computed with its own tenant's delta."""
+
+    def __init__(self, model: Any, *, fingerprint: str | None = None, backend: Backend = "auto") -> None:
+        self.model = model
+        self.fingerprint = fingerprint or fingerprint_model(model)
+        self.backend = backend
+        self.rows = TenantRows()
+        self._slots: dict[str, int] = {}
+        self._footprints: dict[str, TenantFootprint] = {}
+        self._lock = threading.RLock()
+        self._embed_name, self._head_name, self._is_tied = _embedding_names(model)
+
+    @property
+    def tenant_names(self) -> list[str]:
+        return sorted(self._slots)
+
+    def footprint(self, name: str) -> TenantFootprint:
+        return self._footprints[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._slots
+
+    def add_tenant(self, name: str, delta: CompressedDelta) -> None:
+        """Attach a tenant's delta; checks the base fingerprint and every tensor before touching the model."""
+        with self._lock:
+            if name in self._slots:
+                raise ConfigError(f"tenant {name!r} is already loaded")
+            plan = self._plan(name, delta)
+            slot = next(i for i in range(len(self._slots) + 1) if i not in self._slots.values())
+            for module_name, param_name, packed in plan:
+                self._attach(slot, module_name, param_name, packed, delta)
+            tied = bool(delta.model_config.get("tie_word_embeddings", delta.meta.get("tie_word_embeddings", False)))
+            embed_weight = f"{self._embed_name}.weight"
+            head_weight = f"{self._head_name}.weight" if self._head_name else None
+            if (self._is_tied and tied and head_weight and embed_weight in delta.tensors
+                    and head_weight not in delta.tensors):
+                head = self._wrap(self._head_name)
+                assert isinstance(head, MultiTenantLinear)
+                head.add_shared_dense(slot, delta.tensors[embed_weight].parts["delta"].to(head.base.weight.device))
+            self._slots[name] = slot
+            n_bytes = sum(t.numel() * t.element_size() for p in delta.tensors.values() for t in p.parts.values())
+            n_linear = sum(p.stats.n_params for p in delta.tensors.values() if p.kind == "linear")
+            encodings = tuple(sorted({p.encoding for p in delta.tensors.values()}))
+            self._footprints[name] = TenantFootprint(name, n_bytes, n_linear, encodings)
+
+    def remove_tenant(self, name: str) -> None:
+        with self._lock:
+            if name not in self._slots:
+                raise ConfigError(f"tenant {name!r} is not loaded; loaded: {', '.join(self.tenant_names) or 'none'}")
+            slot = self._slots.pop(name)
+            self._footprints.pop(name, None)
+            for module in self.model.modules():
+                if isinstance(module, (MultiTenantLinear, MultiTenantDense)):
+                    module.remove(slot)
+
+    def slot_of(self, name: str | None) -> int:
+        if name is None:
+            return -1
+        try:
+            return self._slots[name]
+        except KeyError:
+            raise ConfigError(f"tenant {name!r} is not loaded; loaded: {', '.join(self.tenant_names) or 'none'}") from None
+
+    @contextlib.contextmanager
+    def use_rows(self, tenants: Sequence[str | None]) -> Iterator[None]:
+        """Run forward passes whose batch row ``i`` belongs to ``tenants[i]`` (``None``: the base)."""
+        with self._lock:
+            device = next(self.model.parameters()).device
+            self.rows.set(torch.tensor([self.slot_of(t) for t in tenants], dtype=torch.long, device=device))
+            try:
+                yield
+            finally:
+                self.rows.set(None)
+
+    def forward(self, tenants: Sequence[str | None], **model_kwargs: Any) -> Any:
+        """``model(**model_kwargs)`` with batch row ``i`` computed for ``tenants[i]``."""
+        with self.use_rows(tenants):
+            return self.model(**model_kwargs)
+
+    __call__ = forward
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _plan(self, name: str, delta: CompressedDelta) -> list[tuple[str, str, PackedTensor]]:
+        if delta.base_fingerprint != self.fingerprint:
+            source = delta.meta.get("base", {}).get("source", "another model")
+            raise IncompatibleBaseError(
+                f"tenant {name!r}: its delta was made for base {source} (fingerprint "
+                f"{delta.base_fingerprint[12:24]}…), not for the served base ({self.fingerprint[12:24]}…)"
+            )
+        plan = []
+        for tensor_name, packed in delta.tensors.items():
+            if tuple(packed.shape) != tuple(packed.base_shape):
+                raise IncompatibleBaseError(
+                    f"tenant {name!r}: {tensor_name} grows the vocabulary ({packed.base_shape[0]} → {packed.shape[0]} rows); "
+                    "a shared-base server cannot batch it with other tenants — serve a merged model instead"
+                )
+            module_name, _, param_name = tensor_name.rpartition(".")
+            module = _unwrapped(self.model, module_name)
+            param = _find_param(module, param_name)
+            if module is None or param is None:
+                raise IncompatibleBaseError(f"tenant {name!r}: the base has no parameter {tensor_name!r}")
+            if tuple(param.shape) != tuple(packed.base_shape):
+                raise IncompatibleBaseError(
+                    f"tenant {name!r}: {tensor_name} is {list(packed.base_shape)} in the delta, {list(param.shape)} in the base"
+                )
+            if packed.kind == "linear" and not (isinstance(module, nn.Linear) and param_name == "weight"):
+                raise IncompatibleBaseError(f"tenant {name!r}: {module_name} is a {type(module).__name__}, not a Linear layer")
+            if packed.encoding != DENSE and packed.encoding not in compressors:
+                raise IncompatibleBaseError(f"tenant {name!r}: {tensor_name} uses unknown encoding {packed.encoding!r}")
+            plan.append((module_name, param_name, packed))
+        return plan
+
+    def _wrap(self, module_name: str) -> nn.Module:
+        """The multi-tenant wrapper of a module, created (once) in place of the base module."""
+        parent_name, _, child = module_name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        module = getattr(parent, child)
+        if isinstance(module, (MultiTenantLinear, MultiTenantDense)):
+            return module
+        if isinstance(module, nn.Linear):
+            wrapper: nn.Module = MultiTenantLinear(module, self.rows, backend=self.backend)
+        else:
+            wrapper = MultiTenantDense(module, self.rows)
+        setattr(parent, child, wrapper)
+        return wrapper
+
+    def _attach(self, slot: int, module_name: str, param_name: str, packed: PackedTensor, delta: CompressedDelta) -> None:
+        wrapper = self._wrap(module_name)
+        if isinstance(wrapper, MultiTenantLinear):
+            if param_name == "weight":
+                wrapper.add_weight_delta(slot, packed, delta)
+            else:
+                wrapper.bias_deltas[slot] = packed.parts["delta"].to(wrapper.base.weight.device)
+                wrapper._stacked = None
+        else:
+            assert isinstance(wrapper, MultiTenantDense)
+            wrapper.add_param_delta(slot, param_name, packed.parts["delta"])
+
+
+def _unwrapped(model: Any, module_name: str) -> Any:
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        return None
+    return module.base if isinstance(module, (MultiTenantLinear, MultiTenantDense)) else module
+
+
+def _find_param(module: Any, param_name: str) -> Tensor | None:
+    if module is None:
+        return None
+    try:
+        return module.get_parameter(param_name)
+    except AttributeError:
+        return None
+
+
+def _embedding_names(model: Any) -> tuple[str, str | None, bool]:
+    """(input embedding module name, output head module name or None, whether the head is tied)."""
+    embed = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    names = {id(m): n for n, m in model.named_modules()}
+    embed_name = names.get(id(embed), "")
+    head_name = names.get(id(head)) if head is not None else None
+    is_tied = head is not None and head.weight is embed.weight
+    return embed_name, head_name, is_tied
