@@ -10,6 +10,8 @@ an evaluation prompt that also appears in some *other* set a model was trained o
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 import random
 import re
@@ -121,7 +123,7 @@ def sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
     return [prompts[i] for i in chosen]
 
 
-class DatasetSource:
+class DatasetSource(ABC):
     """One named prompt set: a pool loader plus its split shares. Subclasses set the class attributes.
 
     ``load_pool(seed)`` returns every prompt with a stable id; ``seed`` only matters for sets whose pool
@@ -133,8 +135,9 @@ class DatasetSource:
     fractions: ClassVar[dict[str, float]] = {"calib": 0.1, "train": 0.3, "eval": 0.6}
     dedupe_keys: ClassVar[tuple[str, ...]] = ()
 
+    @abstractmethod
     def load_pool(self, seed: int = 0) -> list[Prompt]:
-        raise NotImplementedError
+        """Every prompt of the set, with stable ids."""
 
     @property
     def splits(self) -> tuple[str, ...]:

@@ -10,6 +10,8 @@ an attack success or a refusal. A judge that cannot work at all raises ``JudgeEr
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -80,7 +82,7 @@ class Judge(Protocol):
     def judge(self, items: list[JudgeItem]) -> list[Verdict]: ...
 
 
-class BaseJudge:
+class BaseJudge(ABC):
     """Shared plumbing: a config, ``prompt_hash`` over what defines the judge, error verdicts."""
 
     name: ClassVar[str] = ""
@@ -108,8 +110,9 @@ class BaseJudge:
         return Verdict(judge=self.name, judge_version=self.version, prompt_hash=self.prompt_hash, label=JUDGE_ERROR,
                        is_refusal=None, is_unsafe=None, score=None, error=error, raw=raw)
 
+    @abstractmethod
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
-        raise NotImplementedError
+        """One verdict per item, same length and order."""
 
 
 judges: Registry[type[BaseJudge]] = Registry("judges")
