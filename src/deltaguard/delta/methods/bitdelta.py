@@ -69,12 +69,13 @@ class BitDelta(Compressor[BitDeltaConfig]):
     def compress_tensor(self, delta: Tensor, config: BitDeltaConfig, *, name: str) -> Parts:
         residual = delta.to(torch.float32)
         signs, scales = [], []
-        for _ in range(config.n_masks):
+        for index in range(config.n_masks):
             sign_bits = pack_signs(residual)
             scale = residual.abs().mean()
             signs.append(sign_bits)
             scales.append(scale)
-            residual = residual - scale * unpack_signs(sign_bits, residual.shape[-1])
+            if index + 1 < config.n_masks:  # the next pass compresses what this one left
+                residual = residual - scale * torch.where(residual >= 0, 1.0, -1.0)
         return {"signs": torch.stack(signs), "scales": torch.stack(scales).to(torch.float32)}
 
     def decompress_tensor(self, parts: Parts, shape: tuple[int, ...], config: BitDeltaConfig) -> Tensor:
