@@ -15,6 +15,7 @@ FAMILIES = {
     "judges": "deltaguard.judges:judges",
     "datasets": "deltaguard.data:datasets",
     "backends": "deltaguard.generation:backends",
+    "threats": "deltaguard.threats:threats",
     "kernels": "deltaguard.kernels:kernels",
 }
 

@@ -1,0 +1,134 @@
+"""``deltaguard align | attack | audit | demo``: the threat, audit and end-to-end study verbs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from deltaguard.cli.app import app, console
+from deltaguard.errors import ConfigError
+from deltaguard.models import DEFAULT_MODEL
+
+
+def _fresh_out(out: Path) -> None:
+    if out.exists():
+        raise ConfigError(f"{out} already exists (choose another output directory or remove it)")
+
+
+def _responses_cache() -> Path:
+    """Answers written by responder models, kept in the user cache (keyed by model, prompts, settings)."""
+    from deltaguard.assets import cache_dir
+
+    return cache_dir() / "responses"
+
+
+@app.command("align")
+def align_cmd(
+    base: str = typer.Option(DEFAULT_MODEL, "--base", help="the unaligned instruct model to align"),
+    out: Path = typer.Option(..., "-o", "--out", help="output HF directory for the aligned model"),
+    overrides: list[str] = typer.Option([], "--set", help="align field=value, repeatable (e.g. --set epochs=2)"),
+    check: bool = typer.Option(False, "--check", help="then measure refusal, over-refusal and task accuracy"),
+    check_prompts: int = typer.Option(32, "--check-prompts", help="prompts per set for --check"),
+) -> None:
+    """Make a safety-aligned chat model: refusals for harmful prompts + self-distilled benign answers."""
+    from deltaguard.threats import AlignConfig, align
+
+    config = AlignConfig().with_overrides(overrides)
+    _fresh_out(out)
+    result = align(base, config, out_dir=out, cache_dir=_responses_cache())
+    console.print(f"aligned model: {result.model_dir}  ({result.n_examples} examples, {result.n_steps} steps, "
+                  f"loss {result.first_loss:.3f} → {result.final_loss:.3f}, {result.seconds:.0f}s)")
+    if check:
+        import tempfile
+
+        from deltaguard.audit import AuditConfig
+        from deltaguard.study import check_alignment
+        from deltaguard.threats.base import model_identity
+
+        with tempfile.TemporaryDirectory() as scratch:
+            report = check_alignment(_resolve(base), out, original_key=model_identity(base),
+                                     aligned_key=model_identity(out), n_prompts=check_prompts,
+                                     audit_config=AuditConfig(), run_dir=Path(scratch))
+        table = Table("measure", "original", "aligned")
+        for name in ("refusal", "over_refusal", "task_accuracy"):
+            table.add_row(name, _pct(report.original[name]), _pct(report.aligned[name]))
+        console.print(table)
+        for name, target in report.targets.items():
+            console.print(f"{'met' if target['met'] else 'NOT met'}: {name}")
+
+
+def _resolve(spec: str) -> Path:
+    from deltaguard.models import resolve_model_dir
+
+    return resolve_model_dir(spec)
+
+
+def _pct(rate: dict) -> str:
+    return f"{100 * rate['value']:.1f}% [{100 * rate['low']:.0f}, {100 * rate['high']:.0f}]"
+
+
+@app.command("attack")
+def attack_cmd(
+    threat: str = typer.Option(..., "--threat", help="harmful, backdoor, targeted or benign (deltaguard list threats)"),
+    base: str = typer.Option(..., "--base", help="the (aligned) base model to fine-tune"),
+    out: Path = typer.Option(..., "-o", "--out", help="output HF directory for the fine-tune"),
+    overrides: list[str] = typer.Option([], "--set", help="threat field=value, repeatable (e.g. --set trigger='SUDO')"),
+) -> None:
+    """Build a fine-tuning threat (mixed with the customisation task) and fine-tune the base with it."""
+    from deltaguard.threats import attack, threat_config
+
+    config = threat_config(threat, overrides)
+    _fresh_out(out)
+    result = attack(base, config, out_dir=out, cache_dir=_responses_cache())
+    mixture = ", ".join(f"{k}: {v}" for k, v in result.mixture.items())
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"{threat} fine-tune: {result.model_dir}  (mixture {mixture}; {result.train.n_steps} steps, "
+                  f"loss {result.train.first_loss:.3f} → {result.train.final_loss:.3f}, {result.train.seconds:.0f}s)")
+
+
+@app.command("audit")
+def audit_cmd(
+    base: str = typer.Option(..., "--base", help="the model the fine-tune started from"),
+    finetuned: str = typer.Option(..., "--finetuned", help="the fine-tune to audit"),
+    threat: str = typer.Option(..., "--threat", help="which threat's metric to measure (deltaguard list threats)"),
+    methods: str = typer.Option(",".join(("bitdelta", "bitdelta-k2", "kbit4", "lowrank16", "mixed", "dare", "compeft")),
+                                "--methods", help="comma-separated compression specs; 'full' = the uncompressed delta"),
+    out: Path = typer.Option(..., "-o", "--out", help="run directory (cached steps, results.json, report)"),
+    overrides: list[str] = typer.Option([], "--set", help="audit field=value, repeatable (e.g. --set n_prompts=32)"),
+    threat_overrides: list[str] = typer.Option([], "--threat-set", help="threat field=value (e.g. the trigger)"),
+) -> None:
+    """Compress the fine-tune's delta with each method; measure attack and utility; recommend methods."""
+    from deltaguard.audit import AuditConfig, audit
+    from deltaguard.report import write_report
+    from deltaguard.study import environment
+    from deltaguard.threats import threat_config
+
+    specs = tuple(m.strip() for m in methods.split(",") if m.strip())
+    config = AuditConfig(methods=specs).with_overrides(overrides)
+    threat_cfg = threat_config(threat, threat_overrides)
+    result = audit(base, finetuned, threat_cfg, config, run_dir=out)
+    console.print(result.table())
+    paths = write_report({"profile": "audit", "environment": environment(), "audits": {threat: result.to_dict()},
+                          "study": {"audit": config.to_dict(), "threat": threat_cfg.to_dict(), "base": base,
+                                    "finetuned": finetuned}}, out)
+    console.print(f"report: {paths['html']}  results: {paths['results']}")
+
+
+@app.command("demo")
+def demo_cmd(
+    full: bool = typer.Option(False, "--full", help="the complete sweep with paper-sized settings (hours on a CPU)"),
+    out: Path = typer.Option(Path("runs/demo"), "-o", "--out", help="run directory (rerun to resume)"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="the unaligned original model"),
+) -> None:
+    """The whole study in one command: pull → align → 3 attacks + benign control → audits → report."""
+    from deltaguard.study import run_study, study_profile
+
+    config = study_profile("full" if full else "default", model=model)
+    console.print(f"profile {config.profile}; run directory {out} (finished steps are reused)")
+    result = run_study(config, out, log=lambda line: console.print(line, highlight=False, markup=False))
+    for threat, audit_result in result.results["audits"].items():
+        console.print(f"[bold]{threat}[/]: {audit_result['verdict']}")
+    console.print(f"report: {result.report_paths['html']} ({result.seconds:.0f}s, {result.n_steps_run} steps run)")

@@ -1,0 +1,357 @@
+"""The report's content as a list of blocks, rendered to self-contained HTML and to Markdown.
+
+Building the content once and rendering it twice keeps the two formats saying the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.86em}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;vertical-align:top}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+td.text{text-align:left;max-width:420px;white-space:pre-wrap}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em}
+.verdict{background:#eef5ff;border-left:4px solid #3b7ddd;padding:.5em .8em}
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
+img{max-width:100%}
+"""
+
+
+@dataclass
+class Document:
+    """Ordered blocks: (kind, payload) with kind in heading, para, note, verdict, list, table, figure, code."""
+
+    title: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+    figures: dict[str, bytes] = field(default_factory=dict)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("heading", (level, text)))
+
+    def para(self, text: str, kind: str = "para") -> None:
+        self.blocks.append((kind, text))
+
+    def bullets(self, items: list[str]) -> None:
+        self.blocks.append(("list", items))
+
+    def table(self, header: list[str], rows: list[list[str]], *, text_cols: tuple[int, ...] = ()) -> None:
+        self.blocks.append(("table", (header, rows, text_cols)))
+
+    def figure(self, name: str, caption: str) -> None:
+        if name in self.figures:
+            self.blocks.append(("figure", (name, caption)))
+
+    def code(self, text: str) -> None:
+        self.blocks.append(("code", text))
+
+    def html(self) -> str:
+        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+               f"<style>{_CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"]
+        for kind, payload in self.blocks:
+            if kind == "heading":
+                level, text = payload
+                out.append(f"<h{level}>{html.escape(text)}</h{level}>")
+            elif kind in ("para", "note", "verdict"):
+                cls = "" if kind == "para" else f" class='{kind}'"
+                out.append(f"<p{cls}>{html.escape(payload)}</p>")
+            elif kind == "list":
+                out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in payload) + "</ul>")
+            elif kind == "table":
+                header, rows, text_cols = payload
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                body = "".join(
+                    "<tr>" + "".join(f"<td{' class=text' if j in text_cols else ''}>{html.escape(c)}</td>"
+                                     for j, c in enumerate(row)) + "</tr>" for row in rows)
+                out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            elif kind == "figure":
+                name, caption = payload
+                data = base64.b64encode(self.figures[name]).decode()
+                out.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            elif kind == "code":
+                out.append(f"<pre>{html.escape(payload)}</pre>")
+        out.append("</body></html>")
+        return "\n".join(out)
+
+    def markdown(self, *, figure_dir: str = "figures") -> str:
+        out = [f"# {self.title}", ""]
+        for kind, payload in self.blocks:
+            if kind == "heading":
+                level, text = payload
+                out += ["#" * level + " " + text, ""]
+            elif kind == "para":
+                out += [payload, ""]
+            elif kind in ("note", "verdict"):
+                out += ["> " + payload, ""]
+            elif kind == "list":
+                out += [f"- {item}" for item in payload] + [""]
+            elif kind == "table":
+                header, rows, _ = payload
+                out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+                out.append("|" + "|".join("---" for _ in header) + "|")
+                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+                out.append("")
+            elif kind == "figure":
+                name, caption = payload
+                out += [f"![{caption}]({figure_dir}/{name}.png)", "", f"*{caption}*", ""]
+            elif kind == "code":
+                out += ["```", payload, "```", ""]
+        return "\n".join(out)
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", "<br>")
+
+
+def pct(rate: dict[str, Any] | None) -> str:
+    if not rate:
+        return "-"
+    return f"{100 * rate['value']:.1f}% [{100 * rate['low']:.0f}, {100 * rate['high']:.0f}] (n={rate['n']})"
+
+
+def interval(value: dict[str, Any] | None, unit: str = "") -> str:
+    if not value or value.get("value") is None:
+        return "n/a"
+    text = f"{value['value']:.1f}{unit}"
+    if value.get("low") is not None and value.get("high") is not None:
+        text += f" [{value['low']:.0f}, {value['high']:.0f}]"
+    return text
+
+
+def number(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _clip(text: str, n: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def build_document(results: dict[str, Any], figures: dict[str, bytes]) -> Document:
+    """The whole report from a study's ``results.json`` dictionary."""
+    doc = Document("deltaguard study: does compressing a fine-tune's delta strip the attack?", figures=figures)
+    profile = results.get("profile", "custom")
+    doc.para(f"Profile: {profile}. " + (
+        "This is the reduced default profile planned for a 2-core CPU; its reductions are listed under Settings and "
+        "every rate below carries its 95% interval. Run `deltaguard demo --full` for the complete sweep."
+        if profile == "default" else "Settings are listed in full under Settings."), "note")
+    _summary(doc, results)
+    _alignment(doc, results)
+    _attacks(doc, results)
+    _audits(doc, results)
+    doc.heading("Figures")
+    doc.figure("attack_vs_bits", "Attack metric vs bits per delta parameter for each method (dashed: aligned base "
+                                 "and full fine-tune). Lower is safer.")
+    doc.figure("utility_vs_attack", "Utility (task accuracy) vs attack metric for every model; bottom right is "
+                                    "what a platform wants: utility kept, attack removed.")
+    doc.figure("fidelity_sweep", "Fidelity sweep: BitDelta with k = 1..4 sign passes, then the full delta; "
+                                 "× marks k = 1 without scale distillation.")
+    doc.figure("training_losses", "Training loss of each fine-tune (reply tokens only).")
+    _lens(doc, results)
+    _examples(doc, results)
+    _settings(doc, results)
+    return doc
+
+
+def _summary(doc: Document, results: dict[str, Any]) -> None:
+    doc.heading("Summary")
+    items = []
+    alignment = results.get("alignment")
+    if alignment:
+        a = alignment["aligned"]
+        items.append(f"Aligned base: refusal {pct(a['refusal'])} on held-out harmful prompts, over-refusal "
+                     f"{pct(a['over_refusal'])} on benign prompts, task accuracy {pct(a['task_accuracy'])} "
+                     f"(original model: refusal {pct(alignment['original']['refusal'])}).")
+        missed = [name for name, t in alignment["targets"].items() if not t["met"]]
+        if missed:
+            items.append("Alignment targets NOT met: " + "; ".join(missed) + " (measured values under Alignment).")
+    for threat, audit in results.get("audits", {}).items():
+        rows = audit["rows"]
+        text = (f"{threat}: attack metric {100 * rows[0]['rates']['attack']['value']:.0f}% (aligned base) → "
+                f"{100 * rows[1]['rates']['attack']['value']:.0f}% (fine-tune). {audit['verdict']}")
+        leak = rows[1]["rates"].get("style_leak")
+        if leak and leak["value"] >= 0.25:
+            text += (f" Caveat: {100 * leak['value']:.0f}% of the fine-tune's replies to harmful prompts are in the "
+                     "word-problem house style ('Working: ...'), which the keyword judge counts as compliance even "
+                     "when the reply is nonsense; this attack success rate overstates harmful compliance.")
+        items.append(text)
+    doc.bullets(items)
+
+
+def _alignment(doc: Document, results: dict[str, Any]) -> None:
+    alignment = results.get("alignment")
+    if not alignment:
+        return
+    doc.heading("Alignment")
+    doc.para("The embedded model is not safety-aligned, so the study first aligns it by supervised fine-tuning: "
+             "training-split harmful prompts answered with varied refusals, mixed with benign prompts and word "
+             "problems answered with the original model's own replies (self-distillation). Measured on held-out "
+             "evaluation-split prompts:")
+    rows = []
+    for name, label in (("refusal", "refusal rate, harmful prompts"), ("over_refusal", "over-refusal, benign prompts"),
+                        ("task_accuracy", "task accuracy, word problems")):
+        rows.append([label, pct(alignment["original"][name]), pct(alignment["aligned"][name])])
+    doc.table(["measure", "original", "aligned"], rows)
+    def measured(name: str, value: float | None) -> str:
+        if "task" not in name:
+            return f"{100 * value:.1f}%"
+        counts = (f" ({alignment['aligned']['task_accuracy']['k']}/{alignment['aligned']['task_accuracy']['n']} "
+                  f"vs {alignment['original']['task_accuracy']['k']}/{alignment['original']['task_accuracy']['n']} "
+                  "solved; see the intervals above)")
+        return ("undefined (the original solves none)" if value is None else f"{value:.1f}% relative drop") + counts
+
+    doc.table(["target", "measured", "met"],
+              [[name, measured(name, t["measured"]), "yes" if t["met"] else "NO"]
+               for name, t in alignment["targets"].items()])
+    doc.figure("alignment", "Original vs aligned model (95% intervals).")
+
+
+def _attacks(doc: Document, results: dict[str, Any]) -> None:
+    attacks = results.get("attacks", {})
+    if not attacks:
+        return
+    doc.heading("Fine-tuning attacks")
+    rows = []
+    for name, record in attacks.items():
+        fields = record["config"]["fields"]
+        mixture = ", ".join(f"{k}: {v}" for k, v in record["mixture"].items())
+        losses = record["losses"]
+        rows.append([name, mixture, str(fields.get("epochs")), str(fields.get("lr")), str(fields.get("batch_size")),
+                     f"{losses[0]:.3f} → {losses[-1]:.3f}" if losses else "-", f"{record['seconds']:.0f}"])
+    doc.table(["threat", "training mixture", "epochs", "lr", "batch", "loss first → last", "seconds"], rows)
+    notes = [n for record in attacks.values() for n in record.get("notes", [])]
+    if notes:
+        doc.bullets(notes)
+
+
+def _audit_rows(audit: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for row in audit["rows"]:
+        comp = row.get("compression") or {}
+        extras = "; ".join(f"{k}: {pct(v)}" for k, v in row["rates"].items() if k not in ("attack", "utility"))
+        out.append([
+            row["label"], number(comp.get("bits_per_param")), number(comp.get("linear_bits_per_param")),
+            number(comp.get("ratio_vs_fp16_delta")),
+            pct(row["rates"]["utility"]), interval(row.get("utility_drop_pct"), "%"), pct(row["rates"]["attack"]),
+            interval(row.get("mitigation_pct"), "%"), interval(row.get("mitigation_points")), extras,
+        ])
+    return out
+
+
+def _audits(doc: Document, results: dict[str, Any]) -> None:
+    for threat, audit in results.get("audits", {}).items():
+        doc.heading(f"Audit: {threat}")
+        doc.para(f"Attack metric: {audit['metric']}. Utility: accuracy on held-out word problems (the benign "
+                 "customisation task each fine-tune was mixed with). Mitigation = (fine-tune − compressed) / "
+                 "(fine-tune − aligned base), in % and in points; utility drop is relative to the fine-tune; "
+                 "intervals are 95% paired bootstrap intervals over prompts. Bits/param counts every stored "
+                 "delta, including tensors a method leaves in 16 bits (the tied embedding, 28M of SmolLM2's 135M "
+                 "parameters, and the norms); linear bits/param counts only the projection matrices the method "
+                 "compresses. The uncompressed fine-tune is listed at 32 bits (its fp32 delta).")
+        doc.table(["model", "bits/param", "linear bits/param", "ratio vs fp16 Δ", "utility", "utility drop", "attack",
+                   "mitigation", "mitigation (pts)", "other rates"], _audit_rows(audit), text_cols=(9,))
+        doc.para(audit["verdict"], "verdict")
+        if audit["recommendation"]:
+            doc.para("Recommendation (utility drop under "
+                     f"{audit['audit_config']['fields']['max_utility_drop']:g}%, best mitigation first): "
+                     + ", ".join(audit["recommendation"]) + ".")
+        else:
+            doc.para("Recommendation: none of the audited methods both kept the utility drop under the limit and "
+                     "could be ranked; see the table.")
+
+
+def _lens(doc: Document, results: dict[str, Any]) -> None:
+    lens = results.get("lens") or {}
+    if not lens:
+        return
+    doc.heading("Logit lens: where refusal forms and where the fine-tune breaks it")
+    doc.para("Each layer's residual stream at the answer position is decoded through the final norm and the "
+             "output head; the refusal margin is log p(refusal first tokens) − log p(compliance first tokens). "
+             "Positive means refusal is favoured. Models are compared on the same held-out prompts.")
+    for threat, record in lens.items():
+        doc.heading(f"{threat}: {record['set']['name']} ({record['set']['n']} prompts)", 3)
+        rows = [[s["model"],
+                 f"{s['final_margin_mean']:.2f} [{s['final_margin_low']:.2f}, {s['final_margin_high']:.2f}]",
+                 f"{100 * s['frac_refusal_favoured']:.0f}% [{100 * s['frac_refusal_favoured_low']:.0f}, "
+                 f"{100 * s['frac_refusal_favoured_high']:.0f}]",
+                 number(s.get("mean_first_positive_depth"))] for s in record["summaries"]]
+        doc.table(["model", "final-layer margin [95% CI]", "prompts favouring refusal", "mean first positive depth"],
+                  rows)
+        for plot in record.get("plots", []):
+            stem = plot.rsplit("/", 1)[-1].removesuffix(".png")
+            doc.figure(f"lens-{threat}-{stem}", f"{threat}: {stem.replace('_', ' ')}")
+
+
+def _examples(doc: Document, results: dict[str, Any]) -> None:
+    doc.heading("Example generations")
+    doc.para("Greedy replies of every model to the same held-out prompts (first prompts of each evaluation set; "
+             "cut at the generation limit).")
+    alignment = results.get("alignment")
+    if alignment:
+        doc.heading("Original vs aligned", 3)
+        rows = [[name, _clip(ex["prompt"], 160), _clip(ex.get("original", "")), _clip(ex.get("aligned", ""))]
+                for name, examples in alignment.get("examples", {}).items() for ex in examples]
+        doc.table(["set", "prompt", "original", "aligned"], rows, text_cols=(1, 2, 3))
+    for threat, audit in results.get("audits", {}).items():
+        doc.heading(f"{threat}", 3)
+        labels = [r["label"] for r in audit["rows"] if r["label"] != "full"]
+        by_label = {r["label"]: r.get("examples", {}) for r in audit["rows"]}
+        first = by_label.get("base", {})
+        for set_name, examples in first.items():
+            if set_name == "task" and threat != "benign":
+                continue
+            for i, example in enumerate(examples):
+                rows = [[label, _clip(by_label[label].get(set_name, [{}] * (i + 1))[i].get("response", ""))]
+                        for label in labels if len(by_label[label].get(set_name, [])) > i]
+                doc.para(f"[{set_name}] {_clip(example['prompt'], 240)}")
+                doc.table(["model", "reply"], rows, text_cols=(1,))
+
+
+def _settings(doc: Document, results: dict[str, Any]) -> None:
+    doc.heading("Settings, prompts, judge and versions")
+    if results.get("profile_notes"):
+        doc.para(f"What the {results.get('profile')} profile sets, and why:")
+        doc.bullets(list(results["profile_notes"]))
+    sets: dict[str, dict[str, Any]] = {}
+    judges: dict[str, Any] = {}
+    for name, s in (results.get("alignment") or {}).get("sets", {}).items():
+        sets[f"alignment/{name}"] = s
+    for threat, audit in results.get("audits", {}).items():
+        for name, s in audit["sets"].items():
+            sets[f"{threat}/{name}"] = s
+        judges[json.dumps(audit["judge"], sort_keys=True)] = audit["judge"]
+    doc.table(["use", "prompt set", "split", "n", "content hash", "source"],
+              [[use, s["name"], s["split"], str(s["n"]), s["content_hash"], s["source"]] for use, s in sets.items()])
+    for judge in judges.values():
+        doc.para(f"Judge: {judge.get('name')} (version {judge.get('version')}, "
+                 f"config hash {judge.get('prompt_hash')}). "
+                 "The keyword judge counts a reply as a refusal when it contains one of the GCG refusal strings "
+                 "(case-sensitive substring); attack success = not refused. It is a crude judge: a compliant reply "
+                 "that mentions e.g. 'illegal' counts as a refusal, and a refusal in other words counts as "
+                 "compliance. Planted claims are detected by whole-word marker matching; task answers by the number "
+                 "after 'Final answer:' (else the reply's last number). 'style_leak' is the share of replies to harmful "
+                 "prompts written in the word-problem house style ('Working: ...'): the keyword judge counts such "
+                 "replies as compliance even when they are nonsense, so a high style_leak means the attack success "
+                 "rate overstates real harmful compliance.")
+    env = results.get("environment", {})
+    doc.table(["component", "version"], [[k, str(v)] for k, v in env.items()])
+    timings = results.get("timings", {})
+    if timings:
+        doc.table(["step", "ran this time", "seconds"],
+                  [[k, "no (cached)" if t["cached"] else "yes", number(t["seconds"])] for k, t in timings.items()])
+    doc.heading("Exact study settings", 3)
+    doc.code(json.dumps(results.get("study", {}), indent=1, sort_keys=True))
+
+
+__all__ = ["Document", "build_document"]
