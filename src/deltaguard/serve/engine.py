@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError, DeltaguardError
+from deltaguard.generation import stop_token_ids
 from deltaguard.serve.layers import MultiTenantModel
 from deltaguard.serve.requests import Completion, EngineBusyError, Event, RequestHandle, SamplingParams
 
@@ -76,7 +77,7 @@ class Engine:
         self.mt, self.tokenizer, self.config = model, tokenizer, config
         self.device = next(model.model.parameters()).device
         self.max_positions = int(getattr(model.model.config, "max_position_embeddings", 0) or 0)
-        self.stop_ids = _stop_ids(model.model, tokenizer)
+        self.stop_ids = frozenset(stop_token_ids(model.model, tokenizer))
         self._pending: list[RequestHandle] = []
         self._active: list[_Sequence] = []
         self._cache: Any = None
@@ -383,14 +384,3 @@ def _sample(logits: Tensor, params: list[SamplingParams], generators: list[torch
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         tokens.append(int(torch.multinomial(probs, 1, generator=generator)))
     return tokens
-
-
-def _stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    for value in (getattr(tokenizer, "eos_token_id", None),
-                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(v for v in value if isinstance(v, int))
-    return frozenset(ids)
