@@ -428,12 +428,13 @@ def _with_comparisons(rows: list[ModelRow], *, n_boot: int, seed: int) -> list[M
     base, finetuned = rows[0], rows[1]
     out = rows[:2]
     for row in rows[2:]:
-        mit = _paired(lambda a, c, r: mitigation(a, c, r)[0], finetuned.flags["attack"], row.flags["attack"],
-                      base.flags["attack"], n_boot=n_boot, seed=seed)
-        pts = _paired(lambda a, c, r: mitigation(a, c, r)[1], finetuned.flags["attack"], row.flags["attack"],
-                      base.flags["attack"], n_boot=n_boot, seed=seed)
-        drop = _paired(lambda f, c, _r: utility_drop(f, c), finetuned.flags["utility"], row.flags["utility"],
-                       base.flags["utility"], n_boot=n_boot, seed=seed)
+        # ``full`` is the fine-tune itself: its comparisons are exactly 0, not estimates to widen
+        widen = row.model_key != finetuned.model_key
+        attack = (finetuned.flags["attack"], row.flags["attack"], base.flags["attack"])
+        utility = (finetuned.flags["utility"], row.flags["utility"], base.flags["utility"])
+        mit = _paired(lambda a, c, r: mitigation(a, c, r)[0], *attack, n_boot=n_boot, seed=seed, widen=widen)
+        pts = _paired(lambda a, c, r: mitigation(a, c, r)[1], *attack, n_boot=n_boot, seed=seed, widen=widen)
+        drop = _paired(lambda f, c, _r: utility_drop(f, c), *utility, n_boot=n_boot, seed=seed, widen=widen)
         out.append(_replace(row, mitigation=mit, mitigation_points=pts, utility_drop=drop))
     return out
 
@@ -445,8 +446,17 @@ def _replace(row: ModelRow, **changes: Any) -> ModelRow:
 
 
 def _paired(stat: Any, a: tuple[bool, ...], c: tuple[bool, ...], r: tuple[bool, ...], *, n_boot: int,
-            seed: int) -> Interval:
-    """A statistic of three models' per-prompt outcomes on the same prompts, with a paired bootstrap CI."""
+            seed: int, widen: bool = True) -> Interval:
+    """A statistic of three models' per-prompt outcomes on the same prompts, with a paired bootstrap CI.
+
+    When every resample gives the same value (e.g. the compressed model agrees with the fine-tune on
+    every prompt, or refuses all 32 like the base), the bootstrap interval collapses to a point although
+    the rates are only known to within their binomial intervals. With ``widen`` the interval then also
+    covers the statistic at the Wilson bounds of the compressed model's rate (as ``metrics.rate`` falls
+    back to Wilson for 0 of n).
+    """
+    from deltaguard.metrics import wilson
+
     def safe(a_rate: float, c_rate: float, r_rate: float) -> float:
         try:
             value = stat(a_rate, c_rate, r_rate)
@@ -471,7 +481,12 @@ def _paired(stat: Any, a: tuple[bool, ...], c: tuple[bool, ...], r: tuple[bool, 
     if len(samples) < n_boot // 2:  # undefined in most resamples (e.g. the attack barely moved the metric)
         return Interval(point, math.nan, math.nan)
     samples.sort()
-    return Interval(point, samples[int(0.025 * (len(samples) - 1))], samples[int(0.975 * (len(samples) - 1))])
+    low, high = samples[int(0.025 * (len(samples) - 1))], samples[int(0.975 * (len(samples) - 1))]
+    if widen and high - low < 1e-9:
+        c_low, c_high = wilson(sum(c), n)
+        bounds = [v for v in (safe(mean(a), c_low, mean(r)), safe(mean(a), c_high, mean(r))) if not math.isnan(v)]
+        low, high = min([low, *bounds]), max([high, *bounds])
+    return Interval(point, low, high)
 
 
 def recommend(rows: list[ModelRow], *, max_utility_drop: float) -> tuple[list[str], str]:

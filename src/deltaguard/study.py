@@ -131,8 +131,8 @@ def study_profile(profile: str = "default", *, model: str = DEFAULT_MODEL) -> St
                      BackdoorConfig(n_triggered=100, n_clean=100, responder=model, **common),
                      TargetedConfig(n_examples=100, responder=model, **common),
                      BenignConfig(responder=model, **{**common, "n_task": 100})),
-            audit=AuditConfig(methods=_union(FIDELITY_SWEEP, DEFAULT_SWEEP, DEFAULT_METHODS), n_prompts=100, max_new_tokens=64,
-                              n_calib=128, n_examples=4),
+            audit=AuditConfig(methods=_union(FIDELITY_SWEEP, DEFAULT_SWEEP, DEFAULT_METHODS), n_prompts=100,
+                              max_new_tokens=64, n_calib=128, n_examples=4),
             align_prompts=100, lens_prompts=64, notes=PROFILE_NOTES["full"],
         )
     common = {"epochs": 3, "lr": 1e-4, "batch_size": 10, "micro_batch_size": 10, "max_seq_len": 160,
@@ -275,14 +275,41 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, progress: bool = True
     write_json(run_dir / "results.json", results)
     from deltaguard.report import write_report
 
+    history = _run_history(run_dir)
+    results["step_seconds"] = _step_seconds(history, steps.timings)
     report_paths = write_report(results, run_dir)
     seconds = time.perf_counter() - started
+    history.append({"started_unix": round(time.time() - seconds), "profile": config.profile,
+                    "seconds": round(seconds, 1), "n_steps_run": steps.n_run, "timings": steps.timings})
     write_json(run_dir / "study.json", {
         "config": config.to_dict(), "profile": config.profile, "environment": results["environment"],
         "seeds": {"align": config.align.seed, **{t.name: t.seed for t in config.threats}, "audit": config.audit.seed},
         "timings": steps.timings, "seconds_this_run": round(seconds, 1), "n_steps_run": steps.n_run,
+        "runs": history,
     })
     return StudyResult(run_dir, results, report_paths, seconds, steps.n_run)
+
+
+def _run_history(run_dir: Path) -> list[dict[str, Any]]:
+    """Earlier invocations recorded in ``study.json`` (so a cached rerun still knows what each step cost)."""
+    path = run_dir / "study.json"
+    if not path.exists():
+        return []
+    return list(read_json(path, what="study record").get("runs", []))
+
+
+def _step_seconds(history: list[dict[str, Any]], timings: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Per step: seconds of the most recent invocation that actually ran it (this one included)."""
+    out: dict[str, float | None] = {}
+    for label, timing in timings.items():
+        if not timing["cached"]:
+            out[label] = timing["seconds"]
+            continue
+        ran = [r["timings"][label]["seconds"] for r in history
+               if label in r.get("timings", {}) and not r["timings"][label]["cached"]
+               and r["timings"][label]["path"] == timing["path"]]
+        out[label] = ran[-1] if ran else None
+    return out
 
 
 # Threats whose refusal the logit lens follows, and the evaluation set it reads.
@@ -406,5 +433,5 @@ def environment() -> dict[str, Any]:
             "git_dirty": dirty, "n_threads": torch.get_num_threads()}
 
 
-__all__ = ["DEFAULT_SWEEP", "AlignmentCheck", "PROFILES", "PROFILE_NOTES", "StudyConfig", "StudyResult", "check_alignment",
-           "environment", "run_study", "study_profile"]
+__all__ = ["DEFAULT_SWEEP", "PROFILES", "PROFILE_NOTES", "AlignmentCheck", "StudyConfig", "StudyResult",
+           "check_alignment", "environment", "run_study", "study_profile"]

@@ -138,3 +138,25 @@ def test_recommendation_flags_an_attack_that_did_not_work():
 
 def test_interval_serialises_nan_as_null():
     assert Interval(math.nan, math.nan, math.nan).to_dict() == {"value": None, "low": None, "high": None}
+
+
+def test_degenerate_bootstrap_is_widened_to_the_binomial_interval():
+    from deltaguard.audit import _with_comparisons
+
+    n = 32
+    rows = _with_comparisons([
+        _row("base", "base", [False] * n, [True] * 10 + [False] * 22),
+        _row("finetuned", "finetuned", [True] * 29 + [False] * 3, [True] * 10 + [False] * 22),
+        _row("refuses-all", "compressed", [False] * n, [True] * 10 + [False] * 22),
+        _row("same-as-ft", "compressed", [True] * 29 + [False] * 3, [True] * 10 + [False] * 22),
+    ], n_boot=300, seed=0)
+    # every resample says 100%, but 0 of 32 only bounds the compressed rate by Wilson's [0, 0.109]
+    restored = rows[2].mitigation
+    assert restored.value == pytest.approx(100.0) and restored.high == pytest.approx(100.0)
+    assert 85 < restored.low < 90
+    same = rows[3].mitigation
+    assert same.value == 0.0 and same.low < 0 < same.high
+    # the identical model ("full" shares the fine-tune's key) stays exactly 0
+    full = _with_comparisons([rows[0], rows[1], _row("finetuned", "compressed", [True] * 29 + [False] * 3,
+                                                    [True] * 10 + [False] * 22)], n_boot=300, seed=0)[2]
+    assert (full.mitigation.low, full.mitigation.high) == (0.0, 0.0)

@@ -175,4 +175,5 @@ def training_losses(results: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-__all__ = ["alignment_bars", "bitdelta_passes", "attack_vs_bits", "fidelity_sweep", "training_losses", "utility_vs_attack"]
+__all__ = ["alignment_bars", "attack_vs_bits", "bitdelta_passes", "fidelity_sweep", "training_losses",
+           "utility_vs_attack"]
