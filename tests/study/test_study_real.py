@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from deltaguard.threats import HarmfulFinetuneConfig, attack
 
 @pytest.mark.slow
 def test_real_attack_and_audit_on_a_budget(tmp_path):
-    started = time.perf_counter()
     original = resolve_model_dir(DEFAULT_MODEL)
     threat = HarmfulFinetuneConfig(n_examples=6, n_task=4, epochs=1, lr=1e-4, batch_size=10, micro_batch_size=5,
                                    max_seq_len=128, response_tokens=24)
@@ -38,4 +36,3 @@ def test_real_attack_and_audit_on_a_budget(tmp_path):
     assert bits["kbit4"] > bits["bitdelta-nodistill"]
     assert all(r.score.attack.n == 4 and r.score.utility.n == 4 for r in report.rows)
     assert all(r.examples["harmful"][0]["response"] for r in report.rows)  # the real model writes replies
-    assert time.perf_counter() - started < 240
