@@ -187,9 +187,10 @@ def main() -> None:
               f"{r['packed_over_swap']:5.2f}x ({r['packed_over_swap_decode']:4.2f}x) "
               f"{r['packed_over_full']:5.2f}x ({r['packed_over_full_decode']:4.2f}x) {r['packed_equals_full_tokens']:>10.0%}")
     goal = next((r for r in rows if r["n_tenants"] == 8), None)
-    if goal is not None:
-        verdict = "met" if goal["packed_over_swap"] >= 3 else "NOT met"
-        print(f"goal (8 tenants, packed ≥ 3x swap, end to end): {goal['packed_over_swap']:.2f}x — {verdict}")
+    if goal is not None:  # the issue's metric is decode tokens/s; end to end (with prefill) is stricter
+        for what, key in (("decode phase", "packed_over_swap_decode"), ("end to end", "packed_over_swap")):
+            verdict = "met" if goal[key] >= 3 else "NOT met"
+            print(f"goal (8 tenants × {args.requests} requests, packed ≥ 3x swap, {what}): {goal[key]:.2f}x — {verdict}")
     env = serve_setup.environment() | {"device": args.device,
                                        "kernel": "triton" if args.device.startswith("cuda") else "torch"}
     name = 'serve_decode' if args.requests == 2 else f'serve_decode_r{args.requests}'

@@ -56,7 +56,11 @@ def test_the_delta_is_applied_from_packed_parts_not_merged(mt, base_model, delta
     assert torch.equal(q_proj.base.weight, base_model.get_submodule("model.layers.0.self_attn.q_proj").weight)
     slot = mt.slot_of("alpha")
     packed = deltas["alpha"].tensors["model.layers.0.self_attn.q_proj.weight"].parts["signs"]
-    assert q_proj.signs[slot].dtype == torch.uint8 and q_proj.signs[slot].data_ptr() == packed.data_ptr()
+    assert q_proj.signs[slot].dtype == torch.uint8 and torch.equal(q_proj.signs[slot], packed)
+    # all of a tenant's bits live in one buffer (no per-tensor allocator overhead), freed with the tenant
+    k_proj = mt.model.get_submodule("model.layers.1.self_attn.k_proj")
+    assert k_proj.signs[slot].untyped_storage().data_ptr() == q_proj.signs[slot].untyped_storage().data_ptr()
+    assert k_proj.signs[slot].untyped_storage().data_ptr() != k_proj.signs[mt.slot_of("beta")].untyped_storage().data_ptr()
     assert isinstance(mt.model.get_submodule("model.norm"), MultiTenantDense)  # per-tenant norm deltas
     assert isinstance(mt.model.get_submodule("model.embed_tokens"), MultiTenantDense)
 

@@ -3,9 +3,10 @@
 Each ``step`` (1) admits waiting requests — prefilled together in one forward (left-padded, each
 row with its own tenant's delta) — and they join the running batch; (2) runs ONE decode forward for every
 running sequence, whatever its tenant; (3) retires sequences that hit EOS, a stop string, their
-token budget, or were cancelled. The KV cache is one batched ``DynamicCache`` with left padding:
-when a sequence joins, the shorter side is padded on the left (masked out); when sequences leave,
-their rows are dropped and all-padding columns trimmed. Positions are tracked per row, so a row's
+token budget, or were cancelled. The KV cache is one batched cache with left padding that appends
+in place (``kv_cache.GrowingLayer``): when sequences join, the shorter side is padded on the left
+(masked out) and the rows are ordered by tenant, so each tenant's rows are one contiguous slice for
+the delta kernels; when sequences leave, their rows are dropped and all-padding columns trimmed. Positions are tracked per row, so a row's
 result does not depend on the padding or on which other tenants share the batch.
 
 ``start()`` runs the loop on a background thread that sleeps while there is nothing to do;
@@ -29,6 +30,7 @@ from torch.nn import functional as F
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError, DeltaguardError
 from deltaguard.generation import stop_token_ids
+from deltaguard.serve.kv_cache import cache_tensors, growing_cache, is_plain_dynamic
 from deltaguard.serve.layers import MultiTenantModel
 from deltaguard.serve.requests import Completion, EngineBusyError, Event, RequestHandle, SamplingParams
 
@@ -216,6 +218,7 @@ class Engine:
         """One forward over the new prompts (left-padded, each row with its own tenant), then join the batch."""
         from transformers import DynamicCache
 
+        handles = sorted(handles, key=lambda h: h.tenant)  # a tenant's rows contiguous: slices, not gathers
         width = max(len(h.prompt_ids) for h in handles)
         ids = torch.zeros((len(handles), width), dtype=torch.long, device=self.device)
         mask = torch.zeros((len(handles), width), dtype=torch.long, device=self.device)
@@ -233,29 +236,37 @@ class Engine:
                 generator.manual_seed(handle.params.seed if handle.params.seed is not None else torch.seed())
             generators.append(generator)
         tokens = _sample(out.logits[:, -1, :], [h.params for h in handles], generators)
-        self._join(_cache_tensors(out.past_key_values), mask)
+        joining = []
         for handle, token, generator in zip(handles, tokens, generators):
             seq = _Sequence(handle, token, len(handle.prompt_ids), generator,
                             stop_ids=frozenset() if handle.params.ignore_eos else self.stop_ids)
-            self._active.append(seq)
+            joining.append(seq)
             self._accept(seq, token)
+        self._join(joining, _cache_tensors(out.past_key_values), mask)
 
-    def _join(self, layers: list[tuple[Tensor, Tensor]], new_mask: Tensor) -> None:
-        """Append new rows (their cache ``[n, heads, P, dim]`` and mask ``[n, P]``), left-padding the shorter side."""
-        from transformers import DynamicCache
+    def _join(self, joining: list[_Sequence], layers: list[tuple[Tensor, Tensor]], new_mask: Tensor) -> None:
+        """Add new sequences (their cache ``[n, heads, P, dim]`` and mask ``[n, P]``) to the running batch.
 
+        The shorter side is left-padded, and the rows are put in tenant order (stable), so every
+        tenant's rows stay one contiguous block in the decode batch.
+        """
         if self._cache is None or self._mask is None:
-            self._cache, self._mask = DynamicCache(ddp_cache_data=layers), new_mask
+            self._active, self._cache, self._mask = joining, growing_cache(layers), new_mask
             return
         current = _cache_tensors(self._cache)
         length = new_mask.shape[1]
         width = max(self._mask.shape[1], length)
         pad_old, pad_new = width - self._mask.shape[1], width - length
-        merged = [(torch.cat([_left_pad(k, pad_old), _left_pad(nk, pad_new)]),
-                   torch.cat([_left_pad(v, pad_old), _left_pad(nv, pad_new)]))
-                  for (k, v), (nk, nv) in zip(current, layers)]
-        self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(new_mask, (pad_new, 0))])
-        self._cache = DynamicCache(ddp_cache_data=merged)
+        everyone = self._active + joining
+        order = sorted(range(len(everyone)), key=lambda row: everyone[row].handle.tenant)
+        index = torch.tensor(order, dtype=torch.long, device=self.device)
+
+        def merge(old: Tensor, new: Tensor) -> Tensor:
+            return torch.cat([_left_pad(old, pad_old), _left_pad(new, pad_new)]).index_select(0, index)
+
+        self._cache = growing_cache([(merge(k, nk), merge(v, nv)) for (k, v), (nk, nv) in zip(current, layers)])
+        self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(new_mask, (pad_new, 0))]).index_select(0, index)
+        self._active = [everyone[row] for row in order]
 
     def _decode(self) -> None:
         assert self._mask is not None
@@ -331,14 +342,12 @@ class Engine:
         if not keep or self._mask is None:
             self._active, self._cache, self._mask = [], None, None
             return
-        from transformers import DynamicCache
-
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         mask = self._mask.index_select(0, index)
         first = int((mask.sum(0) > 0).nonzero()[0])  # leading columns that are padding in every row
         self._mask = mask[:, first:]
-        self._cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
-                                                   for k, v in _cache_tensors(self._cache)])
+        self._cache = growing_cache([(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+                                     for k, v in _cache_tensors(self._cache)])
 
 
 def _collect(handle: RequestHandle) -> Completion:
@@ -359,12 +368,9 @@ def _left_pad(tensor: Tensor, n: int) -> Tensor:
 
 
 def _cache_tensors(cache: Any) -> list[tuple[Tensor, Tensor]]:
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
+    if not is_plain_dynamic(cache):
         raise ConfigError("the served model must use a plain dynamic KV cache (full-attention decoder, e.g. Llama)")
-    return [(layer.keys, layer.values) for layer in layers]
+    return cache_tensors(cache)
 
 
 def _sample(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:

