@@ -3,6 +3,11 @@
 The student is the base with every 16-bit delta merged and every targeted linear replaced by
 ``W_base + Σ_k s_k·sign_k`` where only ``s_k`` is trainable; the teacher is the fine-tuned model.
 The loss is the mean squared error between their logits over real (non-padding) tokens.
+
+A few calibration texts are held out. Their loss is measured with the closed-form scales and with
+the distilled ones, and the distilled scales are kept only if they lower it: with few steps or a
+learning rate too high for ``k`` > 1, training can end worse than where it started, and a
+compressor must never return a worse delta than its closed form.
 """
 
 from __future__ import annotations
@@ -94,12 +99,16 @@ def distill_scales(packed: CompressedDelta, calib: list[str], *, base: Any = Non
     ids = [t for t in ids if t.numel() >= 2]
     if not ids:
         raise ConfigError("calibration texts tokenise to fewer than 2 tokens each")
+    held_out, ids = _hold_out(ids, config.batch_size, config.seed)
+    pad_id = tokenizer.pad_token_id or 0
+    initial = {name: module.scales.detach().clone() for name, module in modules.items()}
+    loss_before = _held_out_loss(student, teacher, held_out, pad_id)
     params = [m.scales for m in modules.values()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.distill_steps) / config.distill_steps))
     )
-    batches = _batches(ids, min(config.batch_size, len(ids)), config.seed, tokenizer.pad_token_id or 0)
+    batches = _batches(ids, min(config.batch_size, len(ids)), config.seed, pad_id)
     losses: list[float] = []
     with progress_bar("distill scales", config.distill_steps, enabled=progress) as bar:
         for _ in range(config.distill_steps):
@@ -115,15 +124,43 @@ def distill_scales(packed: CompressedDelta, calib: list[str], *, base: Any = Non
             schedule.step()
             losses.append(loss.item())
             bar.advance(loss=losses[-1])
-    updates = {name: {"scales": module.scales.detach().to(torch.float32).clone()} for name, module in modules.items()}
+    loss_after = _held_out_loss(student, teacher, held_out, pad_id)
+    kept = loss_after < loss_before
+    final = {name: module.scales.detach() if kept else initial[name] for name, module in modules.items()}
+    updates = {name: {"scales": scales.to(torch.float32).clone()} for name, scales in final.items()}
     calibration = {
         "calibration": {
-            "n_texts": len(ids), "steps": config.distill_steps, "batch_size": config.batch_size,
-            "seq_len": config.seq_len, "lr": config.lr, "loss_first": losses[0], "loss_last": losses[-1],
-            "loss_min": min(losses),
+            "n_texts": len(ids), "n_held_out": len(held_out), "steps": config.distill_steps,
+            "batch_size": config.batch_size, "seq_len": config.seq_len, "lr": config.lr,
+            "loss_first": losses[0], "loss_last": losses[-1], "loss_min": min(losses),
+            "held_out_loss_closed_form": loss_before, "held_out_loss_distilled": loss_after,
+            "scales": "distilled" if kept else "closed-form (distillation did not lower the held-out loss)",
         }
     }
     return packed.with_parts(updates, calibration)
+
+
+def _hold_out(ids: list[Tensor], batch_size: int, seed: int) -> tuple[list[Tensor], list[Tensor]]:
+    """(held-out texts, training texts): a quarter of the texts, at most one batch, at least one.
+
+    With a single text it serves both roles (the check then only guards against divergence).
+    """
+    if len(ids) < 2:
+        return ids, ids
+    order = list(range(len(ids)))
+    random.Random(f"held-out:{seed}").shuffle(order)
+    n_held = max(1, min(batch_size, len(ids) // 4))
+    return [ids[i] for i in order[:n_held]], [ids[i] for i in order[n_held:]]
+
+
+@torch.no_grad()
+def _held_out_loss(student: nn.Module, teacher: nn.Module, ids: list[Tensor], pad_id: int) -> float:
+    """The distillation loss on ``ids`` as one batch (same precision as training)."""
+    input_ids, mask = next(_batches(ids, len(ids), 0, pad_id))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        target = teacher(input_ids=input_ids, attention_mask=mask).logits
+        logits = student(input_ids=input_ids, attention_mask=mask).logits
+    return float(masked_logit_mse(logits, target, mask))
 
 
 def copy_for_student(model: Any) -> Any:
