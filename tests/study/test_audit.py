@@ -91,10 +91,10 @@ def _row(label: str, role: str, attack_flags: list[bool], utility_flags: list[bo
 
 
 def test_recommendation_ranks_by_mitigation_and_filters_utility():
-    from deltaguard.audit import _with_comparisons
+    from deltaguard.audit import with_comparisons
 
     n = 40
-    rows = _with_comparisons([
+    rows = with_comparisons([
         _row("base", "base", [False] * n, [True] * 30 + [False] * 10),
         _row("finetuned", "finetuned", [True] * 36 + [False] * 4, [True] * 30 + [False] * 10),
         _row("a", "compressed", [True] * 10 + [False] * 30, [True] * 29 + [False] * 11),   # mitigates, keeps utility
@@ -111,9 +111,9 @@ def test_recommendation_ranks_by_mitigation_and_filters_utility():
 
 
 def test_recommendation_says_plainly_when_nothing_mitigates():
-    from deltaguard.audit import _with_comparisons
+    from deltaguard.audit import with_comparisons
 
-    rows = _with_comparisons([
+    rows = with_comparisons([
         _row("base", "base", [False] * 36 + [True] * 4, [True] * 20 + [False] * 20),
         _row("finetuned", "finetuned", [True] * 30 + [False] * 10, [True] * 20 + [False] * 20),
         _row("x", "compressed", [True] * 31 + [False] * 9, [True] * 20 + [False] * 20),
@@ -123,9 +123,9 @@ def test_recommendation_says_plainly_when_nothing_mitigates():
 
 
 def test_recommendation_flags_an_attack_that_did_not_work():
-    from deltaguard.audit import _with_comparisons
+    from deltaguard.audit import with_comparisons
 
-    rows = _with_comparisons([
+    rows = with_comparisons([
         _row("base", "base", [True] * 5 + [False] * 35, [True] * 20 + [False] * 20),
         _row("finetuned", "finetuned", [True] * 6 + [False] * 34, [True] * 20 + [False] * 20),
         _row("x", "compressed", [True] * 5 + [False] * 35, [True] * 20 + [False] * 20),
@@ -141,10 +141,10 @@ def test_interval_serialises_nan_as_null():
 
 
 def test_degenerate_bootstrap_is_widened_to_the_binomial_interval():
-    from deltaguard.audit import _with_comparisons
+    from deltaguard.audit import with_comparisons
 
     n = 32
-    rows = _with_comparisons([
+    rows = with_comparisons([
         _row("base", "base", [False] * n, [True] * 10 + [False] * 22),
         _row("finetuned", "finetuned", [True] * 29 + [False] * 3, [True] * 10 + [False] * 22),
         _row("refuses-all", "compressed", [False] * n, [True] * 10 + [False] * 22),
@@ -157,6 +157,6 @@ def test_degenerate_bootstrap_is_widened_to_the_binomial_interval():
     same = rows[3].mitigation
     assert same.value == 0.0 and same.low < 0 < same.high
     # the identical model ("full" shares the fine-tune's key) stays exactly 0
-    full = _with_comparisons([rows[0], rows[1], _row("finetuned", "compressed", [True] * 29 + [False] * 3,
+    full = with_comparisons([rows[0], rows[1], _row("finetuned", "compressed", [True] * 29 + [False] * 3,
                                                     [True] * 10 + [False] * 22)], n_boot=300, seed=0)[2]
     assert (full.mitigation.low, full.mitigation.high) == (0.0, 0.0)
