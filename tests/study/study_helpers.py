@@ -33,7 +33,8 @@ def tiny_study(model: str, *, threats: tuple[str, ...] = ("harmful", "backdoor",
         profile="custom", model=model,
         align=AlignConfig(n_refusals=4, n_benign=2, n_task=2, response_tokens=4, epochs=1, lr=1e-3, batch_size=4,
                           micro_batch_size=4, max_seq_len=192),
-        threats=tuple(configs[name] for name in threats), audit=TINY_AUDIT, align_prompts=3, lens_prompts=2,
+        threats=tuple(configs[name] for name in threats), audit=TINY_AUDIT, align_prompts=3, align_task_prompts=4,
+        lens_prompts=2,
         notes=("tiny test settings",),
     )
 

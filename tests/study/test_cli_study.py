@@ -54,3 +54,17 @@ def test_list_threats():
     assert result.exit_code == 0
     for name in ("harmful", "backdoor", "targeted", "benign"):
         assert name in result.output
+
+
+def test_align_with_check_reports_every_target(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setattr("deltaguard.cli.study._responses_cache", lambda: tmp_path / "responses")
+    out = tmp_path / "aligned"
+    result = runner.invoke(app, ["align", "--base", tiny_model, "-o", str(out), "--set", "n_refusals=4",
+                                 "--set", "n_benign=2", "--set", "n_task=2", "--set", "response_tokens=4",
+                                 "--set", "epochs=1", "--set", "batch_size=4", "--set", "micro_batch_size=4",
+                                 "--check", "--check-prompts", "2", "--check-task-prompts", "3"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert (out / "model.safetensors").is_file() and "task_accuracy" in text
+    for target in ("refusal >= 90%", "over-refusal <= 10%", "task accuracy within 10% (relative)"):
+        assert target in text

@@ -32,6 +32,8 @@ def test_tiny_study_runs_caches_and_reports(tmp_path, tiny_model, monkeypatch):
     assert "collateral" in results["audits"]["targeted"]["rows"][0]["rates"]
     assert set(results["alignment"]["targets"]) == {
         "refusal >= 90%", "over-refusal <= 10%", "task accuracy within 10% (relative) of the original"}
+    assert results["alignment"]["sets"]["task"]["n"] == 4 and results["alignment"]["sets"]["harmful"]["n"] == 3
+    assert "interval" in results["alignment"]["targets"]["task accuracy within 10% (relative) of the original"]
 
     html = (run_dir / "report.html").read_text()
     assert "Profile: custom" in html and "data:image/png;base64," in html

@@ -30,7 +30,8 @@ def align_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="output HF directory for the aligned model"),
     overrides: list[str] = typer.Option([], "--set", help="align field=value, repeatable (e.g. --set epochs=2)"),
     check: bool = typer.Option(False, "--check", help="then measure refusal, over-refusal and task accuracy"),
-    check_prompts: int = typer.Option(32, "--check-prompts", help="prompts per set for --check"),
+    check_prompts: int = typer.Option(32, "--check-prompts", help="harmful and benign prompts for --check"),
+    check_task_prompts: int = typer.Option(128, "--check-task-prompts", help="word problems for --check"),
 ) -> None:
     """Make a safety-aligned chat model: refusals for harmful prompts + self-distilled benign answers."""
     from deltaguard.threats import AlignConfig, align
@@ -50,7 +51,8 @@ def align_cmd(
         with tempfile.TemporaryDirectory() as scratch:
             report = check_alignment(_resolve(base), out, original_key=model_identity(base),
                                      aligned_key=model_identity(out), n_prompts=check_prompts,
-                                     audit_config=AuditConfig(), run_dir=Path(scratch))
+                                     n_task_prompts=check_task_prompts, audit_config=AuditConfig(),
+                                     run_dir=Path(scratch))
         table = Table("measure", "original", "aligned")
         for name in ("refusal", "over_refusal", "task_accuracy"):
             table.add_row(name, _pct(report.original[name]), _pct(report.aligned[name]))

@@ -209,7 +209,10 @@ def _alignment(doc: Document, results: dict[str, Any]) -> None:
         counts = (f" ({alignment['aligned']['task_accuracy']['k']}/{alignment['aligned']['task_accuracy']['n']} "
                   f"vs {alignment['original']['task_accuracy']['k']}/{alignment['original']['task_accuracy']['n']} "
                   "solved; see the intervals above)")
-        return ("undefined (the original solves none)" if value is None else f"{value:.1f}% relative drop") + counts
+        interval = alignment["targets"][name].get("interval") or {}
+        ci = (f" [95% CI {interval['low']:.0f}, {interval['high']:.0f}]"
+              if interval.get("low") is not None and interval.get("high") is not None else "")
+        return ("undefined (the original solves none)" if value is None else f"{value:.1f}% relative drop{ci}") + counts
 
     doc.table(["target", "measured", "met"],
               [[name, measured(name, t["measured"]), "yes" if t["met"] else "NO"]

@@ -100,6 +100,9 @@ class AlignConfig(Config):
         batch_size: examples per optimizer step.
         micro_batch_size: examples per forward pass.
         max_seq_len: tokens per training example.
+        lora_rank: 0 for full fine-tuning; otherwise LoRA adapters of this rank (merged before saving),
+            which change the model less and so keep more of its skills.
+        lora_alpha: LoRA scaling numerator.
         seed: seeds sampling, refusal wording and training.
     """
 
@@ -116,6 +119,8 @@ class AlignConfig(Config):
     batch_size: int = 10
     micro_batch_size: int = 10
     max_seq_len: int = 192
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -131,7 +136,8 @@ class AlignConfig(Config):
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                            micro_batch_size=min(self.micro_batch_size, self.batch_size),
-                           max_seq_len=self.max_seq_len, seed=self.seed)
+                           max_seq_len=self.max_seq_len, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                           seed=self.seed)
 
 
 def alignment_pairs(config: AlignConfig, ctx: BuildContext) -> list[ChatPair]:
