@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError, DeltaguardError
 from deltaguard.generation import stop_token_ids
-from deltaguard.serve.kv_cache import cache_tensors, growing_cache, is_plain_dynamic
+from deltaguard.kv_cache import cache_tensors, growing_cache, is_plain_dynamic
 from deltaguard.serve.layers import MultiTenantModel
 from deltaguard.serve.requests import Completion, EngineBusyError, Event, RequestHandle, SamplingParams
 

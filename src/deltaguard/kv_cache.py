@@ -6,6 +6,9 @@ of ~100 tokens that is ~60 fresh megabytes per step, and on a CPU the copies (an
 of the fresh allocations) took about a third of each decode step. ``GrowingLayer`` keeps the cache
 in a buffer with spare positions and writes the new states into it; ``keys``/``values`` are views of
 the filled part, so everything that reads a ``DynamicLayer`` reads this one unchanged.
+
+Used by the serving engine and by batched generation (``generation.decode_batch``), for models whose
+layers all use full attention (``cache_for``); others keep transformers' own cache.
 """
 
 from __future__ import annotations
@@ -84,6 +87,24 @@ def growing_cache(layers: list[tuple[Tensor, Tensor]] | None = None) -> DynamicC
         layer.update(keys, values)
         cache.layers.append(layer)
     return cache
+
+
+def cache_for(model: Any) -> DynamicCache | None:
+    """An empty growing cache when every layer of ``model`` uses full attention, else ``None``.
+
+    Sliding-window or otherwise special layers need transformers' own layer types, so for those
+    models the caller passes no cache and the model builds its usual one.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
+        return None
+    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return None
+    return growing_cache()
 
 
 def cache_tensors(cache: Any) -> list[tuple[Tensor, Tensor]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from deltaguard.serve.kv_cache import MIN_CAPACITY, GrowingLayer, growing_cache, is_plain_dynamic
+from deltaguard.kv_cache import MIN_CAPACITY, GrowingLayer, growing_cache, is_plain_dynamic
 
 
 def test_appends_equal_concatenation_and_reuse_the_buffer():
@@ -46,3 +46,33 @@ def test_growing_cache_is_filled_and_recognised():
     empty = growing_cache()
     empty.update(torch.ones(1, 1, 2, 4), torch.ones(1, 1, 2, 4), layer_idx=0)
     assert isinstance(empty.layers[0], GrowingLayer)
+
+
+def test_cache_for_only_full_attention_models():
+    from transformers import LlamaConfig, MistralConfig
+
+    from deltaguard.kv_cache import cache_for
+    from tinymodels import make_tiny_llama
+
+    assert isinstance(cache_for(make_tiny_llama(seed=0)).layer_class_to_replicate(), GrowingLayer)
+
+    class Sliding:  # a model whose config asks for sliding-window attention
+        config = MistralConfig(sliding_window=16)
+
+    class Mixed:
+        config = LlamaConfig(num_hidden_layers=2, layer_types=["full_attention", "sliding_attention"])
+
+    assert cache_for(Sliding()) is None and cache_for(Mixed()) is None and cache_for(object()) is None
+
+
+def test_batched_generation_is_the_same_with_either_cache(monkeypatch):
+    from deltaguard.generation import GenerationConfig, decode_batch
+    from tinymodels import make_tiny_llama
+
+    model = make_tiny_llama(seed=3)
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [20, 21, 22]]
+    config = GenerationConfig(max_new_tokens=40, batch_size=3)
+    growing = decode_batch(model, prompts, config=config, stop_ids={-1}, pad_id=0)
+    monkeypatch.setattr("deltaguard.kv_cache.cache_for", lambda model: None)
+    plain = decode_batch(model, prompts, config=config, stop_ids={-1}, pad_id=0)
+    assert growing == plain and all(len(row) == 40 for row in growing)
