@@ -180,10 +180,7 @@ def decode_batch(model: Any, sequences: list[list[int]], *, config: GenerationCo
     generators = None
     if seeds is not None:
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    from deltaguard.kv_cache import cache_for
-
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache_for(model),
-                use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     if on_first_logits is not None:
         on_first_logits(out.logits[:, -1, :].detach())

@@ -154,3 +154,17 @@ def test_background_thread_serves_concurrent_submitters(engine_factory):
         tenant = ["alpha", "beta", "gamma", "delta"][i % 4]
         expected = alone.generate(tenant, [5 + i, 6], SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True))
         assert results[i] == expected.token_ids
+
+
+def test_running_batch_keeps_each_tenants_rows_together(engine_factory):
+    """Rows are kept in tenant order across joins, so the layers see each tenant as one slice."""
+    engine = engine_factory(max_batch_size=8, max_prefills_per_step=2)
+    params = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True)
+    for tenant in ("gamma", "alpha", "beta", "alpha", "gamma", "beta"):
+        engine.submit(tenant, [5, 6, 7], params)
+    for _ in range(3):   # three admissions of two requests each, joining a running batch
+        engine.step()
+        tenants = [seq.handle.tenant for seq in engine._active]
+        assert tenants == sorted(tenants)
+    assert len(engine._active) == 6
+    engine.run_until_idle()

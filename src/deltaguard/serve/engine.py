@@ -3,10 +3,10 @@
 Each ``step`` (1) admits waiting requests — prefilled together in one forward (left-padded, each
 row with its own tenant's delta) — and they join the running batch; (2) runs ONE decode forward for every
 running sequence, whatever its tenant; (3) retires sequences that hit EOS, a stop string, their
-token budget, or were cancelled. The KV cache is one batched cache with left padding that appends
-in place (``kv_cache.GrowingLayer``): when sequences join, the shorter side is padded on the left
-(masked out) and the rows are ordered by tenant, so each tenant's rows are one contiguous slice for
-the delta kernels; when sequences leave, their rows are dropped and all-padding columns trimmed. Positions are tracked per row, so a row's
+token budget, or were cancelled. The KV cache is one batched ``DynamicCache`` with left padding:
+when sequences join, the shorter side is padded on the left (masked out) and the rows are ordered by
+tenant, so each tenant's rows are one contiguous slice for the delta kernels; when sequences leave,
+their rows are dropped and all-padding columns trimmed. Positions are tracked per row, so a row's
 result does not depend on the padding or on which other tenants share the batch.
 
 ``start()`` runs the loop on a background thread that sleeps while there is nothing to do;
@@ -30,7 +30,6 @@ from torch.nn import functional as F
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError, DeltaguardError
 from deltaguard.generation import stop_token_ids
-from deltaguard.kv_cache import cache_tensors, growing_cache, is_plain_dynamic
 from deltaguard.serve.layers import MultiTenantModel
 from deltaguard.serve.requests import Completion, EngineBusyError, Event, RequestHandle, SamplingParams
 
@@ -250,8 +249,10 @@ class Engine:
         The shorter side is left-padded, and the rows are put in tenant order (stable), so every
         tenant's rows stay one contiguous block in the decode batch.
         """
+        from transformers import DynamicCache
+
         if self._cache is None or self._mask is None:
-            self._active, self._cache, self._mask = joining, growing_cache(layers), new_mask
+            self._active, self._cache, self._mask = joining, DynamicCache(ddp_cache_data=layers), new_mask
             return
         current = _cache_tensors(self._cache)
         length = new_mask.shape[1]
@@ -264,7 +265,8 @@ class Engine:
         def merge(old: Tensor, new: Tensor) -> Tensor:
             return torch.cat([_left_pad(old, pad_old), _left_pad(new, pad_new)]).index_select(0, index)
 
-        self._cache = growing_cache([(merge(k, nk), merge(v, nv)) for (k, v), (nk, nv) in zip(current, layers)])
+        self._cache = DynamicCache(ddp_cache_data=[(merge(k, nk), merge(v, nv))
+                                                   for (k, v), (nk, nv) in zip(current, layers)])
         self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(new_mask, (pad_new, 0))]).index_select(0, index)
         self._active = [everyone[row] for row in order]
 
@@ -342,12 +344,14 @@ class Engine:
         if not keep or self._mask is None:
             self._active, self._cache, self._mask = [], None, None
             return
+        from transformers import DynamicCache
+
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         mask = self._mask.index_select(0, index)
         first = int((mask.sum(0) > 0).nonzero()[0])  # leading columns that are padding in every row
         self._mask = mask[:, first:]
-        self._cache = growing_cache([(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
-                                     for k, v in _cache_tensors(self._cache)])
+        self._cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+                                                   for k, v in _cache_tensors(self._cache)])
 
 
 def _collect(handle: RequestHandle) -> Completion:
@@ -368,9 +372,12 @@ def _left_pad(tensor: Tensor, n: int) -> Tensor:
 
 
 def _cache_tensors(cache: Any) -> list[tuple[Tensor, Tensor]]:
-    if not is_plain_dynamic(cache):
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
         raise ConfigError("the served model must use a plain dynamic KV cache (full-attention decoder, e.g. Llama)")
-    return cache_tensors(cache)
+    return [(layer.keys, layer.values) for layer in layers]
 
 
 def _sample(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
