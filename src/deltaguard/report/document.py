@@ -214,9 +214,16 @@ def _alignment(doc: Document, results: dict[str, Any]) -> None:
               if interval.get("low") is not None and interval.get("high") is not None else "")
         return ("undefined (the original solves none)" if value is None else f"{value:.1f}% relative drop{ci}") + counts
 
+    def met(target: dict[str, Any]) -> str:
+        verdict = "yes" if target["met"] else "NO"
+        interval = target.get("interval") or {}
+        low, high = interval.get("low"), interval.get("high")
+        if low is not None and high is not None and low <= target["target"] < high:
+            verdict += " (point estimate; the 95% interval includes both sides of the target)"
+        return verdict
+
     doc.table(["target", "measured", "met"],
-              [[name, measured(name, t["measured"]), "yes" if t["met"] else "NO"]
-               for name, t in alignment["targets"].items()])
+              [[name, measured(name, t["measured"]), met(t)] for name, t in alignment["targets"].items()])
     doc.figure("alignment", "Original vs aligned model (95% intervals).")
 
 
