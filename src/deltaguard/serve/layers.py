@@ -106,7 +106,7 @@ class MultiTenantLinear(nn.Module):
                          signs: Tensor | None = None) -> None:
         """Hold one tenant's delta of this layer; ``signs`` may replace the packed bits with a copy already in place."""
         device = self.base.weight.device
-        parts = {name: tensor.to(device) for name, tensor in packed.parts.items()}
+        parts = {name: tensor.to(device) for name, tensor in packed.parts.items() if not (name == "signs" and signs is not None)}
         if packed.encoding == "bitdelta":
             self.signs[slot] = parts["signs"] if signs is None else signs
             self.scale_values[slot] = tuple(float(v) for v in parts["scales"])

@@ -25,17 +25,19 @@ def test_masked_mse_ignores_padding():
     assert masked_logit_mse(student, teacher, torch.tensor([[1, 1]])).item() == pytest.approx(13.0)
 
 
-def test_distillation_moves_only_scales_and_reduces_logit_error(tmp_path, tiny_tokenizer):
-    vocab = len(tiny_tokenizer)
+def _closed_form_and_distilled(tmp_path, tokenizer, texts, cfg):
+    """A tiny base and a perturbed fine-tune; their delta compressed with closed-form scales, then distilled."""
+    vocab = len(tokenizer)
     base_dir = save_dir(make_tiny_llama(seed=0, vocab_size=vocab), tmp_path / "b")
-    tiny_tokenizer.save_pretrained(base_dir)
-    ft = perturb(make_tiny_llama(seed=0, vocab_size=vocab), seed=1, scale=2e-2)
-    ft_dir = save_dir(ft, tmp_path / "f")
-    delta = extract_delta(base_dir, ft_dir)
-    texts = CALIBRATION_TEXTS
+    tokenizer.save_pretrained(base_dir)
+    ft_dir = save_dir(perturb(make_tiny_llama(seed=0, vocab_size=vocab), seed=1, scale=2e-2), tmp_path / "f")
+    initial = compress(extract_delta(base_dir, ft_dir), cfg.replace(distill=False), progress=False)
+    return initial, calibrate(dataclasses.replace(initial, config=cfg), calib=texts, progress=False)
+
+
+def test_distillation_moves_only_scales_and_reduces_logit_error(tmp_path, tiny_tokenizer):
     cfg = BitDeltaConfig(distill_steps=40, batch_size=4, seq_len=16, lr=1e-3)
-    initial = compress(delta, cfg.replace(distill=False), progress=False)
-    tuned = calibrate(dataclasses.replace(initial, config=cfg), calib=texts, progress=False)
+    initial, tuned = _closed_form_and_distilled(tmp_path, tiny_tokenizer, CALIBRATION_TEXTS, cfg)
     for name, tensor in initial.tensors.items():
         if tensor.kind == "linear":
             assert torch.equal(tuned.tensors[name].parts["signs"], tensor.parts["signs"])
@@ -50,15 +52,9 @@ def test_distillation_moves_only_scales_and_reduces_logit_error(tmp_path, tiny_t
 
 def test_distillation_that_ends_worse_keeps_the_closed_form_scales(tmp_path, tiny_tokenizer):
     """A learning rate far too high makes the scales diverge: the held-out check returns the closed form."""
-    vocab = len(tiny_tokenizer)
-    base_dir = save_dir(make_tiny_llama(seed=0, vocab_size=vocab), tmp_path / "b")
-    tiny_tokenizer.save_pretrained(base_dir)
-    ft_dir = save_dir(perturb(make_tiny_llama(seed=0, vocab_size=vocab), seed=1, scale=2e-2), tmp_path / "f")
-    delta = extract_delta(base_dir, ft_dir)
     texts = ["How do I bake bread?", "Sure, here is a simple recipe.", "What is 12 plus 7?", "Step 1: mix the flour."]
     cfg = BitDeltaConfig(distill_steps=5, batch_size=4, seq_len=16, lr=50.0)
-    initial = compress(delta, cfg.replace(distill=False), progress=False)
-    tuned = calibrate(dataclasses.replace(initial, config=cfg), calib=texts, progress=False)
+    initial, tuned = _closed_form_and_distilled(tmp_path, tiny_tokenizer, texts, cfg)
     calibration = tuned.meta["calibration"]
     assert calibration["held_out_loss_distilled"] >= calibration["held_out_loss_closed_form"]
     assert calibration["scales"].startswith("closed-form")
