@@ -1,4 +1,4 @@
-"""The multi-tenant 1-bit delta matmul: torch path vs the merged-weight math, dispatch, Triton (interpreter/GPU)."""
+"""The multi-tenant 1-bit delta matmul: torch and C++ paths vs the merged-weight math, dispatch, Triton (interpreter/GPU)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from deltaguard.delta.packing import pack_signs, unpack_signs
 from deltaguard.errors import ConfigError
-from deltaguard.kernels import has_triton, multi_tenant_linear, packed_sign_matmul, pick_backend, reference
+from deltaguard.kernels import cpu_bitdelta, has_triton, multi_tenant_linear, packed_sign_matmul, pick_backend, reference
 
 
 def make_case(*, n_in: int, n_out: int, n_tenants: int, k: int, n_rows: int, seed: int = 0):
@@ -100,12 +100,90 @@ def test_per_slot_sequences_work_like_a_stacked_tensor():
     torch.testing.assert_close(as_dicts, multi_tenant_linear(*case, backend="torch"), rtol=0, atol=0)
 
 
-def test_dispatch_falls_back_to_torch_without_cuda():
-    assert pick_backend(torch.device("cpu")) == "torch"
+def test_dispatch_picks_the_cpp_kernel_on_cpu_when_it_builds_and_refuses_what_cannot_run():
+    assert pick_backend(torch.device("cpu")) == ("cpp" if cpu_bitdelta.available() else "torch")
     with pytest.raises(ConfigError, match="backend=triton needs CUDA"):
         pick_backend(torch.device("cpu"), "triton")
     with pytest.raises(ConfigError, match="must be one of"):
         pick_backend(torch.device("cpu"), "cuda")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="backend=cpp needs CPU tensors"):
+        pick_backend(torch.device("meta"), "cpp")
+
+
+def test_switching_the_cpp_kernel_off_falls_back_to_torch(monkeypatch, caplog):
+    monkeypatch.setenv(cpu_bitdelta.ENV_SWITCH, "0")
+    cpu_bitdelta.load.cache_clear()
+    try:
+        assert pick_backend(torch.device("cpu")) == "torch"
+        assert "DELTAGUARD_CPU_KERNEL turns it off" in caplog.text
+        with pytest.raises(ConfigError, match="C\\+\\+ CPU kernel is unavailable: DELTAGUARD_CPU_KERNEL turns it off"):
+            pick_backend(torch.device("cpu"), "cpp")
+        case = make_case(n_in=16, n_out=8, n_tenants=1, k=1, n_rows=2)
+        torch.testing.assert_close(multi_tenant_linear(*case), merged_reference(*case), rtol=0, atol=2e-5)
+    finally:
+        monkeypatch.undo()
+        cpu_bitdelta.load.cache_clear()
+
+
+@pytest.fixture
+def cpp():
+    if not cpu_bitdelta.available():
+        pytest.skip(f"the C++ CPU kernel is unavailable: {cpu_bitdelta.disabled_reason() or 'it did not build'}")
+    return cpu_bitdelta
+
+
+@pytest.mark.parametrize("n_in,n_out,k,n_rows", [(64, 48, 1, 1), (37, 50, 2, 9), (200, 130, 1, 33), (8, 5, 3, 4),
+                                                 (576, 300, 2, 13)])
+def test_cpp_kernel_equals_merged_weights(cpp, n_in, n_out, k, n_rows):
+    """Random tenants per row (runs of 1..n rows, rows without a tenant), several sign passes."""
+    case = make_case(n_in=n_in, n_out=n_out, n_tenants=3, k=k, n_rows=n_rows)
+    x, weight, bias, signs, scales, slots = case
+    out = multi_tenant_linear(x, weight, bias, list(signs), list(scales), slots, backend="cpp")
+    torch.testing.assert_close(out, merged_reference(*case), rtol=1e-5, atol=3e-5)  # fp32 sums in another order
+
+
+@pytest.mark.parametrize("n_in", [21, 29, 32])   # an odd number of bytes per row (a lone last byte), a padded group, exact
+@pytest.mark.parametrize("n_rows", [1, 2, 3, 4, 5, 9])   # every row-block size of the kernel, and several blocks
+def test_cpp_kernel_covers_every_byte_pattern(cpp, n_in, n_rows):
+    n_groups = (n_in + 7) // 8
+    signs = torch.arange(256, dtype=torch.uint8)[:, None].repeat(1, n_groups)
+    signs[:, -1] = signs[:, -1].roll(7)            # a different pattern in the last byte than in the others
+    x = torch.randn(n_rows, n_in, generator=torch.Generator().manual_seed(n_rows))
+    y = torch.zeros(n_rows, 256)
+    cpp.multi_tenant_bitdelta_(y, x, [signs[None]], [torch.tensor([0.5])], torch.zeros(n_rows, dtype=torch.long))
+    torch.testing.assert_close(y, 0.5 * x @ unpack_signs(signs, n_in).T, rtol=0, atol=1e-5)
+
+
+def test_cpp_kernel_gives_the_same_bits_on_any_thread_count(cpp):
+    x, _, _, signs, scales, slots = make_case(n_in=300, n_out=1000, n_tenants=2, k=1, n_rows=6)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y = torch.zeros(6, 1000)
+            cpp.multi_tenant_bitdelta_(y, x, list(signs), list(scales), slots)
+            results.append(y)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+
+
+def test_cpp_kernel_adds_into_a_lower_precision_output(cpp):
+    x, _, _, signs, scales, slots = make_case(n_in=64, n_out=40, n_tenants=2, k=1, n_rows=5)
+    start = torch.randn(5, 40)
+    y = start.to(torch.bfloat16)
+    cpp.multi_tenant_bitdelta_(y, x.to(torch.bfloat16), list(signs), list(scales), slots)
+    assert y.dtype == torch.bfloat16
+    expected = start.to(torch.bfloat16).float().clone()
+    reference.multi_tenant_bitdelta_(expected, x.to(torch.bfloat16).float(), signs, scales, slots)
+    torch.testing.assert_close(y.float(), expected, rtol=1e-2, atol=2e-2)
+
+
+def test_cpp_kernel_refuses_mismatched_signs(cpp):
+    x, _, _, signs, scales, _ = make_case(n_in=64, n_out=40, n_tenants=1, k=1, n_rows=2)
+    with pytest.raises(RuntimeError, match="do not match"):
+        cpp.multi_tenant_bitdelta_(torch.zeros(2, 41), x, list(signs), list(scales), torch.zeros(2, dtype=torch.long))
 
 
 _INTERPRETER_CHECK = """

@@ -12,9 +12,14 @@ from deltaguard.errors import ConfigError, IncompatibleBaseError
 from deltaguard.serve import MultiTenantDense, MultiTenantLinear, MultiTenantModel
 
 
-@pytest.fixture
-def mt(base_model, deltas):
-    model = MultiTenantModel(copy.deepcopy(base_model))
+@pytest.fixture(params=["torch", "cpp"])
+def mt(request, base_model, deltas):
+    """The multi-tenant model on each CPU kernel (C++ skipped where it cannot build)."""
+    from deltaguard.kernels import cpu_bitdelta
+
+    if request.param == "cpp" and not cpu_bitdelta.available():
+        pytest.skip(f"the C++ CPU kernel is unavailable: {cpu_bitdelta.disabled_reason() or 'it did not build'}")
+    model = MultiTenantModel(copy.deepcopy(base_model), backend=request.param)
     for name, delta in deltas.items():
         model.add_tenant(name, delta)
     return model

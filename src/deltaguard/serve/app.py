@@ -77,7 +77,7 @@ def create_app(server: Server) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "tenants": len(server.registry.names()), "active_sequences": server.engine.n_active,
-                "waiting_requests": server.engine.n_waiting}
+                "waiting_requests": server.engine.n_waiting, "kernel": server.mt.kernel}
 
     @app.get("/metrics")
     async def metrics(request: Request) -> PlainTextResponse:

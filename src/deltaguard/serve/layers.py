@@ -5,7 +5,9 @@ delta touches (once, shared by every tenant) with a multi-tenant wrapper that ke
 as it is and holds the tenant's parts in their compressed form:
 
 * ``MultiTenantLinear`` — ``base(x)`` for every row, plus for each row its own tenant's ``x·Δᵀ``:
-  BitDelta tenants through ``deltaguard.kernels`` (packed bits, all tenants together), other
+  BitDelta tenants through ``deltaguard.kernels`` (packed bits; the C++ or Triton kernel takes the
+  few-row tenants of a batch — decoding — in one call, a tenant's many-row prompt goes through
+  merged weight tiles), other
   methods (k-bit, low-rank, ...) through their compressor's ``delta_matmul``, 16-bit deltas of
   untargeted linears (and of a tied output head) through a chunked matmul;
 * ``MultiTenantDense`` — any other module (norms, embeddings): the rows of a tenant run the module
@@ -31,6 +33,7 @@ from deltaguard.delta.methods import compressors
 from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor
 from deltaguard.errors import ConfigError, IncompatibleBaseError
 from deltaguard.kernels import Backend, bitdelta_matmul, multi_tenant_bitdelta_, pick_backend, rows_by_slot
+from deltaguard.kernels.cpu_bitdelta import MAX_ROWS as CPP_MAX_ROWS
 from deltaguard.kernels.reference import MERGE_MIN_ROWS, merged_tile_linear
 
 DENSE_CHUNK_ROWS = 4096  # output rows of a 16-bit delta converted to the compute dtype at once
@@ -46,10 +49,12 @@ class TenantRows:
     def __init__(self) -> None:
         self.slots: Tensor | None = None
         self._groups: dict[int, list[tuple[int, Tensor | slice]]] = {}
+        self._kernel_slots: dict[tuple[int, frozenset[int]], Tensor] = {}
 
     def set(self, slots: Tensor | None) -> None:
         self.slots = slots
         self._groups = {}
+        self._kernel_slots = {}
 
     def for_batch(self, n_rows: int) -> Tensor | None:
         if self.slots is None:
@@ -65,6 +70,18 @@ class TenantRows:
             slots = self.slots.repeat_interleave(per_row) if per_row != 1 else self.slots
             self._groups[per_row] = rows_by_slot(slots)
         return self._groups[per_row]
+
+    def kernel_slots(self, per_row: int, slots: frozenset[int]) -> Tensor:
+        """The slot of each flattened row that belongs to one of ``slots``, ``-1`` for every other row."""
+        key = (per_row, slots)
+        if key not in self._kernel_slots:
+            n_rows = self.slots.shape[0] * per_row if self.slots is not None else 0
+            chosen = torch.full((n_rows,), -1, dtype=torch.long)
+            for slot, rows in self.groups(per_row):
+                if slot in slots:
+                    chosen[rows] = slot
+            self._kernel_slots[key] = chosen
+        return self._kernel_slots[key]
 
 
 def dense_matmul(x: Tensor, delta: Tensor, *, chunk_rows: int = DENSE_CHUNK_ROWS) -> Tensor:
@@ -96,7 +113,7 @@ class MultiTenantLinear(nn.Module):
         self.scale_values: dict[int, tuple[float, ...]] = {}  # slot → its k scales
         self.matmuls: dict[int, Callable[[Tensor], Tensor]] = {}   # slot → x [n, in] ↦ x·Δᵀ (other encodings)
         self.bias_deltas: dict[int, Tensor] = {}
-        self._stacked: tuple[Tensor, Tensor] | None = None          # signs/scales of all slots, for one CUDA launch
+        self._tables: tuple[Any, Any] | None = None   # signs/scales of all slots for one kernel call (cached)
 
     @property
     def slots(self) -> set[int]:
@@ -117,34 +134,40 @@ class MultiTenantLinear(nn.Module):
             compressor = compressors.get(packed.encoding)()
             shape, config = packed.base_shape, delta.config
             self.matmuls[slot] = lambda x: compressor.delta_matmul(x, parts, shape, config)
-        self._stacked = None
+        self._tables = None
 
     def add_shared_dense(self, slot: int, weight_delta: Tensor) -> None:
         """A 16-bit delta shared with another module (a tied head reusing the embedding's delta)."""
         self.matmuls[slot] = lambda x, w=weight_delta: dense_matmul(x, w)
-        self._stacked = None
+        self._tables = None
 
     def remove(self, slot: int) -> None:
         for table in (self.signs, self.scale_values, self.matmuls, self.bias_deltas):
             table.pop(slot, None)
-        self._stacked = None
+        self._tables = None
 
     def _bit_tables(self, device: torch.device) -> tuple[Any, Any]:
-        """Per-slot signs and scales: a stacked, zero-padded tensor pair on CUDA (one kernel launch)."""
+        """Signs and scales of every slot for one kernel call: stacked and zero-padded on CUDA (Triton),
+        per-slot lists indexed by slot elsewhere (empty tensors for slots without bits here)."""
+        if self._tables is not None:
+            return self._tables
+        n_slots = max(self.signs) + 1
         if device.type != "cuda":
-            return self.signs, {slot: torch.tensor(v, dtype=torch.float32) for slot, v in self.scale_values.items()}
-        if self._stacked is None:
-            n_slots = max(self.signs) + 1
-            k = max(s.shape[0] for s in self.signs.values())
-            first = next(iter(self.signs.values()))
-            signs = torch.zeros((n_slots, k, *first.shape[1:]), dtype=torch.uint8, device=device)
-            scales = torch.zeros((n_slots, k), dtype=torch.float32, device=device)
-            for slot, tensor in list(self.signs.items()):
-                signs[slot, : tensor.shape[0]] = tensor
-                scales[slot, : tensor.shape[0]] = torch.tensor(self.scale_values[slot], dtype=torch.float32)
-                self.signs[slot] = signs[slot, : tensor.shape[0]]  # a view: the bits are held once
-            self._stacked = (signs, scales)
-        return self._stacked
+            none_u8, none_f32 = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.float32)
+            self._tables = ([self.signs.get(slot, none_u8) for slot in range(n_slots)],
+                            [torch.tensor(self.scale_values[slot], dtype=torch.float32) if slot in self.signs else none_f32
+                             for slot in range(n_slots)])
+            return self._tables
+        k = max(s.shape[0] for s in self.signs.values())
+        first = next(iter(self.signs.values()))
+        signs = torch.zeros((n_slots, k, *first.shape[1:]), dtype=torch.uint8, device=device)
+        scales = torch.zeros((n_slots, k), dtype=torch.float32, device=device)
+        for slot, tensor in list(self.signs.items()):
+            signs[slot, : tensor.shape[0]] = tensor
+            scales[slot, : tensor.shape[0]] = torch.tensor(self.scale_values[slot], dtype=torch.float32)
+            self.signs[slot] = signs[slot, : tensor.shape[0]]  # a view: the bits are held once
+        self._tables = (signs, scales)
+        return self._tables
 
     def forward(self, x: Tensor) -> Tensor:
         slots = self.rows.for_batch(x.shape[0])
@@ -153,10 +176,14 @@ class MultiTenantLinear(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         per_row = _per_row(x)
         groups = self.rows.groups(per_row)
-        use_kernel = bool(self.signs) and pick_backend(x.device, self.backend) != "torch"
-        # Many rows of one BitDelta tenant (a prompt): its weight tiles are built and multiplied once.
-        merged = [] if use_kernel else [(slot, rows) for slot, rows in groups
-                                        if slot in self.signs and _n_rows(rows) >= MERGE_MIN_ROWS]
+        kernel = pick_backend(x.device, self.backend) if self.signs else "torch"
+        bit_groups = [(slot, rows) for slot, rows in groups if slot in self.signs]
+        if kernel == "triton":  # every BitDelta row of the batch in one launch
+            kernel_groups, merged = bit_groups, []
+        else:  # a tenant's many rows (a prompt): its weight tiles are built and multiplied once
+            merged = [(slot, rows) for slot, rows in bit_groups if _n_rows(rows) >= MERGE_MIN_ROWS]
+            kernel_groups = ([(slot, rows) for slot, rows in bit_groups if _n_rows(rows) < CPP_MAX_ROWS]
+                             if kernel == "cpp" else [])
         if merged:
             y2 = torch.empty((x2.shape[0], self.base.out_features), dtype=x.dtype, device=x.device)
             rest = torch.ones(x2.shape[0], dtype=torch.bool, device=x.device)
@@ -169,15 +196,18 @@ class MultiTenantLinear(nn.Module):
                 y2[index] = self.base(x2[index])
         else:
             y2 = self.base(x2)
-        if use_kernel:  # every BitDelta tenant of the batch in one kernel launch
-            token_slots = slots.repeat_interleave(per_row) if per_row != 1 else slots
-            has_bits = torch.tensor(sorted(self.signs), device=token_slots.device)
-            bit_slots = torch.where(torch.isin(token_slots, has_bits), token_slots, torch.full_like(token_slots, -1))
+        if kernel_groups:
             signs, scales = self._bit_tables(x.device)
-            multi_tenant_bitdelta_(y2, x2, signs, scales, bit_slots, backend=self.backend)
-        done = {slot for slot, _ in merged}
+            if kernel == "triton":
+                token_slots = slots.repeat_interleave(per_row) if per_row != 1 else slots
+                has_bits = torch.tensor(sorted(self.signs), device=token_slots.device)
+                row_slots = torch.where(torch.isin(token_slots, has_bits), token_slots, torch.full_like(token_slots, -1))
+            else:
+                row_slots = self.rows.kernel_slots(per_row, frozenset(slot for slot, _ in kernel_groups))
+            multi_tenant_bitdelta_(y2, x2, signs, scales, row_slots, backend=kernel)  # type: ignore[arg-type]
+        done = {slot for slot, _ in merged} | {slot for slot, _ in kernel_groups}
         for slot, rows in groups:
-            if slot in self.signs and not use_kernel and slot not in done:
+            if slot in self.signs and slot not in done:
                 y2[rows] += bitdelta_matmul(x2[rows], self.signs[slot], self.scale_values[slot]).to(y2.dtype)
             elif slot in self.matmuls:
                 y2[rows] += self.matmuls[slot](x2[rows]).to(y2.dtype)
@@ -240,6 +270,7 @@ class MultiTenantModel:
         self.model = model
         self.fingerprint = fingerprint or fingerprint_model(model)
         self.backend = backend
+        self.kernel = pick_backend(next(model.parameters()).device, backend)  # checked (and built) now, not mid-request
         self.rows = TenantRows()
         self._slots: dict[str, int] = {}
         self._footprints: dict[str, TenantFootprint] = {}
@@ -371,7 +402,7 @@ class MultiTenantModel:
                 wrapper.add_weight_delta(slot, packed, delta, signs=signs)
             else:
                 wrapper.bias_deltas[slot] = packed.parts["delta"].to(wrapper.base.weight.device)
-                wrapper._stacked = None
+                wrapper._tables = None
         else:
             assert isinstance(wrapper, MultiTenantDense)
             wrapper.add_param_delta(slot, param_name, packed.parts["delta"])

@@ -42,7 +42,8 @@ class ServeConfig(Config):
         max_batch_size: sequences decoded together in one forward pass.
         max_queue: requests waiting for a batch slot; more get 429.
         request_timeout_seconds: a non-streaming request that takes longer is cancelled (504).
-        kernel: 1-bit delta kernel: auto (Triton on CUDA when installed, else torch), torch or triton.
+        kernel: 1-bit delta kernel: auto (Triton on CUDA when installed; on CPU the C++ kernel when it
+            builds here, else torch), torch, cpp or triton.
         is_metrics_public: serve /metrics without the admin key (it names tenants).
         persist_tenants: rewrite the tenants file when admin endpoints add or remove tenants.
         admin_delta_root: if set, deltas added through the admin API must lie inside this directory.
@@ -62,7 +63,7 @@ class ServeConfig(Config):
     max_batch_size: int = 16
     max_queue: int = 256
     request_timeout_seconds: float = 300.0
-    kernel: Literal["auto", "torch", "triton"] = "auto"
+    kernel: Literal["auto", "torch", "cpp", "triton"] = "auto"
     is_metrics_public: bool = False
     persist_tenants: bool = False
     admin_delta_root: str | None = None
@@ -76,7 +77,7 @@ class ServeConfig(Config):
         check_range("serve.max_new_tokens", self.max_new_tokens, 1)
         check_range("serve.default_new_tokens", self.default_new_tokens, 1)
         check_range("serve.request_timeout_seconds", self.request_timeout_seconds, 0.0, low_inclusive=False)
-        check_choice("serve.kernel", self.kernel, ("auto", "torch", "triton"))
+        check_choice("serve.kernel", self.kernel, ("auto", "torch", "cpp", "triton"))
         if self.n_threads is not None:
             check_range("serve.n_threads", self.n_threads, 1)
         EngineConfig(max_batch_size=self.max_batch_size, max_queue=self.max_queue)  # same checks as the engine
@@ -93,10 +94,8 @@ class Server:
                  tenants: TenantsFile | None = None, judges: dict[str, Any] | None = None) -> None:
         self.config, self.tokenizer = config, tokenizer
         self.fingerprint = fingerprint_model(model)
-        from deltaguard.kernels import pick_backend
-
-        pick_backend(next(model.parameters()).device, config.kernel)  # kernel=triton without CUDA fails here, not mid-request
-        self.mt = MultiTenantModel(model, fingerprint=self.fingerprint, backend=config.kernel)
+        self.mt = MultiTenantModel(model, fingerprint=self.fingerprint, backend=config.kernel)  # checks the kernel
+        log.info("1-bit delta kernel: %s", self.mt.kernel)
         self.engine = Engine(self.mt, tokenizer, config.engine)
         self.registry = TenantRegistry(admin_key_hash=tenants.admin_key_hash if tenants else None)
         self.tenants_path = tenants.path if tenants else None
