@@ -67,12 +67,24 @@ def available() -> bool:
     return load() is not None
 
 
-def multi_tenant_bitdelta_(y: Tensor, x: Tensor, signs: Sequence[Tensor] | Tensor, scales: Sequence[Tensor] | Tensor,
-                           row_slots: Tensor) -> Tensor:
+def stack_scales(scales: Sequence[Tensor | Sequence[float]] | Tensor) -> Tensor:
+    """Per-slot scales as one contiguous float32 ``[slots, k_max]`` tensor (zero-padded)."""
+    if isinstance(scales, Tensor) and scales.dim() == 2:
+        return scales.to(torch.float32).contiguous()
+    rows = [torch.as_tensor(s, dtype=torch.float32).reshape(-1) for s in scales]
+    table = torch.zeros((len(rows), max((r.numel() for r in rows), default=0)), dtype=torch.float32)
+    for slot, row in enumerate(rows):
+        table[slot, : row.numel()] = row
+    return table
+
+
+def multi_tenant_bitdelta_(y: Tensor, x: Tensor, signs: Sequence[Tensor] | Tensor,
+                           scales: Sequence[Tensor | Sequence[float]] | Tensor, row_slots: Tensor) -> Tensor:
     """``y[r] += Σ_i scales[t][i]·x[r]·signs[t][i]ᵀ`` with ``t = row_slots[r]`` (``-1``: none), in place.
 
     ``signs[t]`` is uint8 ``[k, out, ceil(in/8)]``; a slot that no row uses may be an empty tensor.
-    ``x`` and ``y`` of other dtypes go through a float32 copy.
+    ``scales`` is ``[slots, k]`` or one sequence per slot. ``x`` and ``y`` of other dtypes go through a
+    float32 copy.
     """
     module = load()
     if module is None:
@@ -81,13 +93,13 @@ def multi_tenant_bitdelta_(y: Tensor, x: Tensor, signs: Sequence[Tensor] | Tenso
     if x.device.type != "cpu" or y.device.type != "cpu":
         raise ConfigError(f"the C++ CPU kernel needs CPU tensors (got {x.device})")
     signs_list = [s.contiguous() for s in signs]
-    scales_list = [s if isinstance(s, Tensor) else torch.tensor(s, dtype=torch.float32) for s in scales]
+    scale_table = stack_scales(scales)
     xf = x.contiguous() if x.dtype == torch.float32 else x.to(torch.float32).contiguous()
     slots = row_slots.to(torch.int64)
     if y.dtype == torch.float32 and y.stride(-1) == 1:
-        module.multi_tenant_bitdelta_(y, xf, signs_list, scales_list, slots)
+        module.multi_tenant_bitdelta_(y, xf, signs_list, scale_table, slots)
         return y
     delta = torch.zeros(y.shape, dtype=torch.float32)
-    module.multi_tenant_bitdelta_(delta, xf, signs_list, scales_list, slots)
+    module.multi_tenant_bitdelta_(delta, xf, signs_list, scale_table, slots)
     y += delta.to(y.dtype)
     return y

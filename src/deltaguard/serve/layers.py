@@ -33,7 +33,7 @@ from deltaguard.delta.methods import compressors
 from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor
 from deltaguard.errors import ConfigError, IncompatibleBaseError
 from deltaguard.kernels import Backend, bitdelta_matmul, multi_tenant_bitdelta_, pick_backend, rows_by_slot
-from deltaguard.kernels.cpu_bitdelta import MAX_ROWS as CPP_MAX_ROWS
+from deltaguard.kernels.cpu_bitdelta import MAX_ROWS as CPP_MAX_ROWS, stack_scales
 from deltaguard.kernels.reference import MERGE_MIN_ROWS, merged_tile_linear
 
 DENSE_CHUNK_ROWS = 4096  # output rows of a 16-bit delta converted to the compute dtype at once
@@ -152,11 +152,10 @@ class MultiTenantLinear(nn.Module):
         if self._tables is not None:
             return self._tables
         n_slots = max(self.signs) + 1
-        if device.type != "cuda":
-            none_u8, none_f32 = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.float32)
-            self._tables = ([self.signs.get(slot, none_u8) for slot in range(n_slots)],
-                            [torch.tensor(self.scale_values[slot], dtype=torch.float32) if slot in self.signs else none_f32
-                             for slot in range(n_slots)])
+        if device.type != "cuda":  # one scales tensor per layer, not per tenant: small tensors cost ~1 KiB each
+            no_bits = torch.empty(0, dtype=torch.uint8)
+            self._tables = ([self.signs.get(slot, no_bits) for slot in range(n_slots)],
+                            stack_scales([self.scale_values.get(slot, ()) for slot in range(n_slots)]))
             return self._tables
         k = max(s.shape[0] for s in self.signs.values())
         first = next(iter(self.signs.values()))

@@ -115,14 +115,16 @@ constexpr PassFn PASSES[MAX_ROWS + 1] = {nullptr, sign_pass<1>, sign_pass<2>, si
 
 }  // namespace
 
+// signs[t]: uint8 [k_t, out, G] (empty for a slot no row uses); scales: float32 [T, k_max], row t's first k_t used.
 void multi_tenant_bitdelta_(torch::Tensor y, torch::Tensor x, const std::vector<torch::Tensor>& signs,
-                            const std::vector<torch::Tensor>& scales, torch::Tensor row_slots) {
+                            torch::Tensor scales, torch::Tensor row_slots) {
   TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0), "x [n, in] and y [n, out] expected");
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && y.scalar_type() == torch::kFloat32, "x and y must be float32");
   TORCH_CHECK(x.device().is_cpu() && y.device().is_cpu(), "CPU tensors expected");
   TORCH_CHECK(x.stride(1) == 1 && y.stride(1) == 1, "x and y rows must be contiguous");
   TORCH_CHECK(row_slots.scalar_type() == torch::kInt64 && row_slots.numel() == x.size(0), "one int64 slot per row");
-  TORCH_CHECK(signs.size() == scales.size(), "one scales tensor per slot");
+  TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && scales.dim() == 2 && scales.is_contiguous() &&
+              scales.size(0) == static_cast<int64_t>(signs.size()), "scales: contiguous float32 [slots, k]");
   const int64_t n = x.size(0), n_in = x.size(1), n_out = y.size(1);
   const auto slots = row_slots.contiguous();
   const int64_t* slot_of = slots.data_ptr<int64_t>();
@@ -135,13 +137,13 @@ void multi_tenant_bitdelta_(torch::Tensor y, torch::Tensor x, const std::vector<
       const torch::Tensor& s = signs[slot];
       TORCH_CHECK(s.scalar_type() == torch::kUInt8 && s.is_contiguous() && s.dim() == 3, "signs: contiguous uint8 [k, out, G]");
       TORCH_CHECK(s.size(1) == n_out && s.size(2) == (n_in + 7) / 8, "signs of slot ", slot, " do not match x and y");
-      const auto sc = scales[slot].to(torch::kFloat32).contiguous();
-      TORCH_CHECK(sc.numel() == s.size(0), "slot ", slot, ": one scale per sign pass");
+      TORCH_CHECK(s.size(0) <= scales.size(1), "slot ", slot, ": one scale per sign pass");
+      const float* slot_scales = scales.data_ptr<float>() + slot * scales.size(1);
       for (int64_t r = start; r < stop; r += MAX_ROWS) {
         const int m = static_cast<int>(std::min<int64_t>(MAX_ROWS, stop - r));
         for (int64_t i = 0; i < s.size(0); ++i)
           PASSES[m](x.data_ptr<float>() + r * x.stride(0), x.stride(0), n_in, s[i].data_ptr<uint8_t>(), n_out,
-                    s.size(2), sc.data_ptr<float>()[i], y.data_ptr<float>() + r * y.stride(0), y.stride(0));
+                    s.size(2), slot_scales[i], y.data_ptr<float>() + r * y.stride(0), y.stride(0));
       }
     }
     start = stop;
