@@ -53,7 +53,7 @@ def load() -> Any | None:
             from torch.utils.cpp_extension import load as build
 
             level = torch.backends.cpu.get_cpu_capability().lower()
-            log.info("building deltaguard's CPU kernel (once per machine, ~30 s)")
+            log.info("loading deltaguard's C++ CPU kernel (compiled the first time on a machine: ~30 s)")
             return build(name=f"deltaguard_bitdelta_{level}", sources=[str(SOURCE)],
                          extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as error:  # noqa: BLE001 — any build failure means: use the PyTorch path
