@@ -13,6 +13,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DELTAGUARD_TEST", "1")
 
 
+@pytest.fixture(autouse=True)
+def _restore_deltaguard_logging():
+    """A command run in-process (``deltaguard serve``) installs JSON logging on the ``deltaguard`` logger;
+    undo it after the test so later tests' server threads do not print log lines into pytest's output."""
+    import logging
+
+    logger = logging.getLogger("deltaguard")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
 @pytest.fixture
 def tiny_pair(tmp_path):
     """(base_dir, finetuned_dir) of tiny tied Llama models saved with safetensors."""
