@@ -79,6 +79,34 @@ def _poison(mt, name: str, *, linear: bool, dense: bool) -> None:
             module.deltas[slot] = {k: torch.full_like(v, float("nan")) for k, v in module.deltas[slot].items()}
 
 
+def test_layers_reference_the_tenant_buffer_instead_of_holding_a_view_each(mt, deltas):
+    """A tensor view per tenant and layer costs ~1 KB of host memory; layers keep (buffer, offset) instead."""
+    slot = mt.slot_of("alpha")
+    layers = [m for m in mt.model.modules() if isinstance(m, MultiTenantLinear) and slot in m.signs]
+    refs = [layer.signs.ref(slot) for layer in layers]
+    assert len(layers) > 2 and all(flat is refs[0][0] for flat, _, _ in refs)
+    offsets = [offset for _, offset, _ in refs]
+    assert len(set(offsets)) == len(offsets)
+    name = "model.layers.1.mlp.down_proj.weight"
+    layer = mt.model.get_submodule(name.rsplit(".", 1)[0])
+    assert torch.equal(layer.signs[slot], deltas["alpha"].tensors[name].parts["signs"])
+
+
+def test_slot_signs_is_a_mapping_of_views():
+    from deltaguard.serve.layers import SlotSigns
+
+    signs = SlotSigns()
+    first = torch.randint(0, 256, (1, 3, 2), dtype=torch.uint8)
+    signs[4] = first
+    flat = torch.arange(30, dtype=torch.uint8)
+    signs.place(7, flat, 10, (1, 4, 2))
+    assert sorted(signs) == [4, 7] and len(signs) == 2 and 7 in signs and 5 not in signs
+    assert torch.equal(signs[4], first)
+    assert signs[7].tolist() == [[[10, 11], [12, 13], [14, 15], [16, 17]]]
+    del signs[4]
+    assert list(signs) == [7] and signs.pop(7).shape == (1, 4, 2) and not signs
+
+
 def test_a_row_never_depends_on_other_tenants_deltas(mt):
     """Isolation: poison beta's parts; alpha's rows (alone or batched with beta) do not change."""
     ids = torch.randint(4, 300, (3, 7), generator=torch.Generator().manual_seed(1))

@@ -86,20 +86,28 @@ def multi_tenant_bitdelta_(y: Tensor, x: Tensor, signs: Sequence[Tensor] | Tenso
     ``scales`` is ``[slots, k]`` or one sequence per slot. ``x`` and ``y`` of other dtypes go through a
     float32 copy.
     """
+    flat = [s.contiguous().view(-1) for s in signs]
+    layout = torch.tensor([[0, s.shape[0] if s.numel() else 0] for s in signs], dtype=torch.int64).reshape(-1, 2)
+    return multi_tenant_bitdelta_at_(y, x, flat, layout, stack_scales(scales), row_slots)
+
+
+def multi_tenant_bitdelta_at_(y: Tensor, x: Tensor, bits: Sequence[Tensor], layout: Tensor, scales: Tensor,
+                              row_slots: Tensor) -> Tensor:
+    """Like ``multi_tenant_bitdelta_``, with slot ``t``'s ``k`` sign matrices read from the flat uint8
+    tensor ``bits[t]`` at byte ``layout[t, 0]`` (``k = layout[t, 1]``): one buffer per tenant can
+    serve every layer without a tensor view per layer. ``scales`` is float32 ``[slots, k_max]``."""
     module = load()
     if module is None:
         raise ConfigError(f"the C++ CPU kernel is unavailable ({disabled_reason() or 'it did not build'}); "
                           "use kernel backend 'torch' or 'auto'")
     if x.device.type != "cpu" or y.device.type != "cpu":
         raise ConfigError(f"the C++ CPU kernel needs CPU tensors (got {x.device})")
-    signs_list = [s.contiguous() for s in signs]
-    scale_table = stack_scales(scales)
     xf = x.contiguous() if x.dtype == torch.float32 else x.to(torch.float32).contiguous()
     slots = row_slots.to(torch.int64)
     if y.dtype == torch.float32 and y.stride(-1) == 1:
-        module.multi_tenant_bitdelta_(y, xf, signs_list, scale_table, slots)
+        module.multi_tenant_bitdelta_(y, xf, list(bits), layout, scales, slots)
         return y
     delta = torch.zeros(y.shape, dtype=torch.float32)
-    module.multi_tenant_bitdelta_(delta, xf, signs_list, scale_table, slots)
+    module.multi_tenant_bitdelta_(delta, xf, list(bits), layout, scales, slots)
     y += delta.to(y.dtype)
     return y

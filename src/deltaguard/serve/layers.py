@@ -20,7 +20,10 @@ tenant has no delta for a module get exactly the base module's output.
 from __future__ import annotations
 
 import contextlib
+import math
+import mmap
 import threading
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -32,7 +35,7 @@ from deltaguard.delta.fingerprint import fingerprint_model
 from deltaguard.delta.methods import compressors
 from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor
 from deltaguard.errors import ConfigError, IncompatibleBaseError
-from deltaguard.kernels import Backend, bitdelta_matmul, multi_tenant_bitdelta_, pick_backend, rows_by_slot
+from deltaguard.kernels import Backend, bitdelta_matmul, cpu_bitdelta, multi_tenant_bitdelta_, pick_backend, rows_by_slot
 from deltaguard.kernels.cpu_bitdelta import MAX_ROWS as CPP_MAX_ROWS, stack_scales
 from deltaguard.kernels.reference import MERGE_MIN_ROWS, merged_tile_linear
 
@@ -101,6 +104,42 @@ def _per_row(x: Tensor) -> int:
     return x[0].numel() // x.shape[-1] if x.shape[0] else 1
 
 
+class SlotSigns(MutableMapping[int, Tensor]):
+    """slot → one layer's packed signs, uint8 ``[k, out, G]``, held as (flat buffer, byte offset, shape).
+
+    Each tenant's bits of every layer live in one buffer (``_coalesce``). A tensor view per tenant
+    and layer would cost about 1 KB of host memory each (measured: 0.2 MiB per tenant of a 30-layer
+    model, 1.5% over its bits), so an entry keeps a plain reference into the buffer instead; reading
+    an entry makes the view, and the C++ kernel reads the buffer at the offset directly.
+    """
+
+    def __init__(self) -> None:
+        self._refs: dict[int, tuple[Tensor, int, tuple[int, ...]]] = {}
+
+    def place(self, slot: int, flat: Tensor, offset: int, shape: Sequence[int]) -> None:
+        """Slot ``slot``'s signs are ``flat[offset : offset + prod(shape)]`` viewed as ``shape``."""
+        self._refs[slot] = (flat, offset, tuple(shape))
+
+    def ref(self, slot: int) -> tuple[Tensor, int, tuple[int, ...]]:
+        return self._refs[slot]
+
+    def __setitem__(self, slot: int, signs: Tensor) -> None:
+        self.place(slot, signs.contiguous().view(-1), 0, signs.shape)
+
+    def __getitem__(self, slot: int) -> Tensor:
+        flat, offset, shape = self._refs[slot]
+        return flat[offset:offset + math.prod(shape)].view(shape)
+
+    def __delitem__(self, slot: int) -> None:
+        del self._refs[slot]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+
 class MultiTenantLinear(nn.Module):
     """A shared ``nn.Linear`` plus, per batch row, that row's tenant delta kept compressed."""
 
@@ -109,7 +148,7 @@ class MultiTenantLinear(nn.Module):
         self.base = base
         self.rows = rows
         self.backend = backend
-        self.signs: dict[int, Tensor] = {}       # slot → uint8 [k, out, ceil(in/8)]
+        self.signs = SlotSigns()                 # slot → uint8 [k, out, ceil(in/8)]
         self.scale_values: dict[int, tuple[float, ...]] = {}  # slot → its k scales
         self.matmuls: dict[int, Callable[[Tensor], Tensor]] = {}   # slot → x [n, in] ↦ x·Δᵀ (other encodings)
         self.bias_deltas: dict[int, Tensor] = {}
@@ -120,12 +159,17 @@ class MultiTenantLinear(nn.Module):
         return set(self.signs) | set(self.matmuls) | set(self.bias_deltas)
 
     def add_weight_delta(self, slot: int, packed: PackedTensor, delta: CompressedDelta, *,
-                         signs: Tensor | None = None) -> None:
-        """Hold one tenant's delta of this layer; ``signs`` may replace the packed bits with a copy already in place."""
+                         signs_at: tuple[Tensor, int] | None = None) -> None:
+        """Hold one tenant's delta of this layer; ``signs_at`` (flat buffer, byte offset) says where a copy
+        of the packed bits already is on this layer's device."""
         device = self.base.weight.device
-        parts = {name: tensor.to(device) for name, tensor in packed.parts.items() if not (name == "signs" and signs is not None)}
+        parts = {name: tensor.to(device) for name, tensor in packed.parts.items()
+                 if not (name == "signs" and signs_at is not None)}
         if packed.encoding == "bitdelta":
-            self.signs[slot] = parts["signs"] if signs is None else signs
+            if signs_at is None:
+                self.signs[slot] = parts["signs"]
+            else:
+                self.signs.place(slot, signs_at[0], signs_at[1], packed.parts["signs"].shape)
             self.scale_values[slot] = tuple(float(v) for v in parts["scales"])
         elif packed.encoding == DENSE:
             weight = parts["delta"]
@@ -147,24 +191,29 @@ class MultiTenantLinear(nn.Module):
         self._tables = None
 
     def _bit_tables(self, device: torch.device) -> tuple[Any, Any]:
-        """Signs and scales of every slot for one kernel call: stacked and zero-padded on CUDA (Triton),
-        per-slot lists indexed by slot elsewhere (empty tensors for slots without bits here)."""
+        """Signs and scales of every slot for one kernel call. On CUDA (Triton): stacked, zero-padded
+        tensors. On CPU (C++): each slot's flat buffer, a ``[slots, 2]`` (byte offset, k) layout and a
+        ``[slots, k]`` scales table — a few tensors per layer, none per tenant."""
         if self._tables is not None:
             return self._tables
         n_slots = max(self.signs) + 1
-        if device.type != "cuda":  # one scales tensor per layer, not per tenant: small tensors cost ~1 KiB each
+        if device.type != "cuda":
             no_bits = torch.empty(0, dtype=torch.uint8)
-            self._tables = ([self.signs.get(slot, no_bits) for slot in range(n_slots)],
-                            stack_scales([self.scale_values.get(slot, ()) for slot in range(n_slots)]))
+            refs = [self.signs.ref(slot) if slot in self.signs else (no_bits, 0, (0,)) for slot in range(n_slots)]
+            layout = torch.tensor([[offset, shape[0] if flat.numel() else 0] for flat, offset, shape in refs],
+                                  dtype=torch.int64)
+            scales = stack_scales([self.scale_values.get(slot, ()) for slot in range(n_slots)])
+            self._tables = ([flat for flat, _, _ in refs], (layout, scales))
             return self._tables
         k = max(s.shape[0] for s in self.signs.values())
         first = next(iter(self.signs.values()))
         signs = torch.zeros((n_slots, k, *first.shape[1:]), dtype=torch.uint8, device=device)
         scales = torch.zeros((n_slots, k), dtype=torch.float32, device=device)
+        flat, per_slot = signs.view(-1), signs[0].numel()
         for slot, tensor in list(self.signs.items()):
             signs[slot, : tensor.shape[0]] = tensor
             scales[slot, : tensor.shape[0]] = torch.tensor(self.scale_values[slot], dtype=torch.float32)
-            self.signs[slot] = signs[slot, : tensor.shape[0]]  # a view: the bits are held once
+            self.signs.place(slot, flat, slot * per_slot, tensor.shape)  # the bits are held once, in the stack
         self._tables = (signs, scales)
         return self._tables
 
@@ -201,9 +250,11 @@ class MultiTenantLinear(nn.Module):
                 token_slots = slots.repeat_interleave(per_row) if per_row != 1 else slots
                 has_bits = torch.tensor(sorted(self.signs), device=token_slots.device)
                 row_slots = torch.where(torch.isin(token_slots, has_bits), token_slots, torch.full_like(token_slots, -1))
+                multi_tenant_bitdelta_(y2, x2, signs, scales, row_slots, backend="triton")
             else:
+                layout, scale_table = scales
                 row_slots = self.rows.kernel_slots(per_row, frozenset(slot for slot, _ in kernel_groups))
-            multi_tenant_bitdelta_(y2, x2, signs, scales, row_slots, backend=kernel)  # type: ignore[arg-type]
+                cpu_bitdelta.multi_tenant_bitdelta_at_(y2, x2, signs, layout, scale_table, row_slots)
         done = {slot for slot, _ in merged} | {slot for slot, _ in kernel_groups}
         for slot, rows in groups:
             if slot in self.signs and slot not in done:
@@ -293,10 +344,10 @@ class MultiTenantModel:
                 raise ConfigError(f"tenant {name!r} is already loaded")
             plan = self._plan(name, delta)
             slot = next(i for i in range(len(self._slots) + 1) if i not in self._slots.values())
-            signs = _coalesce({packed.name: packed.parts["signs"] for _, _, packed in plan if packed.encoding == "bitdelta"},
-                              next(self.model.parameters()).device)
+            signs_at = _coalesce({packed.name: packed.parts["signs"] for _, _, packed in plan
+                                  if packed.encoding == "bitdelta"}, next(self.model.parameters()).device)
             for module_name, param_name, packed in plan:
-                self._attach(slot, module_name, param_name, packed, delta, signs.get(packed.name))
+                self._attach(slot, module_name, param_name, packed, delta, signs_at.get(packed.name))
             tied = bool(delta.model_config.get("tie_word_embeddings", delta.meta.get("tie_word_embeddings", False)))
             embed_weight = f"{self._embed_name}.weight"
             head_weight = f"{self._head_name}.weight" if self._head_name else None
@@ -394,11 +445,11 @@ class MultiTenantModel:
         return wrapper
 
     def _attach(self, slot: int, module_name: str, param_name: str, packed: PackedTensor, delta: CompressedDelta,
-                signs: Tensor | None = None) -> None:
+                signs_at: tuple[Tensor, int] | None = None) -> None:
         wrapper = self._wrap(module_name)
         if isinstance(wrapper, MultiTenantLinear):
             if param_name == "weight":
-                wrapper.add_weight_delta(slot, packed, delta, signs=signs)
+                wrapper.add_weight_delta(slot, packed, delta, signs_at=signs_at)
             else:
                 wrapper.bias_deltas[slot] = packed.parts["delta"].to(wrapper.base.weight.device)
                 wrapper._tables = None
@@ -407,24 +458,31 @@ class MultiTenantModel:
             wrapper.add_param_delta(slot, param_name, packed.parts["delta"])
 
 
-def _coalesce(tensors: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    """Copies of ``tensors`` as views into ONE buffer on ``device``.
+def _coalesce(tensors: dict[str, Tensor], device: torch.device) -> dict[str, tuple[Tensor, int]]:
+    """Copies of ``tensors`` in ONE flat buffer on ``device``: name → (buffer, element offset).
 
     A tenant's packed signs are a few hundred tensors of 10–100 KiB; allocated one by one, each
     pays allocator rounding and bookkeeping (measured: ~5% over the bits themselves). One buffer
-    per tenant holds exactly the bits and is freed whole when the tenant is removed.
+    per tenant holds exactly the bits and is freed whole when the tenant is removed. On the CPU the
+    buffer is its own anonymous memory map rather than a heap block: glibc would otherwise put it
+    among the heap's small allocations (its mmap threshold grows after large frees), where freeing a
+    removed tenant's bits cannot always give the pages back to the OS.
     """
     if not tensors:
         return {}
     dtype = next(iter(tensors.values())).dtype
-    buffer = torch.empty(sum(t.numel() for t in tensors.values()), dtype=dtype, device=device)
-    views, offset = {}, 0
+    n_elements = sum(t.numel() for t in tensors.values())
+    if device.type == "cpu":
+        n_bytes = n_elements * torch.empty(0, dtype=dtype).element_size()
+        buffer = torch.frombuffer(mmap.mmap(-1, n_bytes), dtype=dtype, count=n_elements)  # unmapped with the buffer
+    else:
+        buffer = torch.empty(n_elements, dtype=dtype, device=device)
+    places, offset = {}, 0
     for name, tensor in tensors.items():
-        view = buffer[offset:offset + tensor.numel()].view(tensor.shape)
-        view.copy_(tensor)
-        views[name] = view
+        buffer[offset:offset + tensor.numel()].copy_(tensor.reshape(-1))
+        places[name] = (buffer, offset)
         offset += tensor.numel()
-    return views
+    return places
 
 
 def _unwrapped(model: Any, module_name: str) -> Any:

@@ -115,35 +115,46 @@ constexpr PassFn PASSES[MAX_ROWS + 1] = {nullptr, sign_pass<1>, sign_pass<2>, si
 
 }  // namespace
 
-// signs[t]: uint8 [k_t, out, G] (empty for a slot no row uses); scales: float32 [T, k_max], row t's first k_t used.
-void multi_tenant_bitdelta_(torch::Tensor y, torch::Tensor x, const std::vector<torch::Tensor>& signs,
-                            torch::Tensor scales, torch::Tensor row_slots) {
+// The packed signs of slot t are k_t = layout[t][1] matrices [out, G] stored back to back in the flat
+// uint8 tensor bits[t], from byte layout[t][0] on (several layers of one tenant may share one buffer);
+// scales is float32 [T, k_max], row t's first k_t used. Slots no row uses may have empty bits.
+void multi_tenant_bitdelta_(torch::Tensor y, torch::Tensor x, const std::vector<torch::Tensor>& bits,
+                            torch::Tensor layout, torch::Tensor scales, torch::Tensor row_slots) {
   TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0), "x [n, in] and y [n, out] expected");
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && y.scalar_type() == torch::kFloat32, "x and y must be float32");
   TORCH_CHECK(x.device().is_cpu() && y.device().is_cpu(), "CPU tensors expected");
   TORCH_CHECK(x.stride(1) == 1 && y.stride(1) == 1, "x and y rows must be contiguous");
   TORCH_CHECK(row_slots.scalar_type() == torch::kInt64 && row_slots.numel() == x.size(0), "one int64 slot per row");
+  const int64_t n_slots = static_cast<int64_t>(bits.size());
+  TORCH_CHECK(layout.scalar_type() == torch::kInt64 && layout.is_contiguous() && layout.dim() == 2 &&
+              layout.size(0) == n_slots && layout.size(1) == 2, "layout: contiguous int64 [slots, 2] (offset, k)");
   TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && scales.dim() == 2 && scales.is_contiguous() &&
-              scales.size(0) == static_cast<int64_t>(signs.size()), "scales: contiguous float32 [slots, k]");
-  const int64_t n = x.size(0), n_in = x.size(1), n_out = y.size(1);
+              scales.size(0) == n_slots, "scales: contiguous float32 [slots, k]");
+  const int64_t n = x.size(0), n_in = x.size(1), n_out = y.size(1), n_groups = (n_in + 7) / 8;
+  const int64_t matrix_bytes = n_out * n_groups;
   const auto slots = row_slots.contiguous();
   const int64_t* slot_of = slots.data_ptr<int64_t>();
+  const int64_t* layout_of = layout.data_ptr<int64_t>();
   for (int64_t start = 0; start < n;) {
     const int64_t slot = slot_of[start];
     int64_t stop = start + 1;
     while (stop < n && slot_of[stop] == slot) ++stop;
     if (slot >= 0) {
-      TORCH_CHECK(slot < static_cast<int64_t>(signs.size()) && signs[slot].numel() > 0, "slot ", slot, " has no signs");
-      const torch::Tensor& s = signs[slot];
-      TORCH_CHECK(s.scalar_type() == torch::kUInt8 && s.is_contiguous() && s.dim() == 3, "signs: contiguous uint8 [k, out, G]");
-      TORCH_CHECK(s.size(1) == n_out && s.size(2) == (n_in + 7) / 8, "signs of slot ", slot, " do not match x and y");
-      TORCH_CHECK(s.size(0) <= scales.size(1), "slot ", slot, ": one scale per sign pass");
+      TORCH_CHECK(slot < n_slots, "slot ", slot, " has no signs");
+      const torch::Tensor& b = bits[slot];
+      const int64_t offset = layout_of[2 * slot], k = layout_of[2 * slot + 1];
+      TORCH_CHECK(b.scalar_type() == torch::kUInt8 && b.is_contiguous() && b.device().is_cpu(),
+                  "bits of slot ", slot, ": contiguous uint8 CPU tensor expected");
+      TORCH_CHECK(k >= 1 && k <= scales.size(1) && offset >= 0 && offset + k * matrix_bytes <= b.numel(),
+                  "signs of slot ", slot, " do not match x and y (", k, " x [", n_out, ", ", n_groups, "] bytes from ",
+                  offset, " in a buffer of ", b.numel(), ")");
+      const uint8_t* slot_bits = b.data_ptr<uint8_t>() + offset;
       const float* slot_scales = scales.data_ptr<float>() + slot * scales.size(1);
       for (int64_t r = start; r < stop; r += MAX_ROWS) {
         const int m = static_cast<int>(std::min<int64_t>(MAX_ROWS, stop - r));
-        for (int64_t i = 0; i < s.size(0); ++i)
-          PASSES[m](x.data_ptr<float>() + r * x.stride(0), x.stride(0), n_in, s[i].data_ptr<uint8_t>(), n_out,
-                    s.size(2), slot_scales[i], y.data_ptr<float>() + r * y.stride(0), y.stride(0));
+        for (int64_t i = 0; i < k; ++i)
+          PASSES[m](x.data_ptr<float>() + r * x.stride(0), x.stride(0), n_in, slot_bits + i * matrix_bytes, n_out,
+                    n_groups, slot_scales[i], y.data_ptr<float>() + r * y.stride(0), y.stride(0));
       }
     }
     start = stop;
