@@ -125,6 +125,27 @@ def test_switching_the_cpp_kernel_off_falls_back_to_torch(monkeypatch, caplog):
         cpu_bitdelta.load.cache_clear()
 
 
+def test_a_failed_build_falls_back_to_torch_with_the_reason_logged(monkeypatch, caplog):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*_args, **_kwargs):
+        raise RuntimeError("Error building extension 'deltaguard_bitdelta': g++: not found\nmore lines")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    monkeypatch.delenv(cpu_bitdelta.ENV_SWITCH, raising=False)
+    cpu_bitdelta.load.cache_clear()
+    try:
+        if cpu_bitdelta.disabled_reason() is not None:
+            pytest.skip(f"this CPU cannot use the kernel anyway: {cpu_bitdelta.disabled_reason()}")
+        assert pick_backend(torch.device("cpu")) == "torch"
+        assert "it did not build (Error building extension 'deltaguard_bitdelta': g++: not found)" in caplog.text
+        with pytest.raises(ConfigError, match="C\\+\\+ CPU kernel is unavailable"):
+            pick_backend(torch.device("cpu"), "cpp")
+    finally:
+        monkeypatch.undo()
+        cpu_bitdelta.load.cache_clear()
+
+
 @pytest.fixture
 def cpp():
     if not cpu_bitdelta.available():

@@ -16,6 +16,7 @@ PyTorch path in use, with the reason logged once.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -32,6 +33,16 @@ SOURCE = Path(__file__).parent / "csrc" / "bitdelta_cpu.cpp"
 ENV_SWITCH = "DELTAGUARD_CPU_KERNEL"     # "0"/"off"/"false": never build or use the C++ kernel
 SIMD_LEVELS = ("AVX2", "AVX512")         # torch.backends.cpu.get_cpu_capability() values the kernel supports
 MAX_ROWS = 16                            # rows of one tenant from which the tiled PyTorch GEMM is faster
+
+
+def _cpu_tag() -> str:
+    """A short tag of this CPU's instruction-set flags: a ``-march=native`` build cached in a shared home
+    directory must not be loaded on a different CPU."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = torch.backends.cpu.get_cpu_capability()
+    return hashlib.sha256(flags.encode()).hexdigest()[:10]
 
 
 def disabled_reason() -> str | None:
@@ -52,9 +63,8 @@ def load() -> Any | None:
         try:
             from torch.utils.cpp_extension import load as build
 
-            level = torch.backends.cpu.get_cpu_capability().lower()
             log.info("loading deltaguard's C++ CPU kernel (compiled the first time on a machine: ~30 s)")
-            return build(name=f"deltaguard_bitdelta_{level}", sources=[str(SOURCE)],
+            return build(name=f"deltaguard_bitdelta_{_cpu_tag()}", sources=[str(SOURCE)],
                          extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as error:  # noqa: BLE001 — any build failure means: use the PyTorch path
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
