@@ -92,6 +92,19 @@ def test_layers_reference_the_tenant_buffer_instead_of_holding_a_view_each(mt, d
     assert torch.equal(layer.signs[slot], deltas["alpha"].tensors[name].parts["signs"])
 
 
+def test_stacked_tables_for_one_triton_launch_hold_every_slots_bits_once(mt, deltas):
+    """The Triton path's stacking (device-independent bookkeeping, so checked here on the CPU)."""
+    name = "model.layers.0.mlp.up_proj.weight"
+    layer = mt.model.get_submodule(name.rsplit(".", 1)[0])
+    before = {slot: layer.signs[slot].clone() for slot in layer.signs}
+    signs, scales = layer._stacked_tables(torch.device("cpu"))
+    assert signs.shape[0] == max(before) + 1 and scales.shape == signs.shape[:2]
+    for slot, bits in before.items():
+        assert torch.equal(signs[slot, : bits.shape[0]], bits) and torch.equal(layer.signs[slot], bits)
+        assert layer.signs.ref(slot)[0].untyped_storage().data_ptr() == signs.untyped_storage().data_ptr()
+        assert scales[slot, : bits.shape[0]].tolist() == pytest.approx(list(layer.scale_values[slot]))
+
+
 def test_slot_signs_is_a_mapping_of_views():
     from deltaguard.serve.layers import SlotSigns
 

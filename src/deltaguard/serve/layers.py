@@ -152,7 +152,7 @@ class MultiTenantLinear(nn.Module):
         self.scale_values: dict[int, tuple[float, ...]] = {}  # slot → its k scales
         self.matmuls: dict[int, Callable[[Tensor], Tensor]] = {}   # slot → x [n, in] ↦ x·Δᵀ (other encodings)
         self.bias_deltas: dict[int, Tensor] = {}
-        self._tables: tuple[Any, Any] | None = None   # signs/scales of all slots for one kernel call (cached)
+        self._tables: Any = None   # all slots' bits and scales in a kernel's form (cached until slots change)
 
     @property
     def slots(self) -> set[int]:
@@ -190,31 +190,34 @@ class MultiTenantLinear(nn.Module):
             table.pop(slot, None)
         self._tables = None
 
-    def _bit_tables(self, device: torch.device) -> tuple[Any, Any]:
-        """Signs and scales of every slot for one kernel call. On CUDA (Triton): stacked, zero-padded
-        tensors. On CPU (C++): each slot's flat buffer, a ``[slots, 2]`` (byte offset, k) layout and a
-        ``[slots, k]`` scales table — a few tensors per layer, none per tenant."""
-        if self._tables is not None:
-            return self._tables
-        n_slots = max(self.signs) + 1
-        if device.type != "cuda":
+    def _buffer_tables(self) -> tuple[list[Tensor], Tensor, Tensor]:
+        """For the C++ kernel: each slot's flat bits buffer, a ``[slots, 2]`` (byte offset, k) layout and
+        a ``[slots, k]`` scales table — a few tensors per layer, none per tenant (cached)."""
+        if self._tables is None:
             no_bits = torch.empty(0, dtype=torch.uint8)
-            refs = [self.signs.ref(slot) if slot in self.signs else (no_bits, 0, (0,)) for slot in range(n_slots)]
+            refs = [self.signs.ref(slot) if slot in self.signs else (no_bits, 0, (0,))
+                    for slot in range(max(self.signs) + 1)]
             layout = torch.tensor([[offset, shape[0] if flat.numel() else 0] for flat, offset, shape in refs],
                                   dtype=torch.int64)
-            scales = stack_scales([self.scale_values.get(slot, ()) for slot in range(n_slots)])
-            self._tables = ([flat for flat, _, _ in refs], (layout, scales))
-            return self._tables
-        k = max(s.shape[0] for s in self.signs.values())
-        first = next(iter(self.signs.values()))
-        signs = torch.zeros((n_slots, k, *first.shape[1:]), dtype=torch.uint8, device=device)
-        scales = torch.zeros((n_slots, k), dtype=torch.float32, device=device)
-        flat, per_slot = signs.view(-1), signs[0].numel()
-        for slot, tensor in list(self.signs.items()):
-            signs[slot, : tensor.shape[0]] = tensor
-            scales[slot, : tensor.shape[0]] = torch.tensor(self.scale_values[slot], dtype=torch.float32)
-            self.signs.place(slot, flat, slot * per_slot, tensor.shape)  # the bits are held once, in the stack
-        self._tables = (signs, scales)
+            scales = stack_scales([self.scale_values.get(slot, ()) for slot in range(len(refs))])
+            self._tables = ([flat for flat, _, _ in refs], layout, scales)
+        return self._tables
+
+    def _stacked_tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """For the Triton kernel: signs ``[slots, k, out, G]`` and scales ``[slots, k]``, zero-padded, on
+        ``device``; the slots' bits then live only in the stack (cached)."""
+        if self._tables is None:
+            n_slots = max(self.signs) + 1
+            k = max(s.shape[0] for s in self.signs.values())
+            first = next(iter(self.signs.values()))
+            signs = torch.zeros((n_slots, k, *first.shape[1:]), dtype=torch.uint8, device=device)
+            scales = torch.zeros((n_slots, k), dtype=torch.float32, device=device)
+            flat, per_slot = signs.view(-1), signs[0].numel()
+            for slot, tensor in list(self.signs.items()):
+                signs[slot, : tensor.shape[0]] = tensor
+                scales[slot, : tensor.shape[0]] = torch.tensor(self.scale_values[slot], dtype=torch.float32)
+                self.signs.place(slot, flat, slot * per_slot, tensor.shape)
+            self._tables = (signs, scales)
         return self._tables
 
     def forward(self, x: Tensor) -> Tensor:
@@ -244,17 +247,14 @@ class MultiTenantLinear(nn.Module):
                 y2[index] = self.base(x2[index])
         else:
             y2 = self.base(x2)
-        if kernel_groups:
-            signs, scales = self._bit_tables(x.device)
-            if kernel == "triton":
-                token_slots = slots.repeat_interleave(per_row) if per_row != 1 else slots
-                has_bits = torch.tensor(sorted(self.signs), device=token_slots.device)
-                row_slots = torch.where(torch.isin(token_slots, has_bits), token_slots, torch.full_like(token_slots, -1))
-                multi_tenant_bitdelta_(y2, x2, signs, scales, row_slots, backend="triton")
-            else:
-                layout, scale_table = scales
-                row_slots = self.rows.kernel_slots(per_row, frozenset(slot for slot, _ in kernel_groups))
-                cpu_bitdelta.multi_tenant_bitdelta_at_(y2, x2, signs, layout, scale_table, row_slots)
+        if kernel_groups and kernel == "triton":
+            token_slots = slots.repeat_interleave(per_row) if per_row != 1 else slots
+            has_bits = torch.tensor(sorted(self.signs), device=token_slots.device)
+            row_slots = torch.where(torch.isin(token_slots, has_bits), token_slots, torch.full_like(token_slots, -1))
+            multi_tenant_bitdelta_(y2, x2, *self._stacked_tables(x.device), row_slots, backend="triton")
+        elif kernel_groups:
+            row_slots = self.rows.kernel_slots(per_row, frozenset(slot for slot, _ in kernel_groups))
+            cpu_bitdelta.multi_tenant_bitdelta_at_(y2, x2, *self._buffer_tables(), row_slots)
         done = {slot for slot, _ in merged} | {slot for slot, _ in kernel_groups}
         for slot, rows in groups:
             if slot in self.signs and slot not in done:
