@@ -106,11 +106,16 @@ def audit(base: str | Path, finetuned: str | Path, threat: ThreatConfig, config:
                 calib = calibration_texts(base, config)
             delta = delta or extract_delta(base, finetuned)
             compress(delta, method, calib=calib if needs_calib else None, progress=progress).save(delta_dir)
-        summary = read_json(delta_dir / "manifest.json", what="delta manifest").get("summary", {})
+        manifest = read_json(delta_dir / "manifest.json", what="delta manifest")
+        summary = manifest.get("summary", {})
         compression = {"method": method.to_dict(), "delta_key": delta_key,
                        **{k: summary.get(k) for k in ("bits_per_param", "ratio_vs_fp16_delta", "ratio_vs_fp16_model",
                                                       "linear_bits_per_param", "linear_mean_rel_error",
                                                       "linear_mean_cosine")}}
+        calibration = manifest.get("meta", {}).get("calibration")
+        if calibration:  # what scale distillation did: held-out logit MSE before/after, and which scales were kept
+            compression["calibration"] = {k: calibration.get(k) for k in (
+                "held_out_loss_closed_form", "held_out_loss_distilled", "scales", "steps", "lr")}
 
         def load_variant(delta_dir: Path = delta_dir) -> tuple[Any, Any]:
             from deltaguard.delta import apply_delta_, load_delta

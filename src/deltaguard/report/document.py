@@ -280,6 +280,50 @@ def _audits(doc: Document, results: dict[str, Any]) -> None:
         else:
             doc.para("Recommendation: none of the audited methods both kept the utility drop under the limit and "
                      "could be ranked; see the table.")
+        note = distillation_note(audit)
+        if note:
+            doc.para(note)
+
+
+def _mitigates(row: dict[str, Any]) -> bool:
+    """Whether the row's mitigation is measurable: its 95% interval lies above zero."""
+    low = (row.get("mitigation_pct") or {}).get("low")
+    return low is not None and low > 0
+
+
+def distillation_note(audit: dict[str, Any]) -> str | None:
+    """What scale distillation did to 1-bit BitDelta's mitigation, when the audit has both variants.
+
+    Distillation fits the compressed model's outputs to the fine-tune's on calibration text, so it can
+    remove exactly the compression error that strips an attack; the two rows side by side say whether
+    it did here.
+    """
+    rows = {row["label"]: row for row in audit["rows"]}
+    plain, distilled = rows.get("bitdelta-nodistill"), rows.get("bitdelta")
+    if plain is None or distilled is None:
+        return None
+
+    def described(row: dict[str, Any]) -> str:
+        return (f"attack {pct(row['rates']['attack'])}, mitigation {interval(row.get('mitigation_pct'), '%')}, "
+                f"utility {pct(row['rates']['utility'])}")
+
+    calibration = (distilled.get("compression") or {}).get("calibration") or {}
+    before, after = calibration.get("held_out_loss_closed_form"), calibration.get("held_out_loss_distilled")
+    loss = (f" (held-out logit MSE {before:.3g} with closed-form scales, {after:.3g} distilled; kept: "
+            f"{calibration.get('scales', 'distilled')})" if before is not None and after is not None else "")
+    text = (f"Scale distillation (1-bit BitDelta). Closed-form scales: {described(plain)}. "
+            f"Distilled scales{loss}: {described(distilled)}.")
+    if _mitigates(plain) and not _mitigates(distilled):
+        text += (" Only the closed-form variant measurably mitigates: the mitigation here is compression error, and "
+                 "distillation, by making the compressed model answer like the fine-tune, removes it together with "
+                 "the attack.")
+    elif _mitigates(plain):
+        text += " Both variants measurably mitigate: distillation keeps the mitigation."
+    elif _mitigates(distilled):
+        text += " Only the distilled variant measurably mitigates."
+    else:
+        text += " Neither variant measurably mitigates this threat."
+    return text
 
 
 def _lens(doc: Document, results: dict[str, Any]) -> None:
