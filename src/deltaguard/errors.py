@@ -40,5 +40,9 @@ class ModelLoadError(DeltaguardError):
     """A path or name does not hold a loadable causal language model."""
 
 
+class ModelOutputError(DeltaguardError):
+    """A model produced unusable output (NaN or infinite logits), e.g. from corrupt weights or a corrupt delta."""
+
+
 class JudgeError(DeltaguardError):
     """A judge could not produce verdicts at all (as opposed to one unparseable verdict)."""

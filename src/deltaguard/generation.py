@@ -30,10 +30,11 @@ import torch
 
 from deltaguard.config import Config, check_range
 from deltaguard.data import PromptSet
-from deltaguard.errors import ConfigError, FormatError
+from deltaguard.errors import ConfigError, FormatError, ModelOutputError
 from deltaguard.io import read_jsonl, write_jsonl
 from deltaguard.models import chat_prompt
 from deltaguard.registry import Registry
+from deltaguard.sampling import pick_tokens, row_is_sampleable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,18 +214,12 @@ def decode_batch(model: Any, sequences: list[list[int]], *, config: GenerationCo
 
 
 def _pick(logits: torch.Tensor, config: GenerationConfig, generators: list[torch.Generator] | None) -> torch.Tensor:
-    if not config.do_sample:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / config.temperature, dim=-1)
-    if config.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly more likely tokens
-        sorted_probs = sorted_probs.masked_fill(before >= config.top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    assert generators is not None
-    picks = [torch.multinomial(probs[row], 1, generator=g) for row, g in enumerate(generators)]
-    return torch.cat(picks)
+    bad = ~row_is_sampleable(logits)
+    if bool(bad.any()):
+        raise ModelOutputError(f"the model produced non-finite logits for {int(bad.sum())} of {len(bad)} prompts in "
+                               "a batch (NaN/inf weights or activations); check the model or delta")
+    return pick_tokens(logits, temperature=config.temperature, top_p=config.top_p,
+                       generators=generators if config.do_sample else None)
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str] | PromptSet,

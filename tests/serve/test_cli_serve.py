@@ -56,15 +56,17 @@ def test_serve_refuses_a_delta_of_another_base(tmp_path, world):
 def test_serve_starts_uvicorn_with_the_settings(monkeypatch, world):
     seen = {}
 
-    def fake_run(app_, **kwargs):
-        seen.update(kwargs, app=app_)
+    def fake_run(self, sockets=None):
+        seen.update(host=self.config.host, port=self.config.port, app=self.config.app,
+                    grace=self.config.timeout_graceful_shutdown)
 
-    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setattr("deltaguard.serve.app.GracefulServer.run", fake_run)
     monkeypatch.setattr("deltaguard.serve.metrics.configure_json_logging", lambda: None)  # keep pytest's logging
     result = runner.invoke(app, ["serve", "--base", str(world.base_dir), "--tenants", str(world.tenants_path),
                                  "--port", "8123", "--set", "max_new_tokens=32"])
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    assert seen["grace"] is not None and seen["grace"] <= 5  # open connections cannot hold a shutdown for long
     server = seen["app"].state.server
     assert server.config.max_new_tokens == 32
     assert server.registry.names() == ["alpha", "beta", "delta", "gamma"]

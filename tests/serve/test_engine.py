@@ -10,6 +10,7 @@ import torch
 
 from deltaguard.delta import apply_delta
 from deltaguard.errors import ConfigError
+from deltaguard.sampling import pick_token
 from deltaguard.serve import Engine, EngineConfig, MultiTenantModel, SamplingParams
 from deltaguard.serve.requests import EngineBusyError
 
@@ -36,8 +37,8 @@ def reference_tokens(model, prompt: list[int], params: SamplingParams, stop_ids:
             if generator is None:
                 token = int(logits.argmax())
             else:
-                probs = torch.softmax(logits / params.temperature, dim=-1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
+                # the shared sampler (tested on its own in tests/unit/test_sampling.py)
+                token = pick_token(logits, temperature=params.temperature, top_p=params.top_p, generator=generator)
             if token in stop_ids:
                 break
             out.append(token)
@@ -168,3 +169,123 @@ def test_running_batch_keeps_each_tenants_rows_together(engine_factory):
         assert tenants == sorted(tenants)
     assert len(engine._active) == 6
     engine.run_until_idle()
+
+
+# -- fault isolation: one tenant's request can never fail another's ---------------------------------------
+
+def _solo(engine_factory, tenant, prompt, params):
+    return engine_factory().generate(tenant, prompt, params).token_ids
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1e-30, 1.0), (1e-30, 1e-30), (2.0, 1e-300), (1e-7, 0.5)])
+def test_extreme_sampling_values_are_safe_and_harm_no_one(engine_factory, temperature, top_p):
+    """Settings that overflowed float32 logits (temperature 1e-30) or masked every token used to crash
+    the shared decode step; now they sample validly and the other tenants' outputs are unchanged."""
+    engine = engine_factory()
+    greedy = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True)
+    hostile = engine.submit("alpha", [5, 6], SamplingParams(max_new_tokens=6, temperature=temperature, top_p=top_p,
+                                                            seed=1, ignore_eos=True))
+    victims = {t: engine.submit(t, [7, 8, 9], greedy) for t in ("beta", "gamma")}
+    engine.run_until_idle()
+    assert hostile.is_finished and all(h.is_finished for h in victims.values())
+    assert list(hostile.events())[-1].kind == "done"
+    for tenant, handle in victims.items():
+        assert list(handle.events())[-1].finish_reason == "length"
+        assert handle.token_ids == _solo(engine_factory, tenant, [7, 8, 9], greedy)
+
+
+def _poison_rows_of(engine, tenant: str, *, at_prefill: bool):
+    """Make the model's logits NaN in ``tenant``'s rows (as a delta holding NaN would), in decode steps or at prefill."""
+    forward = engine.mt.forward
+
+    def poisoned(tenants, **kwargs):
+        out = forward(tenants, **kwargs)
+        is_prefill = kwargs["input_ids"].shape[1] > 1
+        if is_prefill == at_prefill:
+            rows = [i for i, t in enumerate(tenants) if t == tenant]
+            out.logits[rows] = float("nan")
+        return out
+
+    engine.mt = type("Poisoned", (), {"__call__": staticmethod(poisoned), "__contains__": engine.mt.__contains__})()
+
+
+@pytest.mark.parametrize("at_prefill", [True, False])
+def test_non_finite_logits_fail_that_sequence_alone(engine_factory, at_prefill):
+    engine = engine_factory()
+    _poison_rows_of(engine, "gamma", at_prefill=at_prefill)
+    params = SamplingParams(max_new_tokens=5, temperature=0, ignore_eos=True)
+    bad = engine.submit("gamma", [5, 6], params)
+    good = {t: engine.submit(t, [5, 6], params) for t in ("alpha", "beta")}
+    engine.run_until_idle()
+    assert bad.is_finished and all(h.is_finished for h in good.values())  # nothing left hanging
+    events = list(bad.events())
+    assert events[-1].kind == "error" and events[-1].error_kind == "bad_output"
+    assert "non-finite logits" in events[-1].error
+    assert [e.kind for e in events].count("error") == 1
+    for tenant, handle in good.items():
+        assert list(handle.events())[-1].finish_reason == "length"
+        assert handle.token_ids == _solo(engine_factory, tenant, [5, 6], params)
+
+
+def test_a_prefill_that_raises_fails_only_the_request_that_breaks_it(engine_factory):
+    """Batched prefill fails → each request is retried alone → only the culprit gets an error event."""
+    engine = engine_factory(max_prefills_per_step=4)
+    forward = engine.mt.forward
+
+    def breaks_on_long_prompts(tenants, **kwargs):
+        if kwargs["input_ids"].shape[1] > 10:
+            raise RuntimeError("simulated kernel failure")
+        return forward(tenants, **kwargs)
+
+    engine.mt = type("Fragile", (), {"__call__": staticmethod(breaks_on_long_prompts),
+                                     "__contains__": engine.mt.__contains__})()
+    params = SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True)
+    culprit = engine.submit("alpha", list(range(5, 20)), params)
+    others = {t: engine.submit(t, [5, 6], params) for t in ("beta", "gamma", "delta")}
+    engine.run_until_idle()
+    assert culprit.is_finished and all(h.is_finished for h in others.values())  # nothing left hanging
+    end = list(culprit.events())[-1]
+    assert end.kind == "error" and "simulated kernel failure" in end.error
+    for tenant, handle in others.items():
+        assert list(handle.events())[-1].finish_reason == "length"
+        assert handle.token_ids == _solo(engine_factory, tenant, [5, 6], params)
+
+
+def test_a_failed_decode_step_still_ends_every_request(engine_factory):
+    """A decode forward that raises cannot be traced to a row: the running batch fails, each with one
+    terminal event, and the engine serves the next request normally."""
+    engine = engine_factory()
+    forward = engine.mt.forward
+    calls = {"n": 0}
+
+    def fails_once_in_decode(tenants, **kwargs):
+        if kwargs["input_ids"].shape[1] == 1 and calls["n"] == 0:
+            calls["n"] += 1
+            raise RuntimeError("simulated device error")
+        return forward(tenants, **kwargs)
+
+    engine.mt = type("Flaky", (), {"__call__": staticmethod(fails_once_in_decode),
+                                   "__contains__": engine.mt.__contains__})()
+    params = SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True)
+    handles = [engine.submit(t, [5, 6], params) for t in ("alpha", "beta")]
+    engine.run_until_idle()
+    for handle in handles:
+        assert handle.is_finished
+        events = list(handle.events())
+        assert [e.kind for e in events if e.kind in ("done", "error")] == ["error"]
+    after = engine.generate("alpha", [5, 6], params)
+    assert after.token_ids == _solo(engine_factory, "alpha", [5, 6], params)
+
+
+def test_shutdown_ends_waiting_and_running_requests_and_refuses_new_ones(engine_factory):
+    from deltaguard.serve.requests import EngineClosedError
+
+    engine = engine_factory(max_batch_size=1)
+    engine.start()
+    params = SamplingParams(max_new_tokens=200, temperature=0, ignore_eos=True)
+    handles = [engine.submit(t, [5, 6], params) for t in ("alpha", "beta")]
+    engine.stop()
+    for handle in handles:  # 200 tokens cannot finish before stop(): both end with "shutdown"
+        assert list(handle.events())[-1].error_kind == "shutdown"
+    with pytest.raises(EngineClosedError):
+        engine.submit("alpha", [5], params)

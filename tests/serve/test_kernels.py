@@ -40,7 +40,8 @@ def merged_reference(x, weight, bias, signs, scales, slots):
 def test_torch_path_equals_merged_weights(n_in, n_out, k, n_rows):
     case = make_case(n_in=n_in, n_out=n_out, n_tenants=3, k=k, n_rows=n_rows)
     out = multi_tenant_linear(*case, backend="torch")
-    torch.testing.assert_close(out, merged_reference(*case), rtol=0, atol=2e-5)
+    # fp32 sums of ~200 terms of magnitude ~40 differ from the reference order by a few ulps: relative tolerance
+    torch.testing.assert_close(out, merged_reference(*case), rtol=2e-6, atol=2e-5)
 
 
 def test_sign_matmul_covers_every_byte_pattern():

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -32,7 +33,7 @@ from deltaguard.serve.protocol import (
     AddTenantRequest, ApiError, error_body, model_not_found, read_json, require_admin, tenant_caller,
     validation_message,
 )
-from deltaguard.serve.server import Server
+from deltaguard.serve.server import ServeConfig, Server, build_server
 from deltaguard.serve.tenants import TenantSpec, hash_key, new_key
 
 log = logging.getLogger("deltaguard.serve.http")
@@ -184,3 +185,37 @@ def _tenant_info(server: Server, spec: TenantSpec) -> dict[str, Any]:
     return {"name": spec.name, "delta": str(spec.delta_dir), "n_keys": len(spec.key_hashes),
             "moderation": spec.moderation.to_dict()["fields"] if spec.moderation else None,
             "delta_bytes": footprint.n_bytes, "encodings": list(footprint.encodings)}
+
+
+# Seconds uvicorn waits for open connections after a shutdown signal before it cancels them.
+SHUTDOWN_GRACE_SECONDS = 3
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a shutdown signal first ends every in-flight generation.
+
+    uvicorn's graceful shutdown waits for open responses, and a stream that is still generating would
+    hold it for minutes. Telling the engine first fails each waiting and running request with a
+    ``shutdown`` event (HTTP 503, or an error event that ends the stream), so the process exits within
+    seconds of SIGTERM.
+    """
+
+    def __init__(self, config: uvicorn.Config, server: Server) -> None:
+        super().__init__(config)
+        self.app_server = server
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.app_server.engine.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
+def serve(base: str | Path, tenants_path: str | Path | None, config: ServeConfig = ServeConfig()) -> None:
+    """Run the OpenAI-compatible server until interrupted (SIGINT/SIGTERM end it within seconds)."""
+    from deltaguard.serve.metrics import configure_json_logging
+
+    configure_json_logging()
+    server = build_server(base, tenants_path, config)
+    log.info("serving", extra={"host": config.host, "port": config.port, "tenants": server.registry.names()})
+    uvicorn_config = uvicorn.Config(create_app(server), host=config.host, port=config.port, log_config=None,
+                                    access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+    GracefulServer(uvicorn_config, server).run()

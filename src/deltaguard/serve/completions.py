@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from deltaguard.errors import ConfigError
-from deltaguard.serve.requests import EngineBusyError, Event, RequestHandle, SamplingParams
+from deltaguard.serve.requests import EngineBusyError, EngineClosedError, Event, RequestHandle, SamplingParams
 from deltaguard.serve.moderation import Decision
 from deltaguard.serve.protocol import (
-    ApiError, ChatCompletionRequest, model_not_found, read_json, tenant_caller, validation_message,
+    ApiError, ChatCompletionRequest, error_body, model_not_found, read_json, tenant_caller, validation_message,
 )
 from deltaguard.serve.server import Server
 
@@ -111,6 +111,8 @@ async def _submit(server: Server, body: ChatCompletionRequest, call: _Call) -> t
                             top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stop_strings())
     try:
         handle = server.engine.submit(body.model, prompt_ids, params, loop=asyncio.get_running_loop(), request_id=call.id)
+    except EngineClosedError as exc:
+        raise ApiError(503, "server_error", str(exc)) from None
     except EngineBusyError as exc:
         raise ApiError(429, "rate_limit_error", str(exc), headers={"Retry-After": "1"}) from None
     except ConfigError as exc:
@@ -123,6 +125,8 @@ def _engine_error(event: Event) -> ApiError:
         return ApiError(404, "not_found_error", event.error)
     if event.error_kind == "shutdown":
         return ApiError(503, "server_error", event.error)
+    if event.error_kind == "bad_output":
+        return ApiError(500, "model_error", event.error)
     return ApiError(500, "server_error", event.error)
 
 
@@ -196,16 +200,25 @@ async def _stream(server: Server, body: ChatCompletionRequest, handle: RequestHa
     is_buffered = moderator is not None and moderator.screens("response") and moderator.config.action == "block"
     parts: list[str] = []
     completed = False
+    timeout = server.config.request_timeout_seconds
     try:
         yield chunk({"role": "assistant", "content": ""})
         final: Event | None = None
-        async for event in handle.aevents():
-            if event.kind == "text":
-                parts.append(event.text)
-                if not is_buffered:
-                    yield chunk({"content": event.text})
-            else:
-                final = event
+        try:
+            async with asyncio.timeout(timeout):  # a stream has a deadline too: it can never hang open
+                async for event in handle.aevents():
+                    if event.kind == "text":
+                        parts.append(event.text)
+                        if not is_buffered:
+                            yield chunk({"content": event.text})
+                    else:
+                        final = event
+        except TimeoutError:
+            handle.cancel()
+            call.finish("error", http_status=504, error_type="timeout")
+            completed = True
+            yield f"data: {json.dumps(error_body('timeout', f'generation took longer than {timeout:g} s'))}\n\n"
+            return
         assert final is not None
         if final.kind == "error":
             error = _engine_error(final)

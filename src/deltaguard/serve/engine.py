@@ -30,8 +30,11 @@ from torch.nn import functional as F
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError, DeltaguardError
 from deltaguard.generation import stop_token_ids
+from deltaguard.sampling import pick_token, row_is_sampleable
 from deltaguard.serve.layers import MultiTenantModel
-from deltaguard.serve.requests import Completion, EngineBusyError, Event, RequestHandle, SamplingParams
+from deltaguard.serve.requests import (
+    Completion, EngineBusyError, EngineClosedError, Event, RequestHandle, SamplingParams,
+)
 
 log = logging.getLogger("deltaguard.serve.engine")
 
@@ -69,6 +72,7 @@ class _Sequence:
     text: str = ""
     finish_reason: str | None = None
     stop_ids: frozenset[int] = field(default_factory=frozenset)
+    error: str = ""                 # why it failed (finish_reason "failed")
 
 
 class Engine:
@@ -87,6 +91,7 @@ class Engine:
         self._step_lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._running = False
+        self._is_closing = False
         self._ids = itertools.count(1)
         self.n_steps = 0
         self.n_decoded_tokens = 0
@@ -106,6 +111,8 @@ class Engine:
                               f"exceeds the model's context of {self.max_positions} tokens")
         handle = RequestHandle(request_id or f"req-{next(self._ids)}", tenant, list(prompt_ids), params, loop)
         with self._cond:
+            if self._is_closing:
+                raise EngineClosedError("the server is shutting down; retry on another replica or later")
             if len(self._pending) >= self.config.max_queue:
                 raise EngineBusyError(f"the server is busy ({len(self._pending)} requests waiting); retry later")
             self._pending.append(handle)
@@ -122,14 +129,20 @@ class Engine:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._running = True
+        self._running, self._is_closing = True, False
         self._thread = threading.Thread(target=self._loop, name="deltaguard-engine", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Ask the loop to stop after its current step (it then fails every waiting and running request
+        with a ``shutdown`` event, which ends their HTTP responses); returns at once."""
         with self._cond:
             self._running = False
+            self._is_closing = self._thread is not None
             self._cond.notify_all()
+
+    def stop(self) -> None:
+        self.begin_shutdown()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
@@ -184,7 +197,15 @@ class Engine:
         self._active, self._cache, self._mask = [], None, None
 
     def step(self) -> None:
-        """Admit waiting requests, decode one token for every running sequence, retire finished ones."""
+        """Admit waiting requests, decode one token for every running sequence, retire finished ones.
+
+        One tenant's request must never fail another's, so failures are contained as narrowly as they
+        can be attributed: a row whose logits cannot be sampled (NaN/inf, e.g. from a corrupt delta) fails
+        that sequence alone; a prefill forward that raises is retried one request at a time, so only the
+        request that breaks it fails. A decode forward that raises cannot be traced to a row: it fails the
+        running batch, and the server goes on. Whatever happens, every admitted request gets exactly one
+        terminal event (``done`` or ``error``).
+        """
         with self._step_lock, torch.inference_mode():
             try:
                 self._admit()
@@ -193,9 +214,8 @@ class Engine:
                 self._retire()
             except Exception as exc:  # a failed forward must not kill the server: fail the batch, go on
                 log.exception("engine step failed")
-                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 for seq in self._active:
-                    seq.handle._emit(Event("error", error=f"generation failed: {message}", error_kind="failed"))
+                    seq.handle._emit(Event("error", error=f"generation failed: {_one_line(exc)}", error_kind="failed"))
                 self._active, self._cache, self._mask = [], None, None
 
     def _admit(self) -> None:
@@ -211,7 +231,21 @@ class Engine:
             else:
                 ready.append(handle)
         if ready:
-            self._prefill(ready)
+            self._prefill_isolated(ready)
+
+    def _prefill_isolated(self, handles: list[RequestHandle]) -> None:
+        """Prefill together; if that raises, retry one request at a time so that only the culprit fails."""
+        try:
+            self._prefill(handles)
+        except Exception as exc:
+            if len(handles) == 1:
+                log.exception("prefill failed", extra={"request_id": handles[0].id, "tenant": handles[0].tenant})
+                handles[0]._emit(Event("error", error=f"generation failed: {_one_line(exc)}", error_kind="failed"))
+                return
+            log.warning("batched prefill of %d requests failed (%s); retrying them one at a time", len(handles),
+                        _one_line(exc))
+            for handle in handles:
+                self._prefill_isolated([handle])
 
     def _prefill(self, handles: list[RequestHandle]) -> None:
         """One forward over the new prompts (left-padded, each row with its own tenant), then join the batch."""
@@ -235,13 +269,13 @@ class Engine:
                 generator.manual_seed(handle.params.seed if handle.params.seed is not None else torch.seed())
             generators.append(generator)
         tokens = _sample(out.logits[:, -1, :], [h.params for h in handles], generators)
-        joining = []
-        for handle, token, generator in zip(handles, tokens, generators):
-            seq = _Sequence(handle, token, len(handle.prompt_ids), generator,
-                            stop_ids=frozenset() if handle.params.ignore_eos else self.stop_ids)
-            joining.append(seq)
-            self._accept(seq, token)
+        joining = [_Sequence(handle, token if token is not None else 0, len(handle.prompt_ids), generator,
+                             stop_ids=frozenset() if handle.params.ignore_eos else self.stop_ids)
+                   for handle, token, generator in zip(handles, tokens, generators)]
         self._join(joining, _cache_tensors(out.past_key_values), mask)
+        # Only once the rows have joined are tokens streamed: a failure above leaves nothing half-sent.
+        for seq, token in zip(joining, tokens):
+            self._accept(seq, token)
 
     def _join(self, joining: list[_Sequence], layers: list[tuple[Tensor, Tensor]], new_mask: Tensor) -> None:
         """Add new sequences (their cache ``[n, heads, P, dim]`` and mask ``[n, P]``) to the running batch.
@@ -289,12 +323,21 @@ class Engine:
         self.n_decoded_tokens += len(batch)
         for seq, token in zip(batch, tokens):
             seq.position += 1
-            seq.next_token = token
+            seq.next_token = token if token is not None else 0
             self._accept(seq, token)
 
-    def _accept(self, seq: _Sequence, token: int) -> None:
-        """Record a sampled token: stop on EOS / stop string / budget, else stream the new text."""
+    def _accept(self, seq: _Sequence, token: int | None) -> None:
+        """Record a sampled token: stop on EOS / stop string / budget, else stream the new text.
+
+        ``None`` means the row's logits could not be sampled: the sequence fails, alone.
+        """
         handle = seq.handle
+        if token is None:
+            seq.finish_reason = "failed"
+            seq.error = ("generation failed: the model produced non-finite logits for this request "
+                         "(the tenant's delta or the base weights may be corrupt)")
+            log.error("non-finite logits", extra={"request_id": handle.id, "tenant": handle.tenant})
+            return
         if handle.first_token_at is None:
             handle.first_token_at = time.perf_counter()
         if handle.is_cancelled:
@@ -332,6 +375,9 @@ class Engine:
             handle = seq.handle
             if seq.finish_reason == "removed":
                 handle._emit(Event("error", error=f"tenant {handle.tenant!r} was removed", error_kind="removed"))
+                continue
+            if seq.finish_reason == "failed":
+                handle._emit(Event("error", error=seq.error, error_kind="bad_output"))
                 continue
             rest = seq.text[seq.emitted:].rstrip("\ufffd")
             if rest and seq.finish_reason != "cancelled":
@@ -380,20 +426,14 @@ def _cache_tensors(cache: Any) -> list[tuple[Tensor, Tensor]]:
     return [(layer.keys, layer.values) for layer in layers]
 
 
-def _sample(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
-    """One token per row: greedy for temperature 0, else nucleus sampling with the row's generator."""
+def _sample(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int | None]:
+    """One token per row (greedy for temperature 0, else nucleus sampling with the row's generator);
+    ``None`` for a row whose logits cannot be sampled, which then fails alone."""
     logits = logits.float()
-    greedy = logits.argmax(dim=-1).tolist()
-    tokens = []
-    for row, (p, generator) in enumerate(zip(params, generators)):
-        if p.temperature == 0 or generator is None:
-            tokens.append(int(greedy[row]))
-            continue
-        probs = torch.softmax(logits[row] / p.temperature, dim=-1)
-        if p.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            before = sorted_probs.cumsum(-1) - sorted_probs
-            sorted_probs = sorted_probs.masked_fill(before >= p.top_p, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        tokens.append(int(torch.multinomial(probs, 1, generator=generator)))
-    return tokens
+    is_ok = row_is_sampleable(logits).tolist()
+    return [pick_token(logits[row], temperature=p.temperature, top_p=p.top_p, generator=generator) if is_ok[row] else None
+            for row, (p, generator) in enumerate(zip(params, generators))]
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -179,9 +179,14 @@ async def read_json(server: Server, request: Request) -> Any:
             raise ApiError(413, "request_too_large", f"request body is larger than the limit of {limit} bytes")
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(b"".join(chunks), parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_request_error", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    """Python's json reads NaN and Infinity, which are not JSON; a NaN setting must never reach the engine."""
+    raise ValueError(f"{name} is not a valid JSON number")
 
 
 def model_not_found(model: str) -> ApiError:

@@ -37,11 +37,15 @@ class Event:
     n_prompt_tokens: int = 0
     n_completion_tokens: int = 0
     error: str = ""
-    error_kind: str = ""            # "removed" (tenant removed), "shutdown", "failed"
+    error_kind: str = ""            # "removed" (tenant removed), "shutdown", "failed", "bad_output"
 
 
 class EngineBusyError(DeltaguardError):
     """The queue is full; the client should retry later (HTTP 429)."""
+
+
+class EngineClosedError(DeltaguardError):
+    """The engine is shutting down and takes no new requests (HTTP 503)."""
 
 
 class RequestHandle:
@@ -54,6 +58,7 @@ class RequestHandle:
         self.submitted_at = time.perf_counter()
         self.first_token_at: float | None = None
         self.is_cancelled = False
+        self.is_finished = False        # a terminal event ("done" or "error") was emitted
         self._loop = loop
         self._async_queue: asyncio.Queue[Event] | None = asyncio.Queue() if loop is not None else None
         self._queue: queue.Queue[Event] = queue.Queue()
@@ -63,6 +68,11 @@ class RequestHandle:
         self.is_cancelled = True
 
     def _emit(self, event: Event) -> None:
+        """Deliver an event; after the terminal one nothing more is sent, so a consumer sees exactly one end."""
+        if self.is_finished:
+            return
+        if event.kind in ("done", "error"):
+            self.is_finished = True
         if self._loop is not None and self._async_queue is not None:
             try:
                 self._loop.call_soon_threadsafe(self._async_queue.put_nowait, event)

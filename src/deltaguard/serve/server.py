@@ -1,8 +1,8 @@
 """The serving process: one base model, the tenants' deltas, the engine, access control, moderation, metrics.
 
 ``Server`` wires the pieces and owns the runtime tenant operations (add = verify the delta against
-the base fingerprint, attach it, register its keys and policy; remove = the reverse). ``serve``
-builds one from a base model spec and a tenants file and runs it under uvicorn.
+the base fingerprint, attach it, register its keys and policy; remove = the reverse). ``build_server``
+makes one from a base model spec and a tenants file; ``app.serve`` runs it under uvicorn.
 """
 
 from __future__ import annotations
@@ -167,17 +167,3 @@ def build_server(base: str | Path, tenants_path: str | Path | None, config: Serv
     model = load_model(base, dtype=config.dtype)
     tokenizer = load_tokenizer(base)
     return Server(model, tokenizer, config, tenants=tenants)
-
-
-def serve(base: str | Path, tenants_path: str | Path | None, config: ServeConfig = ServeConfig()) -> None:
-    """Run the OpenAI-compatible server until interrupted."""
-    import uvicorn
-
-    from deltaguard.serve.app import create_app
-    from deltaguard.serve.metrics import configure_json_logging
-
-    configure_json_logging()
-    server = build_server(base, tenants_path, config)
-    app = create_app(server)
-    log.info("serving", extra={"host": config.host, "port": config.port, "tenants": server.registry.names()})
-    uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False)
