@@ -108,6 +108,40 @@ def test_truncated_tensors_raise_format_error(name, packed_by_method, tmp_path):
         load_delta(path)
 
 
+def _with_nan(packed):
+    """The packed delta with one NaN in the first floating-point part of a method-encoded tensor."""
+    name, tensor = next((n, t) for n, t in packed.tensors.items() if t.kind == "linear")
+    part = next(p for p, v in tensor.parts.items() if v.is_floating_point())
+    bad = tensor.parts[part].clone()
+    bad.view(-1)[0] = float("nan")
+    return dataclasses.replace(packed, tensors={**packed.tensors, name: dataclasses.replace(
+        tensor, parts={**tensor.parts, part: bad})}), f"{name}::{part}"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_non_finite_values_are_never_written_or_loaded(name, packed_by_method, tmp_path):
+    """A NaN scale with a *valid* checksum used to load, merge and inspect with exit 0."""
+    from safetensors.torch import load_file, save_file
+
+    from deltaguard.io import sha256_file
+
+    poisoned, key = _with_nan(packed_by_method[name])
+    with pytest.raises(FormatError, match="NaN or infinite"):
+        poisoned.save(tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    path = packed_by_method[name].save(tmp_path / "d")
+    flat = load_file(str(path / "tensors.safetensors"))
+    flat[key] = flat[key].clone()
+    flat[key].view(-1)[-1] = float("inf")
+    save_file(flat, str(path / "tensors.safetensors"), metadata={"format": "deltaguard-delta"})
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["tensors.safetensors"] = {"sha256": sha256_file(path / "tensors.safetensors"),
+                                                "n_bytes": (path / "tensors.safetensors").stat().st_size}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match=f"{key.replace('.', '[.]')} holds 1 NaN or infinite"):
+        load_delta(path)
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_wrong_base_raises_incompatible_base(name, pair, packed_by_method, tmp_path):
     root, _ = pair

@@ -94,6 +94,7 @@ class CompressedDelta:
         path = Path(path)
         if path.exists() and not overwrite:
             raise ConfigError(f"{path} already exists (pass overwrite / --force, or choose another output)")
+        check_finite(self.tensors, where=f"delta for {path}")  # never write what load_delta would refuse
         with atomic_dir(path, overwrite=overwrite) as tmp:
             flat = {f"{name}::{part}": tensor.contiguous() for name, t in self.tensors.items() for part, tensor in t.parts.items()}
             save_file(flat, str(tmp / TENSORS_FILE), metadata={"format": FORMAT})
@@ -183,11 +184,27 @@ def load_delta(path: str | Path, *, base: Any = None) -> CompressedDelta:
                                      tuple(entry["base_shape"]), parts, stats)
     if extra := set(flat) - expected_keys:
         raise FormatError(f"{path} holds tensors the manifest does not list: {', '.join(sorted(extra)[:3])}")
+    check_finite(tensors, where=str(path))
     tokenizer_dir = path / TOKENIZER_DIR if (path / TOKENIZER_DIR).is_dir() else None
     delta = CompressedDelta(config, fingerprint, tensors, model_config, manifest.get("meta", {}), tokenizer_dir)
     if base is not None:
         check_base(delta, base, where=str(path))
     return delta
+
+
+def check_finite(tensors: dict[str, PackedTensor], *, where: str) -> None:
+    """Raise FormatError if any floating-point part holds NaN or ±inf.
+
+    A checksum only proves the file is the one written; a delta written with NaN scales would still load,
+    merge and — served — make every sampled token NaN. Integer parts (packed bits, codes) cannot be
+    non-finite.
+    """
+    for name, packed in tensors.items():
+        for part, tensor in packed.parts.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                n_bad = int((~torch.isfinite(tensor)).sum())
+                raise FormatError(f"{where}: {name}::{part} holds {n_bad} NaN or infinite value(s); the delta is "
+                                  "corrupt (re-create it from the fine-tune)")
 
 
 def base_fingerprint_of(base: Any) -> str:

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from deltaguard.delta.fingerprint import fingerprint_model
 from deltaguard.delta.methods import compressors
-from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor
+from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor, check_finite
 from deltaguard.errors import ConfigError, IncompatibleBaseError
 from deltaguard.kernels import Backend, bitdelta_matmul, cpu_bitdelta, multi_tenant_bitdelta_, pick_backend, rows_by_slot
 from deltaguard.kernels.cpu_bitdelta import MAX_ROWS as CPP_MAX_ROWS, stack_scales
@@ -401,6 +401,7 @@ class MultiTenantModel:
     # -- internals -------------------------------------------------------------------------------
 
     def _plan(self, name: str, delta: CompressedDelta) -> list[tuple[str, str, PackedTensor]]:
+        check_finite(delta.tensors, where=f"tenant {name!r}")  # a NaN delta would poison every sampled token
         if delta.base_fingerprint != self.fingerprint:
             source = delta.meta.get("base", {}).get("source", "another model")
             raise IncompatibleBaseError(
