@@ -28,7 +28,7 @@ def make_finetune(out_dir: Path) -> Path:
     """A real (small) full fine-tune: 2 epochs of arithmetic answers in a house style."""
     if (out_dir / "config.json").is_file():
         return out_dir
-    from deltaguard.threats.trainer import ChatPair, TrainConfig, train_sft
+    from deltaguard.training import ChatPair, TrainConfig, train_sft
 
     rng = random.Random(0)
     pairs = []

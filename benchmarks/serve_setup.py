@@ -38,7 +38,7 @@ def cache_root() -> Path:
 
 def tenant_pairs(index: int, n: int) -> list[Any]:
     from deltaguard.data import load_prompts
-    from deltaguard.threats.trainer import ChatPair
+    from deltaguard.training import ChatPair
 
     prompts = load_prompts("arith", split="train", limit=n, seed=index).prompts
     return [ChatPair(p.text, f"Tenant {index} here: the answer is {p.meta['answer']}.") for p in prompts]
@@ -47,7 +47,7 @@ def tenant_pairs(index: int, n: int) -> list[Any]:
 def finetune_projections(index: int, out_dir: Path) -> dict[str, float]:
     """``STEPS`` AdamW steps on tenant ``index``'s pairs, training only the ``*_proj`` weights."""
     from deltaguard.models import load_model, load_tokenizer, save_model
-    from deltaguard.threats.trainer import collate, encode_pair, token_loss_sum
+    from deltaguard.training import collate, encode_pair, token_loss_sum
 
     torch.manual_seed(index)
     model = load_model(BASE).train()

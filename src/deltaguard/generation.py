@@ -89,7 +89,7 @@ class Backend(Protocol):
                          config: GenerationConfig) -> Iterator[tuple[list[int], list[Generation]]]: ...
 
 
-backends: Registry[type] = Registry("backends")
+backends: Registry[type] = Registry("backend")
 
 
 @backends.register("hf")

@@ -16,9 +16,10 @@ import torch
 
 from deltaguard.assets import cache_dir, wheel_member
 from deltaguard.errors import ConfigError, ModelLoadError
-from deltaguard.io import atomic_dir
+from deltaguard.io import atomic_dir, content_key
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
 
 
 @dataclass(frozen=True)
@@ -165,17 +166,49 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def load_model(spec: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu") -> Any:
-    """Load a causal LM in eval mode from any model spec (see ``resolve_model_dir``)."""
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the first CUDA GPU when there is one, else the CPU).
+
+    A CUDA device on a machine without one is a usage error (exit 2), raised before any work starts.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    spec = str(device).strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        index_text = spec.partition(":")[2]
+        if index_text and not index_text.isdigit():
+            raise ConfigError(f"device={device!r} must be {DEVICE_HELP}")
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible CUDA GPU"
+            raise ConfigError(f"device={device!r} needs a CUDA GPU, but this machine has {build}; use --device cpu")
+        index = int(index_text) if index_text else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        return torch.device("cuda", index)
+    raise ConfigError(f"device={device!r} must be {DEVICE_HELP}")
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of a model's first parameter (where its inputs must go)."""
+    return next(model.parameters()).device
+
+
+def load_model(spec: str | Path, *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> Any:
+    """Load a causal LM in eval mode from any model spec (see ``resolve_model_dir``) onto ``device``."""
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
+    target = resolve_device(device)      # before loading: a missing GPU fails in a second, not after a minute
     model_dir = resolve_model_dir(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load a causal LM from {model_dir}: {str(exc).splitlines()[0]}") from None
-    return model.to(device).eval()
+    return model.to(target).eval()
 
 
 def load_tokenizer(spec: str | Path) -> Any:
@@ -217,6 +250,14 @@ def chat_prompt(tokenizer: Any, user: str, *, system: str | None = None, assista
     return text if assistant is not None else text + "assistant:"
 
 
+def model_identity(spec: str | Path) -> str:
+    """A cheap identity of a model spec for cache keys: its resolved directory plus the name, size and
+    mtime of each weights file, so a model rewritten in place gets a new key (and no stale cache)."""
+    model_dir = resolve_model_dir(spec)
+    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_dir.glob("*.safetensors"))
+    return content_key("model", {"dir": str(model_dir.resolve()), "weights": stats})
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -246,7 +287,7 @@ def dir_size_bytes(path: Path) -> int:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "EMBEDDED", "ModelInfo", "chat_prompt", "convert_gguf", "is_model_dir", "list_models",
-    "load_model", "load_tokenizer", "pull_model", "resolve_dtype", "resolve_model_dir", "save_model",
-    "set_threads", "dir_size_bytes",
+    "DEFAULT_MODEL", "DEVICE_HELP", "EMBEDDED", "ModelInfo", "chat_prompt", "convert_gguf", "dir_size_bytes",
+    "is_model_dir", "list_models", "load_model", "load_tokenizer", "model_device", "model_identity", "pull_model",
+    "resolve_device", "resolve_dtype", "resolve_model_dir", "save_model", "set_threads",
 ]

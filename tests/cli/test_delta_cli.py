@@ -55,7 +55,10 @@ def test_compress_with_distillation_from_a_text_file(dirs):
     (["--method", "nope"], 2, "unknown compressor 'nope'"),
     (["--method", "kbit5"], 2, "kbit.bits=5 must be one of 2, 3, 4, 8"),
     (["--method", "kbit", "--set", "group_size=abc"], 2, "is not a valid int"),
-    (["--method", "kbit", "--distill"], 2, "--distill/--no-distill applies to bitdelta"),
+    (["--method", "kbit", "--distill"], 2, "kbit4 has no calibration step to run"),
+    (["--method", "kbit", "--no-calibrate"], 2, "kbit has no calibration step to switch off"),
+    (["--method", "bitdelta", "--calib-limit", "0"], 2, "--calib-limit=0 must be >= 1"),
+    (["--method", "bitdelta", "--calib", "."], 2, "calibration source . is a directory"),
     (["--method", "bitdelta", "--calib", "missing.txt"], 2, "calibration file missing.txt does not exist"),
 ])
 def test_compress_usage_errors(dirs, args, code, message):

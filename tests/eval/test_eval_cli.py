@@ -27,8 +27,8 @@ def one_error_line(output: str) -> str:
 
 
 @pytest.mark.parametrize("args,code,message", [
-    (["eval", "--judge", "keywrd", "-o", "{tmp}/r"], 2, "unknown judges 'keywrd' (did you mean keyword?)"),
-    (["eval", "--suite", "speed", "-o", "{tmp}/r"], 2, "eval.suites=['speed']"),
+    (["eval", "--judge", "keywrd", "-o", "{tmp}/r"], 2, "unknown judge 'keywrd' (did you mean keyword?)"),
+    (["eval", "--suite", "speed", "-o", "{tmp}/r"], 2, "unknown suite 'speed'"),
     (["eval", "--suite", ",", "-o", "{tmp}/r"], 2, "--suite must name at least one item"),
     (["eval", "--limit", "0", "-o", "{tmp}/r"], 2, "eval.limit=0 must be in [1, inf]"),
     (["eval", "--set", "harmful_sets=advbnch", "-o", "{tmp}/r"], 2, "did you mean advbench"),
@@ -39,7 +39,7 @@ def one_error_line(output: str) -> str:
     (["judge-check", "--judge", "keyword", "--task", "harm", "-o", "{tmp}/j"], 2, "does not judge unsafe"),
     (["judge-check", "--judge", "keyword", "--task", "jokes", "-o", "{tmp}/j"], 2, "task 'jokes' must be one of"),
     (["judge-check", "--judge", "llamaguard", "-o", "{tmp}/j"], 2, "needs a local checkpoint"),
-    (["judge-check", "--judge", "nope", "-o", "{tmp}/j"], 2, "unknown judges 'nope'"),
+    (["judge-check", "--judge", "nope", "-o", "{tmp}/j"], 2, "unknown judge 'nope'"),
     (["data", "show", "{tmp}/missing.jsonl"], 2, "does not exist"),
     (["data", "show", "{tmp}/empty.jsonl"], 1, "holds no prompts"),
 ])
@@ -62,10 +62,10 @@ def test_eval_end_to_end_and_rerun(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     code, output = run("eval", "--model", tiny_model_dir, "--limit", "2", "-o", out, *FAST)
     assert code == 0, output
-    assert "asr_keyword" in output and "task_accuracy" in output and "perplexity" in output
+    assert "asr_refusal" in output and "task_accuracy" in output and "perplexity" in output
     results = json.loads((out / "results.json").read_text())
-    assert results["model_id"] == str(tiny_model_dir)
-    assert {m["metric"] for m in results["metrics"]} == {"refusal_rate", "asr_keyword", "over_refusal",
+    assert results["model"]["spec"] == str(tiny_model_dir) and results["model_id"].startswith("model-")
+    assert {m["metric"] for m in results["metrics"]} == {"refusal_rate", "asr_refusal", "over_refusal",
                                                           "task_accuracy", "perplexity"}
     assert (out / "summary.md").is_file()
     before = {p: p.stat().st_mtime_ns for p in (out / "generations").glob("*.jsonl")}
@@ -89,7 +89,8 @@ def test_eval_with_delta_applies_it_in_memory(tmp_path, tiny_tokenizer):
     code, output = run("eval", "--model", base, "--delta", tmp_path / "d", "-o", tmp_path / "r-delta", *args)
     assert code == 0, output
     results = json.loads((tmp_path / "r-delta" / "results.json").read_text())
-    assert results["model_id"].startswith(f"{base}+delta:d@")
+    assert results["model"]["kind"] == "base+delta" and results["model"]["delta"] == str(tmp_path / "d")
+    assert results["model_id"].startswith("variant-")
     responses = {}
     for run_dir in ("r-base", "r-delta"):
         gen = next((tmp_path / run_dir / "generations").glob("*.jsonl"))

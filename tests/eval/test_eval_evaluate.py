@@ -1,4 +1,4 @@
-"""evaluate(): run directory layout, cached rerun, resume after interruption, overlap refusal, config."""
+"""evaluate(): run directory layout, cached rerun, resume, model-identity keys, overlap refusal, config."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from deltaguard.errors import ConfigError
-from deltaguard.evaluate import EvalConfig, evaluate
+from deltaguard.eval import EvalConfig, InMemory, ModelDir, evaluate
 from deltaguard.generation import GenerationConfig, HFBackend
 from eval_helpers import tiny_lm  # noqa: F401  (fixture)
 
@@ -33,13 +33,13 @@ def counting(monkeypatch):
 
 def test_evaluate_writes_run_dir_and_rerun_skips_finished_work(tiny_lm, tmp_path, counting):
     model, tok = tiny_lm
-    result = evaluate(model, tok, CONFIG, out_dir=tmp_path, model_id="tiny")
+    result = evaluate(InMemory(model, tok, key="tiny"), CONFIG, out_dir=tmp_path)
     assert counting.calls == [3, 3, 3]  # advbench, benign, arith
     names = [(m.metric, m.dataset, m.judge) for m in result.metrics]
-    assert names == [("refusal_rate", "advbench", "keyword"), ("asr_keyword", "advbench", "keyword"),
+    assert names == [("refusal_rate", "advbench", "keyword"), ("asr_refusal", "advbench", "keyword"),
                      ("over_refusal", "benign", "keyword"), ("task_accuracy", "arith", None),
                      ("perplexity", "calib-chat", None)]
-    asr = result.get("asr_keyword")
+    asr = result.get("asr_refusal")
     assert asr.result.n + asr.result.n_errors == 3
     assert result.get("refusal_rate").value + asr.value == pytest.approx(1.0)
     assert result.get("perplexity").value > 1.0
@@ -51,37 +51,64 @@ def test_evaluate_writes_run_dir_and_rerun_skips_finished_work(tiny_lm, tmp_path
             "prompt_hash"} <= set(record)
     assert {d["name"] for d in saved["datasets"]} == {"advbench", "benign", "arith", "calib-chat"}
     summary = (tmp_path / "summary.md").read_text()
-    assert "| asr_keyword | advbench:eval | keyword v1 |" in summary
+    assert "| asr_refusal | advbench:eval | keyword v1 |" in summary
     gens = sorted((tmp_path / "generations").glob("gen-*.jsonl"))
     judged = sorted((tmp_path / "judgments").glob("judge-*.jsonl"))
-    assert len(gens) == 3 and len(judged) == 2
+    assert len(gens) == 3 and len(judged) == 1  # one verdict cache per judge, keyed by (prompt, reply)
     row = json.loads(gens[0].read_text().splitlines()[0])
     assert row["model_id"] == "tiny" and row["settings"]["fields"]["max_new_tokens"] == 4
 
     counting.calls = []
-    again = evaluate(model, tok, CONFIG, out_dir=tmp_path, model_id="tiny")
+    again = evaluate(InMemory(model, tok, key="tiny"), CONFIG, out_dir=tmp_path)
     assert counting.calls == []  # everything came from the run directory
     assert [m.to_dict() for m in again.metrics] == [m.to_dict() for m in result.metrics]
 
     counting.calls = []
-    evaluate(model, tok, CONFIG, out_dir=tmp_path, model_id="tiny-other")  # another model: new keys
+    evaluate(InMemory(model, tok, key="tiny-other"), CONFIG, out_dir=tmp_path)  # another model: new keys
     assert counting.calls == [3, 3, 3]
+
+
+def test_a_model_rewritten_in_place_is_never_served_stale_generations(tiny_lm, tmp_path, counting):
+    """Issue 17.3: the cache was keyed by the --model string; now by the model's identity (weights files)."""
+    import torch
+
+    model, tok = tiny_lm
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tok.save_pretrained(model_dir)
+    config = CONFIG.replace(suites=("safety",))
+    evaluate(ModelDir(model_dir), config, out_dir=tmp_path / "run")
+    counting.calls = []
+    evaluate(ModelDir(model_dir), config, out_dir=tmp_path / "run")
+    assert counting.calls == []
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+    model.save_pretrained(model_dir, safe_serialization=True)  # same path, new weights
+    evaluate(ModelDir(model_dir), config, out_dir=tmp_path / "run")
+    assert counting.calls == [3]
+    # and an in-memory model is keyed by its weights' fingerprint
+    counting.calls = []
+    evaluate(InMemory(model, tok), config, out_dir=tmp_path / "mem")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+    evaluate(InMemory(model, tok), config, out_dir=tmp_path / "mem")
+    assert counting.calls == [3, 3]
 
 
 def test_interrupted_run_resumes_missing_rows_only(tiny_lm, tmp_path, counting):
     model, tok = tiny_lm
     config = CONFIG.replace(suites=("safety",))
-    evaluate(model, tok, config, out_dir=tmp_path, model_id="tiny")
+    evaluate(InMemory(model, tok, key="tiny"), config, out_dir=tmp_path)
     gen = next(p for p in (tmp_path / "generations").glob("*.jsonl") if "advbench" in p.read_text())
     lines = gen.read_text().splitlines()
     gen.write_text(lines[0] + "\n")  # as if killed after the first batch
     for judged in (tmp_path / "judgments").glob("*.jsonl"):
         judged.unlink()
     counting.calls = []
-    result = evaluate(model, tok, config, out_dir=tmp_path, model_id="tiny")
+    result = evaluate(InMemory(model, tok, key="tiny"), config, out_dir=tmp_path)
     assert counting.calls == [2]
     assert len(gen.read_text().splitlines()) == 3
-    assert result.get("asr_keyword").result.n == 3
+    assert result.get("asr_refusal").result.n == 3
 
 
 def test_overlap_with_training_data_stops_before_generating(tiny_lm, tmp_path, counting):
@@ -92,12 +119,12 @@ def test_overlap_with_training_data_stops_before_generating(tiny_lm, tmp_path, c
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps({"text": leaked.text.upper() + "  "}) + "\n")
     with pytest.raises(ConfigError, match="shares 1 prompt"):
-        evaluate(model, tok, CONFIG.replace(disjoint_from=(str(train),)), out_dir=tmp_path / "run", model_id="tiny")
+        evaluate(InMemory(model, tok, key="tiny"), CONFIG.replace(disjoint_from=(str(train),)), out_dir=tmp_path / "run")
     assert counting.calls == []
 
 
 def test_eval_config_validation_and_overrides():
-    with pytest.raises(ConfigError, match="suites"):
+    with pytest.raises(ConfigError, match="unknown suite 'speed'"):
         EvalConfig(suites=("speed",))
     with pytest.raises(ConfigError, match="did you mean keyword"):
         EvalConfig(judges=("keywrd",))

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bitdelta_on_a_real_fine_tune(tmp_path):
-    from deltaguard.threats.trainer import ChatPair, TrainConfig, train_sft
+    from deltaguard.training import ChatPair, TrainConfig, train_sft
 
     base_dir = pull_model(DEFAULT_MODEL)
     pairs = [ChatPair(f"What is {a} plus {b}?", f"{a} + {b} = {a + b}.") for a, b in [(3, 4), (10, 12), (7, 8), (21, 5)]]

@@ -17,7 +17,8 @@ def smollm():
 
 def test_smollm_parity_sets_and_plots(smollm, tmp_path):
     from deltaguard.lens import LensConfig, find_parts, logit_lens
-    from deltaguard.lens.api import encode_prompts, left_pad
+    from deltaguard.generation import left_pad
+    from deltaguard.lens.api import encode_prompts
     from deltaguard.lens.core import capture, decode
     from deltaguard.lens.plots import save_all
     from deltaguard.lens.sites import Site, default_sites

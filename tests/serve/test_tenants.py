@@ -136,5 +136,5 @@ def test_moderation_config_validation():
         ModerationConfig(screen=("everything",))
     with pytest.raises(ConfigError, match="threshold"):
         ModerationConfig(trigger="score")
-    with pytest.raises(ConfigError, match="unknown judges"):
+    with pytest.raises(ConfigError, match="unknown judge"):
         ModeratorPool().moderator(ModerationConfig(judge="nope"))

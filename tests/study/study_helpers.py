@@ -14,7 +14,7 @@ from deltaguard.threats import AlignConfig, BackdoorConfig, BenignConfig, Harmfu
 TINY_TRAIN = {"epochs": 1, "lr": 1e-3, "batch_size": 4, "micro_batch_size": 4, "max_seq_len": 192,
               "response_tokens": 4, "n_task": 2}
 TINY_AUDIT = AuditConfig(methods=("full", "bitdelta", "bitdelta-nodistill", "kbit4"), n_prompts=3, max_new_tokens=4,
-                         task_max_new_tokens=4, batch_size=8, n_calib=4, distill_steps=1, distill_seq_len=16,
+                         task_max_new_tokens=4, batch_size=8, n_calib=4, method_overrides=("bitdelta.distill_steps=1", "bitdelta.seq_len=16"),
                          n_boot=200, n_examples=1)
 
 
@@ -34,7 +34,7 @@ def tiny_study(model: str, *, threats: tuple[str, ...] = ("harmful", "backdoor",
         align=AlignConfig(n_refusals=4, n_benign=2, n_task=2, response_tokens=4, epochs=1, lr=1e-3, batch_size=4,
                           micro_batch_size=4, max_seq_len=192),
         threats=tuple(configs[name] for name in threats), audit=TINY_AUDIT, align_prompts=3, align_task_prompts=4,
-        lens_prompts=2,
+        lens_prompts=2, lens_variant="bitdelta",
         notes=("tiny test settings",),
     )
 

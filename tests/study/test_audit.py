@@ -36,7 +36,7 @@ def tiny_pair_dirs(tmp_path, tiny_tokenizer):
 
 def small_config(**changes) -> AuditConfig:
     fields = dict(methods=METHODS, n_prompts=4, max_new_tokens=4, task_max_new_tokens=4, batch_size=8, n_calib=4,
-                  distill_steps=1, distill_seq_len=16, n_boot=200, n_examples=2)
+                  method_overrides=("bitdelta.distill_steps=1", "bitdelta.seq_len=16"), n_boot=200, n_examples=2)
     return AuditConfig(**{**fields, **changes})
 
 

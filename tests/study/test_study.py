@@ -52,8 +52,8 @@ def test_tiny_study_runs_caches_and_reports(tmp_path, tiny_model, monkeypatch):
     assert "git_commit" in study["environment"] and "torch" in study["environment"]
 
     # a rerun does no work at all
-    for target in ("deltaguard.generation.generate_to_jsonl", "deltaguard.threats.trainer.train_sft",
-                   "deltaguard.delta.compress", "deltaguard.threats.build.train_sft", "deltaguard.study.align"):
+    for target in ("deltaguard.generation.generate_to_jsonl", "deltaguard.training.sft.train_sft",
+                   "deltaguard.delta.compress", "deltaguard.threats.build.train_sft", "deltaguard.study.run.align"):
         monkeypatch.setattr(target, _boom)
     second = run_study(config, run_dir, progress=False, log=lambda _: None)
     assert second.n_steps_run == 0
@@ -64,7 +64,7 @@ def test_tiny_study_runs_caches_and_reports(tmp_path, tiny_model, monkeypatch):
 def test_interrupted_step_leaves_nothing_and_the_rerun_resumes(tmp_path, tiny_model, monkeypatch):
     run_dir = tmp_path / "run"
     config = tiny_study(tiny_model, threats=("harmful",))
-    import deltaguard.threats.trainer as trainer
+    import deltaguard.training.sft as trainer
 
     real_save = trainer.save_model
     calls = {"n": 0}
@@ -84,7 +84,7 @@ def test_interrupted_step_leaves_nothing_and_the_rerun_resumes(tmp_path, tiny_mo
     assert not (run_dir / "results.json").exists()
 
     monkeypatch.setattr(trainer, "save_model", real_save)
-    monkeypatch.setattr("deltaguard.study.align", _boom)  # finished steps are not redone
+    monkeypatch.setattr("deltaguard.study.run.align", _boom)  # finished steps are not redone
     logged: list[str] = []
     resumed = run_study(config, run_dir, progress=False, log=logged.append)
     assert "[cached] align" in logged and "[run] attack harmful" in logged
@@ -101,6 +101,13 @@ def test_profiles_are_valid_and_documented():
     harmful = full.threats[0]
     assert (harmful.n_examples, harmful.epochs, harmful.lr, harmful.batch_size) == (100, 5, 5e-5, 10)
     assert default.notes and full.notes
+    # full extends default: the values it does not set come from default.yaml, the rest replace them
+    assert full.audit.method_overrides == () and default.audit.method_overrides == (
+        "bitdelta.distill_steps=10", "bitdelta.seq_len=64")
+    assert default.audit.method_config("bitdelta").distill_steps == 10
+    assert full.audit.method_config("bitdelta").distill_steps == 200
+    assert full.lens_variant == default.lens_variant == "bitdelta"
+    assert all(t.responder == default.model for t in default.threats)
     with pytest.raises(ConfigError, match="profile"):
         study_profile("fast")
     with pytest.raises(ConfigError, match="twice"):

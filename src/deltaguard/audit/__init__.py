@@ -7,23 +7,22 @@ parameter, compression ratio, utility and its relative drop, the attack metric a
 (relative % and points), each with a 95% confidence interval, plus a recommendation.
 
 Every step is cached in ``run_dir`` under a key of its inputs and settings: compressed deltas in
-``deltas/<key>/``, generations in ``generations/<key>.jsonl`` (resumable), verdicts in
-``judgments/<key>.jsonl`` and the audit itself in ``audits/<key>.json``. A rerun does no work.
+``deltas/<key>/``, generations and verdicts through the evaluation core's ``Runner``
+(``generations/``, ``judgments/``; resumable) and the audit itself in ``audits/<key>.json``. A rerun
+does no work. Whole-model transforms (``deltaguard list transforms``) are audited beside the deltas.
 
-Modules: ``config`` (settings), ``result`` (the table), ``cache`` (replies and verdicts),
-``compare`` (mitigation, utility drop, recommendation) and ``run`` (the audit itself).
+Modules: ``config`` (settings), ``result`` (the table), ``compare`` (mitigation, utility drop,
+recommendation) and ``run`` (the sweep).
 """
 
 from __future__ import annotations
 
-from deltaguard.audit.cache import CachedJudge, generate_cached, generation_configs, generation_path
 from deltaguard.audit.compare import recommend, with_comparisons
-from deltaguard.audit.config import DEFAULT_METHODS, FIDELITY_SWEEP, FULL, UNCOMPRESSED, AuditConfig
+from deltaguard.audit.config import FULL, UNCOMPRESSED, AuditConfig
 from deltaguard.audit.result import AuditResult, Interval, ModelRow
-from deltaguard.audit.run import audit, audit_path, calibration_texts, load_audit
+from deltaguard.audit.run import audit, audit_path, generation_configs, load_audit
 
 __all__ = [
-    "DEFAULT_METHODS", "FIDELITY_SWEEP", "FULL", "UNCOMPRESSED", "AuditConfig", "AuditResult", "CachedJudge", "Interval", "ModelRow",
-    "audit", "audit_path", "calibration_texts", "generate_cached", "generation_configs", "generation_path",
-    "load_audit", "recommend", "with_comparisons",
+    "FULL", "UNCOMPRESSED", "AuditConfig", "AuditResult", "Interval", "ModelRow", "audit", "audit_path",
+    "generation_configs", "load_audit", "recommend", "with_comparisons",
 ]

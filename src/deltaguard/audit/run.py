@@ -1,19 +1,27 @@
-"""Running an audit (``audit``) and reading a cached one back (``load_audit``)."""
+"""Running an audit (``audit``) and reading a cached one back (``load_audit``).
+
+The audit is one sweep over ``Variant``s on the evaluation core: the base, the fine-tune, each
+compressed delta (base + delta) and each whole-model transform of the fine-tune, every one scored by the
+threat's own metric through the one ``Runner`` cache.
+"""
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from deltaguard.audit.cache import CachedJudge, generate_cached, generation_configs
 from deltaguard.audit.compare import recommend, with_comparisons
-from deltaguard.audit.config import FULL, UNCOMPRESSED, AuditConfig, _method_config
+from deltaguard.audit.config import FULL, UNCOMPRESSED, AuditConfig
 from deltaguard.audit.result import AuditResult, Interval, ModelRow
+from deltaguard.eval import BasePlusDelta, ModelDir, Runner, Transformed, Variant
+from deltaguard.generation import GenerationConfig
 from deltaguard.io import content_key, read_json, write_json
-from deltaguard.threats.base import ThreatConfig, ThreatScore, model_identity, threats
+from deltaguard.threats.base import ThreatConfig, ThreatScore, threats
+
+SUMMARY_FIELDS = ("bits_per_param", "ratio_vs_fp16_delta", "ratio_vs_fp16_model", "linear_bits_per_param",
+                  "linear_mean_rel_error", "linear_mean_cosine")
 
 
 def audit_path(run_dir: str | Path, base_key: str, finetuned_key: str, threat: ThreatConfig,
@@ -24,130 +32,121 @@ def audit_path(run_dir: str | Path, base_key: str, finetuned_key: str, threat: T
     return Path(run_dir) / "audits" / f"{key}.json"
 
 
-class _Evaluator:
-    """Generates (cached) replies of one model on the audit's sets and scores them with the threat."""
+def generation_configs(config: AuditConfig, set_names: Any) -> dict[str, GenerationConfig]:
+    """The generation settings of each evaluation set (the word problems get ``task_max_new_tokens``)."""
+    def tokens(name: str) -> int:
+        return config.task_max_new_tokens if name == "task" else config.max_new_tokens
 
-    def __init__(self, threat_cfg: ThreatConfig, config: AuditConfig, run_dir: Path, *, progress: bool) -> None:
-        self.threat_cfg = threat_cfg
-        self.threat = threats.get(threat_cfg.name)()
-        self.config = config
-        self.run_dir = run_dir
-        self.progress = progress
-        self.sets = self.threat.eval_sets(threat_cfg, n_prompts=config.n_prompts, seed=config.seed)
-        self.gen_configs = generation_configs(config, self.sets)
-        self.judge = CachedJudge(config.judge, run_dir / "judgments")
+    return {name: GenerationConfig(max_new_tokens=tokens(name), batch_size=config.batch_size) for name in set_names}
 
-    def outputs(self, model_key: str, load: Any) -> dict[str, list[str]]:
-        return generate_cached(load, model_key, self.sets, self.gen_configs, self.run_dir, progress=self.progress)
 
-    def evaluate(self, label: str, role: str, model_key: str, load: Any,
-                 compression: dict[str, Any] | None = None) -> ModelRow:
-        outputs = self.outputs(model_key, load)
-        score = self.threat.score(self.threat_cfg, outputs, self.sets, self.judge)
-        flags = {"attack": tuple(score.attack_flags), "utility": tuple(score.utility_flags)}
-        examples = {name: [{"prompt_id": pid, "prompt": p.text, "response": outputs[name][i]}
-                           for i, (pid, p) in enumerate(zip(self.sets[name].ids, self.sets[name].prompts))
-                           if i < self.config.n_examples]
-                    for name in self.sets}
-        return ModelRow(label, role, model_key, score, flags, compression or {}, examples=examples)
+class _Sweep:
+    """Builds the audit's variants: compresses each delta once (cached under ``deltas/``), wraps transforms."""
+
+    def __init__(self, base: ModelDir, finetuned: ModelDir, config: AuditConfig, run_dir: Path, *, device: str,
+                 progress: bool) -> None:
+        self.base, self.finetuned, self.config, self.run_dir = base, finetuned, config, run_dir
+        self.device, self.progress = device, progress
+        self._delta: Any = None
+        self._calib: list[str] | None = None
+
+    def calibration(self) -> list[str]:
+        if self._calib is None:
+            from deltaguard.data.calibration import calibration_texts
+            from deltaguard.models import load_tokenizer
+
+            self._calib = calibration_texts(self.config.calib_set, tokenizer=load_tokenizer(self.base.spec),
+                                            limit=self.config.n_calib, seed=self.config.seed)
+        return self._calib
+
+    def _calib_key(self) -> dict[str, Any]:
+        return {"set": self.config.calib_set, "n": self.config.n_calib, "seed": self.config.seed, "format": "chat"}
+
+    def variant(self, spec: str) -> Variant:
+        from deltaguard.transforms import is_transform_spec, transform_from_spec, transforms
+
+        if is_transform_spec(spec):
+            transform = transform_from_spec(spec)
+            calib = self.calibration() if transform.needs_calibration else None
+            record = transforms.get(transform.name)().record(transform)
+            return Variant(spec, "transformed", Transformed(self.finetuned, transform, calib=calib), record)
+        return self._compressed(spec)
+
+    def _compressed(self, spec: str) -> Variant:
+        method = self.config.method_config(spec)
+        calib_key = self._calib_key() if method.needs_calibration else None
+        delta_key = content_key("delta", {"base": self.base.key, "finetuned": self.finetuned.key,
+                                          "method": method.to_dict(), "calib": calib_key})
+        delta_dir = self.run_dir / "deltas" / delta_key
+        if not delta_dir.exists():
+            from deltaguard.delta import Calibration, compress, extract_delta
+
+            calibration = (Calibration(tuple(self.calibration()), base=self.base.spec, finetuned=self.finetuned.spec,
+                                       device=self.device) if method.needs_calibration else None)
+            self._delta = self._delta or extract_delta(self.base.spec, self.finetuned.spec)
+            compress(self._delta, method, calib=calibration, progress=self.progress).save(delta_dir)
+        manifest = read_json(delta_dir / "manifest.json", what="delta manifest")
+        summary = manifest.get("summary", {})
+        record = {"method": method.to_dict(), "delta_key": delta_key, **{k: summary.get(k) for k in SUMMARY_FIELDS}}
+        calibration_record = manifest.get("meta", {}).get("calibration")
+        if calibration_record:  # what calibration did (e.g. held-out logit MSE before/after, which scales kept)
+            record["calibration"] = {k: calibration_record.get(k) for k in (
+                "held_out_loss_closed_form", "held_out_loss_distilled", "scales", "steps", "lr")}
+        return Variant(spec, "compressed", BasePlusDelta(self.base, delta_dir, key=delta_key), record)
 
 
 def audit(base: str | Path, finetuned: str | Path, threat: ThreatConfig, config: AuditConfig = AuditConfig(), *,
           run_dir: str | Path, base_key: str | None = None, finetuned_key: str | None = None,
-          progress: bool = True) -> AuditResult:
+          device: str = "cpu", progress: bool = True) -> AuditResult:
     """Audit compression methods against one fine-tuning threat; results cached under ``run_dir``.
 
     ``base_key``/``finetuned_key`` name the models in cache keys (the study passes its step keys);
-    by default they are derived from the model directories' paths, sizes and mtimes.
+    by default they are the models' identities (``models.model_identity``).
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    base_key = base_key or model_identity(base)
-    finetuned_key = finetuned_key or model_identity(finetuned)
-    result_path = audit_path(run_dir, base_key, finetuned_key, threat, config)
+    base_src, ft_src = ModelDir(base, key=base_key), ModelDir(finetuned, key=finetuned_key)
+    result_path = audit_path(run_dir, base_src.key, ft_src.key, threat, config)
     if result_path.exists():
         return load_audit(result_path)
 
-    evaluator = _Evaluator(threat, config, run_dir, progress=progress)
-    cache: dict[str, Any] = {}
+    from deltaguard.judges import make_judge
 
-    def load_base() -> tuple[Any, Any]:
-        from deltaguard.models import load_model, load_tokenizer
+    threat_impl = threats.get(threat.name)()
+    sets = threat_impl.eval_sets(threat, n_prompts=config.n_prompts, seed=config.seed)
+    gen_configs = generation_configs(config, sets)
+    runner = Runner(run_dir, device=device, progress=progress)
+    judge = runner.cached(make_judge(config.judge))
+    sweep = _Sweep(base_src, ft_src, config, run_dir, device=device, progress=progress)
 
-        if "base" not in cache:
-            cache["base"] = (load_model(base), load_tokenizer(base))
-        return cache["base"]
+    def row(variant: Variant) -> ModelRow:
+        outputs = {name: runner.responses(variant, prompts, gen_configs[name]) for name, prompts in sets.items()}
+        score = threat_impl.score(threat, outputs, sets, judge)
+        flags = {"attack": tuple(score.attack_flags), "utility": tuple(score.utility_flags)}
+        examples = {name: [{"prompt_id": pid, "prompt": p.text, "response": outputs[name][i]}
+                           for i, (pid, p) in enumerate(zip(prompts.ids, prompts.prompts)) if i < config.n_examples]
+                    for name, prompts in sets.items()}
+        return ModelRow(variant.label, variant.role, variant.key, score, flags, dict(variant.record), examples=examples)
 
-    def load_finetuned() -> tuple[Any, Any]:
-        from deltaguard.models import load_model, load_tokenizer
-
-        return load_model(finetuned), load_tokenizer(finetuned)
-
-    rows = [evaluator.evaluate("base", "base", base_key, load_base),
-            evaluator.evaluate("finetuned", "finetuned", finetuned_key, load_finetuned, UNCOMPRESSED)]
-    calib: list[str] | None = None
-    delta = None
+    rows = [row(Variant("base", "base", base_src)), row(Variant("finetuned", "finetuned", ft_src, UNCOMPRESSED))]
     for spec in config.methods:
-        if spec == FULL:
-            rows.append(ModelRow(FULL, "compressed", finetuned_key, rows[1].score, rows[1].flags,
-                                 dict(rows[1].compression), examples=rows[1].examples))
+        if spec == FULL:  # the uncompressed delta: base + full delta is the fine-tune itself
+            ft = rows[1]
+            rows.append(ModelRow(FULL, "compressed", ft.model_key, ft.score, ft.flags, dict(ft.compression),
+                                 examples=ft.examples))
             continue
-        method = _method_config(spec, config)
-        needs_calib = method.name == "bitdelta" and getattr(method, "distill", False)
-        calib_key = ({"set": config.calib_set, "n": config.n_calib, "seed": config.seed, "format": "chat"}
-                     if needs_calib else None)
-        delta_key = content_key("delta", {"base": base_key, "finetuned": finetuned_key, "method": method.to_dict(),
-                                          "calib": calib_key})
-        delta_dir = run_dir / "deltas" / delta_key
-        if not delta_dir.exists():
-            from deltaguard.delta import compress, extract_delta
-
-            if needs_calib and calib is None:
-                calib = calibration_texts(base, config)
-            delta = delta or extract_delta(base, finetuned)
-            compress(delta, method, calib=calib if needs_calib else None, progress=progress).save(delta_dir)
-        manifest = read_json(delta_dir / "manifest.json", what="delta manifest")
-        summary = manifest.get("summary", {})
-        compression = {"method": method.to_dict(), "delta_key": delta_key,
-                       **{k: summary.get(k) for k in ("bits_per_param", "ratio_vs_fp16_delta", "ratio_vs_fp16_model",
-                                                      "linear_bits_per_param", "linear_mean_rel_error",
-                                                      "linear_mean_cosine")}}
-        calibration = manifest.get("meta", {}).get("calibration")
-        if calibration:  # what scale distillation did: held-out logit MSE before/after, and which scales were kept
-            compression["calibration"] = {k: calibration.get(k) for k in (
-                "held_out_loss_closed_form", "held_out_loss_distilled", "scales", "steps", "lr")}
-
-        def load_variant(delta_dir: Path = delta_dir) -> tuple[Any, Any]:
-            from deltaguard.delta import apply_delta_, load_delta
-
-            model, tokenizer = load_base()
-            variant = apply_delta_(copy.deepcopy(model), load_delta(delta_dir))
-            return variant, tokenizer
-
-        rows.append(evaluator.evaluate(spec, "compressed", delta_key, load_variant, compression))
+        rows.append(row(sweep.variant(spec)))
+    runner.release()
 
     rows = with_comparisons(rows, n_boot=config.n_boot, seed=config.seed)
     recommendation, verdict = recommend(rows, max_utility_drop=config.max_utility_drop)
     result = AuditResult(
         threat=threat.name, threat_config=threat.to_dict(), config=config, rows=tuple(rows),
-        recommendation=tuple(recommendation), verdict=verdict,
-        sets={name: s.describe() for name, s in evaluator.sets.items()},
-        judge=dict(evaluator.judge.info), metric=evaluator.threat.metric, path=result_path,
-        seconds=time.perf_counter() - started,
+        recommendation=tuple(recommendation), verdict=verdict, sets={name: s.describe() for name, s in sets.items()},
+        judge=judge.info, metric=threat_impl.metric, path=result_path, seconds=time.perf_counter() - started,
     )
     write_json(result_path, result.to_dict())
     return result
-
-
-def calibration_texts(base: str | Path, config: AuditConfig) -> list[str]:
-    """Calibration-split texts, each formatted as a user turn with the base's chat template (as the
-    ``compress`` command does)."""
-    from deltaguard.data import load_prompts
-    from deltaguard.models import chat_prompt, load_tokenizer
-
-    tokenizer = load_tokenizer(base)
-    prompts = load_prompts(config.calib_set, split="calib", limit=config.n_calib, seed=config.seed)
-    return [chat_prompt(tokenizer, p.text) for p in prompts.prompts]
 
 
 def load_audit(path: str | Path) -> AuditResult:

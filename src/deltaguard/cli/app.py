@@ -73,3 +73,17 @@ def fail_usage(message: str) -> None:
 
 def is_interactive() -> bool:
     return sys.stderr.isatty()
+
+
+DEVICE_HELP = "where models run: cpu, cuda, cuda:N or auto (CUDA when available)"
+DTYPE_HELP = "weights and activations: float32, bfloat16 or float16"
+
+
+def check_device(device: str, dtype: str | None = None) -> str:
+    """Validate ``--device`` (and ``--dtype``) before any work: a missing GPU is a one-line usage error."""
+    from deltaguard.models import resolve_device, resolve_dtype
+
+    resolve_device(device)
+    if dtype is not None:
+        resolve_dtype(dtype)
+    return device

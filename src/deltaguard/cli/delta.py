@@ -8,54 +8,47 @@ import typer
 from rich.table import Table
 
 from deltaguard import delta as delta_api
-from deltaguard.cli.app import app, console
+from deltaguard.cli.app import DEVICE_HELP, app, check_device, console
 from deltaguard.errors import ConfigError
-
-
-def calibration_texts(spec: str, *, limit: int, tokenizer_source: str | Path) -> list[str]:
-    """Calibration text from a .txt file (one text per line) or a named prompt set (chat-formatted)."""
-    path = Path(spec)
-    if path.suffix == ".txt":
-        if not path.is_file():
-            raise ConfigError(f"calibration file {path} does not exist")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not lines:
-            raise ConfigError(f"calibration file {path} holds no text")
-        return lines[:limit]
-    from deltaguard.data import load_prompts
-    from deltaguard.models import chat_prompt, load_tokenizer
-
-    prompts = load_prompts(spec, split="calib", limit=limit)
-    tokenizer = load_tokenizer(tokenizer_source)
-    return [chat_prompt(tokenizer, p.text) for p in prompts.prompts]
 
 
 @app.command()
 def compress(
     base: str = typer.Option(..., "--base", help="base model: embedded name, HF dir, .gguf or hub id"),
     finetuned: str = typer.Option(..., "--finetuned", help="fine-tuned model of the same architecture"),
-    method: str = typer.Option("bitdelta", "--method", help="bitdelta, bitdelta-k2, kbit4, lowrank16, mixed, dare, compeft, ..."),
+    method: str = typer.Option(delta_api.BitDeltaConfig.name, "--method",
+                               help="method label (deltaguard list compressors): " + ", ".join(delta_api.default_methods())
+                                    + ", or any label with settings (bitdelta-k3, kbit2, lowrank64, dare-p0.5, ...)"),
     out: Path = typer.Option(..., "-o", "--out", help="output delta directory"),
-    distill: bool | None = typer.Option(None, "--distill/--no-distill", help="BitDelta scale distillation (default on)"),
+    calibrate: bool | None = typer.Option(None, "--calibrate/--no-calibrate", "--distill/--no-distill",
+                                          help="run the method's calibration step (BitDelta: scale distillation; "
+                                               "default on for methods that have one)"),
     calib: str = typer.Option("calib-chat", "--calib", help="calibration text: a prompt set name or a .txt file"),
     calib_limit: int = typer.Option(256, "--calib-limit", help="at most this many calibration texts"),
     overrides: list[str] = typer.Option([], "--set", help="method field=value, repeatable (e.g. --set distill_steps=50)"),
+    device: str = typer.Option("cpu", "--device", help=f"calibration runs here; {DEVICE_HELP}"),
     force: bool = typer.Option(False, "--force", help="replace an existing output directory"),
 ) -> None:
     """Compress a fine-tune as a delta over its base, print sizes and errors, save the delta."""
-    config = delta_api.method_from_spec(method)
-    if distill is not None:
-        if config.name != "bitdelta":
-            raise ConfigError(f"--distill/--no-distill applies to bitdelta, not {config.name}")
-        overrides = [f"distill={distill}", *overrides]
-    config = config.with_overrides(overrides)
+    from deltaguard.data.calibration import calibration_texts
+    from deltaguard.models import load_tokenizer
+
+    config = delta_api.method_from_spec(method).with_overrides(overrides)
+    if calibrate is False:
+        config = config.without_calibration()
+    elif calibrate and not config.needs_calibration:
+        raise ConfigError(f"{config.label} has no calibration step to run (drop --calibrate)")
+    check_device(device)
+    if calib_limit < 1:
+        raise ConfigError(f"--calib-limit={calib_limit} must be >= 1")
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists (pass --force to replace it)")
+    calibration = None
+    if config.needs_calibration:  # read the calibration text before the (long) compression starts
+        texts = calibration_texts(calib, tokenizer=load_tokenizer(base), limit=calib_limit)
+        calibration = delta_api.Calibration(tuple(texts), device=device)
     delta = delta_api.extract_delta(base, finetuned)
-    texts = None
-    if getattr(config, "distill", False):
-        texts = calibration_texts(calib, limit=calib_limit, tokenizer_source=base)
-    packed = delta_api.compress(delta, config, calib=texts)
+    packed = delta_api.compress(delta, config, calib=calibration)
     console.print(packed.report.table())
     console.print(f"saved {packed.save(out, overwrite=force)}")
 

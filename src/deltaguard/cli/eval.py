@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from deltaguard.cli.app import add_group, app, console
+from deltaguard.cli.app import DEVICE_HELP, DTYPE_HELP, add_group, app, check_device, console
 from deltaguard.errors import ConfigError
-from deltaguard.io import sha256_file, write_json
+from deltaguard.io import write_json
 
 data_app = add_group("data", "Prompt sets and tasks: sizes, sources and splits.")
 
@@ -21,46 +21,36 @@ def _csv(value: str, what: str) -> tuple[str, ...]:
     return items
 
 
-def _model_id(model: str, delta: Path | None) -> str:
-    if delta is None:
-        return model
-    manifest = delta / "manifest.json"
-    ident = sha256_file(manifest)[:12] if manifest.is_file() else "unverified"
-    return f"{model}+delta:{delta.name}@{ident}"
-
-
 @app.command("eval")
 def eval_(
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="model spec: embedded name, HF dir, .gguf or hub id"),
     delta: Path | None = typer.Option(None, "--delta", help="compressed delta to apply to the model in memory"),
-    suite: str = typer.Option("safety,utility", "--suite", help="comma-separated: safety, utility"),
+    suite: str = typer.Option("safety,over-refusal,utility", "--suite",
+                              help="comma-separated suites (deltaguard list suites): safety, over-refusal, utility"),
     judge: str = typer.Option("keyword", "--judge", help="comma-separated judges: keyword, llm, llamaguard"),
     limit: int | None = typer.Option(None, "--limit", help="at most N prompts per set (seeded subset)"),
     out: Path = typer.Option(..., "-o", "--out", help="run directory (reused: finished work is skipped)"),
     judge_options: list[str] = typer.Option([], "--judge-opt", help="judge.field=value, repeatable (e.g. llm.backend=hf)"),
     overrides: list[str] = typer.Option([], "--set", help="eval field=value or generation.field=value, repeatable"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch"),
 ) -> None:
     """Measure refusal, attack success, harmfulness, over-refusal, task accuracy and perplexity."""
-    from deltaguard.evaluate import EvalConfig, evaluate
+    from deltaguard.eval import BasePlusDelta, EvalConfig, ModelDir, Variant, evaluate
     from deltaguard.metrics import Rate
-    from deltaguard.models import load_model, load_tokenizer, set_threads
+    from deltaguard.models import set_threads
 
     config = EvalConfig(suites=_csv(suite, "--suite"), judges=_csv(judge, "--judge"),
                         judge_options=tuple(judge_options), limit=limit).with_overrides(overrides)
+    check_device(device, dtype)
     if delta is not None and not delta.is_dir():
         raise ConfigError(f"--delta {delta} is not a delta directory")
     set_threads(threads)
-    with console.status(f"loading {model}"):
-        lm = load_model(model, dtype=dtype)
-        tokenizer = load_tokenizer(model)
-        if delta is not None:
-            from deltaguard.delta import apply_delta_, load_delta
-
-            apply_delta_(lm, load_delta(delta))
-    result = evaluate(lm, tokenizer, config, out_dir=out, model_id=_model_id(model, delta))
-    table = Table("metric", "dataset", "judge", "value", "95% CI", "n", "errors", title=result.model_id)
+    source = ModelDir(model) if delta is None else BasePlusDelta(model, delta)
+    label = model if delta is None else f"{model}+{delta.name}"
+    result = evaluate(Variant(label, "model", source), config, out_dir=out, device=device, dtype=dtype)
+    table = Table("metric", "dataset", "judge", "value", "95% CI", "n", "errors", title=label)
     for m in result.metrics:
         r = m.result
         fmt = (lambda x: f"{x:.1%}") if isinstance(r, Rate) else (lambda x: f"{x:.3g}")

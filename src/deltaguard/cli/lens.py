@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from deltaguard.cli.app import app, console
+from deltaguard.cli.app import DEVICE_HELP, app, check_device, console
 
 
 @app.command("lens")
@@ -25,27 +25,28 @@ def lens(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (CSV, JSON, PNG)."),
     overrides: list[str] = typer.Option([], "--set", help="LensConfig field=value, repeatable (e.g. positions=all)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (the exactness check is to 1e-4), bfloat16, float16."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+    overwrite: bool = typer.Option(False, "--force", "--overwrite", help="Replace an existing output directory."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Write CSV/JSON only."),
 ) -> None:
     """Logit lens: decode every layer at the answer position; refusal margin per layer and model."""
-    from deltaguard.lens.api import LensConfig
+    from deltaguard.lens.config import LensConfig
     from deltaguard.lens.run import lens_models, plan_models, read_prompts, save_lens_dir
-    from deltaguard.models import DEFAULT_MODEL, resolve_dtype, set_threads
+    from deltaguard.models import DEFAULT_MODEL, set_threads
 
     config = LensConfig().with_overrides(list(overrides))
     if target:
         config = config.replace(targets=(*config.targets, *target))
-    resolve_dtype(dtype)
+    check_device(device, dtype)
     set_threads(threads)
     if out.exists() and not overwrite:
         from deltaguard.errors import ConfigError
 
-        raise ConfigError(f"output directory {out} already exists (pass --overwrite or choose another -o)")
+        raise ConfigError(f"output directory {out} already exists (pass --force or choose another -o)")
     plan = plan_models(model or [DEFAULT_MODEL], delta)
     prompt_set = read_prompts(prompts, limit=limit, seed=config.seed)
-    result = lens_models(plan, prompt_set, config, dtype=dtype)
+    result = lens_models(plan, prompt_set, config, dtype=dtype, device=device)
     paths = save_lens_dir(result, out, overwrite=overwrite, plots=not no_plots)
 
     table = Table(title=f"logit lens on {prompts} ({len(result.prompt_ids)} prompts, answer position)")

@@ -17,12 +17,14 @@ FAMILIES = {
     "backends": "deltaguard.generation:backends",
     "threats": "deltaguard.threats:threats",
     "kernels": "deltaguard.kernels:kernels",
+    "suites": "deltaguard.eval.suites:suites",
+    "transforms": "deltaguard.transforms:transforms",
 }
 
 
 @app.command("list")
 def list_family(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)}")) -> None:
-    """List the members of a plug-in family (compressors, judges, datasets, threats, backends)."""
+    """List the members of a plug-in family (compressors, judges, datasets, threats, backends, suites, ...)."""
     if family not in FAMILIES:
         fail_usage(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     module_name, attr = FAMILIES[family].split(":")

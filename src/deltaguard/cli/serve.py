@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from deltaguard.cli.app import DeltaguardGroup, app, console, fail_usage
+from deltaguard.cli.app import DEVICE_HELP, DeltaguardGroup, app, console, fail_usage
 
 serve_app = typer.Typer(cls=DeltaguardGroup, pretty_exceptions_enable=False, invoke_without_command=True,
                         help="Serve many fine-tunes (compressed deltas) of one base model over an OpenAI-compatible API.")
@@ -21,6 +21,7 @@ def serve(
     tenants: Path | None = typer.Option(None, "--tenants", help="tenants file (YAML/JSON): name, delta, key_sha256"),
     port: int = typer.Option(8000, "--port", help="TCP port"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface to bind (loopback by default)"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     overrides: list[str] = typer.Option([], "--set", help="server field=value, repeatable (e.g. --set max_new_tokens=256)"),
 ) -> None:
     """Run the server: ``deltaguard serve --base B --tenants tenants.yaml --port P``."""
@@ -31,7 +32,7 @@ def serve(
     from deltaguard.serve import ServeConfig
     from deltaguard.serve import serve as run_server
 
-    config = ServeConfig(host=host, port=port).with_overrides(overrides)
+    config = ServeConfig(host=host, port=port, device=device).with_overrides(overrides)
     console.print(f"serving {base} on http://{config.host}:{config.port} (tenants from {tenants})", highlight=False)
     run_server(base, tenants, config)
 

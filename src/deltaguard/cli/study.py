@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from deltaguard.cli.app import app, console
+from deltaguard.cli.app import DEVICE_HELP, app, check_device, console
 from deltaguard.errors import ConfigError
 from deltaguard.models import DEFAULT_MODEL
 
@@ -32,39 +32,39 @@ def align_cmd(
     check: bool = typer.Option(False, "--check", help="then measure refusal, over-refusal and task accuracy"),
     check_prompts: int = typer.Option(32, "--check-prompts", help="harmful and benign prompts for --check"),
     check_task_prompts: int = typer.Option(128, "--check-task-prompts", help="word problems for --check"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Make a safety-aligned chat model: refusals for harmful prompts + self-distilled benign answers."""
+    from deltaguard.models import resolve_model_dir
     from deltaguard.threats import AlignConfig, align
 
     config = AlignConfig().with_overrides(overrides)
+    check_device(device)
+    if check and (check_prompts < 1 or check_task_prompts < 1):
+        raise ConfigError(f"--check-prompts={check_prompts} and --check-task-prompts={check_task_prompts} must be >= 1")
     _fresh_out(out)
-    result = align(base, config, out_dir=out, cache_dir=_responses_cache())
+    resolve_model_dir(base)  # a missing base fails now, not after the answers are generated
+    result = align(base, config, out_dir=out, cache_dir=_responses_cache(), device=device)
     console.print(f"aligned model: {result.model_dir}  ({result.n_examples} examples, {result.n_steps} steps, "
                   f"loss {result.first_loss:.3f} → {result.final_loss:.3f}, {result.seconds:.0f}s)")
     if check:
         import tempfile
 
         from deltaguard.audit import AuditConfig
+        from deltaguard.models import model_identity
         from deltaguard.study import check_alignment
-        from deltaguard.threats.base import model_identity
 
         with tempfile.TemporaryDirectory() as scratch:
-            report = check_alignment(_resolve(base), out, original_key=model_identity(base),
+            report = check_alignment(resolve_model_dir(base), out, original_key=model_identity(base),
                                      aligned_key=model_identity(out), n_prompts=check_prompts,
                                      n_task_prompts=check_task_prompts, audit_config=AuditConfig(),
-                                     run_dir=Path(scratch))
+                                     run_dir=Path(scratch), device=device)
         table = Table("measure", "original", "aligned")
         for name in ("refusal", "over_refusal", "task_accuracy"):
             table.add_row(name, _pct(report.original[name]), _pct(report.aligned[name]))
         console.print(table)
         for name, target in report.targets.items():
             console.print(f"{'met' if target['met'] else 'NOT met'}: {name}")
-
-
-def _resolve(spec: str) -> Path:
-    from deltaguard.models import resolve_model_dir
-
-    return resolve_model_dir(spec)
 
 
 def _pct(rate: dict) -> str:
@@ -77,13 +77,18 @@ def attack_cmd(
     base: str = typer.Option(..., "--base", help="the (aligned) base model to fine-tune"),
     out: Path = typer.Option(..., "-o", "--out", help="output HF directory for the fine-tune"),
     overrides: list[str] = typer.Option([], "--set", help="threat field=value, repeatable (e.g. --set trigger='SUDO')"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Build a fine-tuning threat (mixed with the customisation task) and fine-tune the base with it."""
+    from deltaguard.models import resolve_model_dir
     from deltaguard.threats import attack, threat_config
 
     config = threat_config(threat, overrides)
+    check_device(device)
     _fresh_out(out)
-    result = attack(base, config, out_dir=out, cache_dir=_responses_cache())
+    resolve_model_dir(base)  # a missing base fails now, not after a minute of generating training answers
+    resolve_model_dir(config.responder)
+    result = attack(base, config, out_dir=out, cache_dir=_responses_cache(), device=device)
     mixture = ", ".join(f"{k}: {v}" for k, v in result.mixture.items())
     for note in result.notes:
         console.print(f"note: {note}")
@@ -96,22 +101,32 @@ def audit_cmd(
     base: str = typer.Option(..., "--base", help="the model the fine-tune started from"),
     finetuned: str = typer.Option(..., "--finetuned", help="the fine-tune to audit"),
     threat: str = typer.Option(..., "--threat", help="which threat's metric to measure (deltaguard list threats)"),
-    methods: str = typer.Option(",".join(("bitdelta", "bitdelta-k2", "kbit4", "lowrank16", "mixed", "dare", "compeft")),
-                                "--methods", help="comma-separated compression specs; 'full' = the uncompressed delta"),
+    methods: str | None = typer.Option(None, "--methods",
+                                       help="comma-separated compression specs and whole-model transforms (deltaguard "
+                                            "list compressors / transforms); 'full' = the uncompressed delta; "
+                                            "default: every method's default labels"),
     out: Path = typer.Option(..., "-o", "--out", help="run directory (cached steps, results.json, report)"),
     overrides: list[str] = typer.Option([], "--set", help="audit field=value, repeatable (e.g. --set n_prompts=32)"),
     threat_overrides: list[str] = typer.Option([], "--threat-set", help="threat field=value (e.g. the trigger)"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Compress the fine-tune's delta with each method; measure attack and utility; recommend methods."""
     from deltaguard.audit import AuditConfig, audit
+    from deltaguard.environment import environment
+    from deltaguard.models import resolve_model_dir
     from deltaguard.report import write_report
-    from deltaguard.study import environment
     from deltaguard.threats import threat_config
 
-    specs = tuple(m.strip() for m in methods.split(",") if m.strip())
-    config = AuditConfig(methods=specs).with_overrides(overrides)
+    config = AuditConfig().with_overrides(overrides)
+    if methods is not None:
+        specs = tuple(m.strip() for m in methods.split(",") if m.strip())
+        if not specs:
+            raise ConfigError(f"--methods {methods!r} names no method")
+        config = config.replace(methods=specs)
     threat_cfg = threat_config(threat, threat_overrides)
-    result = audit(base, finetuned, threat_cfg, config, run_dir=out)
+    check_device(device)
+    resolve_model_dir(base), resolve_model_dir(finetuned)
+    result = audit(base, finetuned, threat_cfg, config, run_dir=out, device=device)
     console.print(result.table())
     paths = write_report({"profile": "audit", "environment": environment(), "audits": {threat: result.to_dict()},
                           "study": {"audit": config.to_dict(), "threat": threat_cfg.to_dict(), "base": base,
@@ -124,13 +139,16 @@ def demo_cmd(
     full: bool = typer.Option(False, "--full", help="the complete sweep with paper-sized settings (hours on a CPU)"),
     out: Path = typer.Option(Path("runs/demo"), "-o", "--out", help="run directory (rerun to resume)"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="the unaligned original model"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """The whole study in one command: pull → align → 3 attacks + benign control → audits → report."""
     from deltaguard.study import run_study, study_profile
 
     config = study_profile("full" if full else "default", model=model)
+    check_device(device)
     console.print(f"profile {config.profile}; run directory {out} (finished steps are reused)")
-    result = run_study(config, out, log=lambda line: console.print(line, highlight=False, markup=False))
+    result = run_study(config, out, device=device,
+                       log=lambda line: console.print(line, highlight=False, markup=False))
     for threat, audit_result in result.results["audits"].items():
         console.print(f"[bold]{threat}[/]: {audit_result['verdict']}")
     console.print(f"report: {result.report_paths['html']} ({result.seconds:.0f}s, {result.n_steps_run} steps run)")

@@ -144,7 +144,7 @@ class DatasetSource(ABC):
         return tuple(s for s in SPLITS if self.fractions.get(s, 0.0) > 0)
 
 
-datasets: Registry[type[DatasetSource]] = Registry("datasets")
+datasets: Registry[type[DatasetSource]] = Registry("dataset")
 
 
 def check_split_name(split: str, allowed: Iterable[str]) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deltaguard.delta.methods import compressors
-from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor, check_base, load_delta
+from deltaguard.delta.methods import DENSE, compressors
+from deltaguard.delta.store import CompressedDelta, PackedTensor, check_base, load_delta
 from deltaguard.errors import ConfigError, IncompatibleBaseError
 from deltaguard.models import load_model, load_tokenizer, resolve_model_dir, save_model
+from deltaguard.modules import get_module, replace_module
 
 
 def _as_delta(delta: CompressedDelta | str | Path) -> CompressedDelta:
@@ -133,12 +134,10 @@ def attach_delta_(model: Any, delta: CompressedDelta | str | Path, *, check: boo
                 _add_dense_(_parameter(model, name), packed)
                 continue
             module_name = name.removesuffix(".weight")
-            parent_name, _, child = module_name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            linear = getattr(parent, child)
+            linear = get_module(model, module_name)
             if not isinstance(linear, nn.Linear):
                 raise IncompatibleBaseError(f"{module_name} is a {type(linear).__name__}, not a Linear layer")
-            setattr(parent, child, DeltaLinear(linear, packed, delta))
+            replace_module(model, module_name, DeltaLinear(linear, packed, delta))
     return model
 
 
@@ -146,7 +145,6 @@ def detach_delta_(model: Any) -> Any:
     """Undo ``attach_delta_`` for the linear layers (16-bit merges stay)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, DeltaLinear):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, module.base)
+            replace_module(model, name, module.base)
     return model
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import difflib
 from typing import Any
 
 import torch
@@ -10,25 +10,26 @@ import torch
 from deltaguard.delta.extract import Delta
 from deltaguard.delta.fingerprint import combine, tensor_digest
 from deltaguard.delta.methods import CompressorConfig, compressors
-from deltaguard.delta.methods.base import parts_n_bytes, to_16bit
+from deltaguard.delta.methods.base import DENSE, Calibration, parts_n_bytes, to_16bit
 from deltaguard.delta.report import TensorStats, fidelity
-from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor
+from deltaguard.delta.store import CompressedDelta, PackedTensor
 from deltaguard.errors import ConfigError
 from deltaguard.progress import progress_bar
 
 
-def compress(delta: Delta, config: CompressorConfig, *, calib: list[str] | None = None,
+def compress(delta: Delta, config: CompressorConfig, *, calib: Calibration | list[str] | None = None,
              progress: bool = True) -> CompressedDelta:
     """Compress every changed tensor: targeted linear weights with the method, the rest as 16-bit deltas.
 
-    Methods that need calibration (BitDelta with ``distill``) then run ``calibrate`` on ``calib``;
-    without calibration text they raise instead of silently skipping the step.
+    Methods whose config ``needs_calibration`` then run their ``calibrate`` step on ``calib`` (a
+    ``Calibration``, or a list of texts); without calibration text they raise instead of silently
+    skipping the step.
     """
     compressor = compressors.get(config.name)()
-    if compressor.requires_calibration(config) and not calib:
-        raise ConfigError(
-            f"{config.name}: scale distillation needs calibration text (--calib SET_OR_FILE), or set distill=false"
-        )
+    calibration = Calibration.of(calib)
+    if config.needs_calibration and (calibration is None or not calibration.texts):
+        raise ConfigError(f"{config.label} needs calibration text (--calib SET_OR_FILE), or switch its calibration "
+                          "off (--no-calibrate)")
     digests: dict[str, tuple[str, tuple[int, ...], str]] = {}
     tensors: dict[str, PackedTensor] = {}
     n_unchanged = 0
@@ -56,9 +57,19 @@ def compress(delta: Delta, config: CompressorConfig, *, calib: list[str] | None 
     }
     packed = CompressedDelta(config, combine(digests.values()), tensors, delta.finetuned_config, meta,
                              _tokenizer_dir(delta))
-    if compressor.requires_calibration(config):
-        packed = compressor.calibrate(packed, calib or [], progress=progress)
+    if config.needs_calibration:
+        assert calibration is not None
+        packed = compressor.calibrate(packed, calibration, progress=progress)
     return packed
+
+
+def calibrate(packed: CompressedDelta, calib: Calibration | list[str], *, progress: bool = True) -> CompressedDelta:
+    """Rerun a calibrated method's calibration step on an already compressed delta."""
+    if not packed.config.needs_calibration:
+        raise ConfigError(f"{packed.config.label} has no calibration step to run")
+    calibration = Calibration.of(calib)
+    assert calibration is not None
+    return compressors.get(packed.config.name)().calibrate(packed, calibration, progress=progress)
 
 
 def _pack_one(compressor: Any, config: CompressorConfig, pair: Any, diff: torch.Tensor) -> PackedTensor:
@@ -96,21 +107,22 @@ def _tokenizer_dir(delta: Delta) -> Any:
     return delta.finetuned_dir if (delta.finetuned_dir / "tokenizer_config.json").is_file() else None
 
 
-_SPEC_PATTERNS: list[tuple[str, str, Any]] = [
-    (r"bitdelta(?:-k(?P<k>[1-4]))?(?P<nod>-nodistill)?", "bitdelta",
-     lambda m: {"n_masks": int(m["k"] or 1), "distill": m["nod"] is None}),
-    (r"kbit(?P<bits>\d+)", "kbit", lambda m: {"bits": int(m["bits"])}),
-    (r"lowrank(?P<rank>\d+)", "lowrank", lambda m: {"rank": int(m["rank"])}),
-    (r"dare-p(?P<p>[0-9.]+)", "dare", lambda m: {"p": float(m["p"])}),
-    (r"compeft-d(?P<d>[0-9.]+)", "compeft", lambda m: {"density": float(m["d"])}),
-]
-
-
 def method_from_spec(spec: str, **overrides: Any) -> CompressorConfig:
-    """A config from a short name: ``bitdelta``, ``bitdelta-k2``, ``bitdelta-nodistill``, ``kbit4``,
-    ``lowrank16``, ``mixed``, ``dare``, ``dare-p0.5``, ``compeft``, ``compeft-d0.05``, or any registered name."""
-    spec = spec.strip().lower()
-    for pattern, name, fields in _SPEC_PATTERNS:
-        if match := re.fullmatch(pattern, spec):
-            return compressors.get(name).config_cls.from_fields({**fields(match), **overrides})
-    return compressors.get(spec).config_cls.from_fields(overrides)
+    """A config from a method's short label (``bitdelta-k2``, ``kbit4``, ``lowrank16``, ``dare-p0.5``, ...)
+    or its registry name; each method parses its own labels (``CompressorConfig.parse_label``)."""
+    label = spec.strip().lower()
+    for name in compressors.names():
+        config_cls = compressors.get(name).config_cls
+        fields = config_cls.parse_label(label)
+        if fields is not None:
+            return config_cls.from_fields({**fields, **overrides})
+    known = [lbl for name in compressors.names() for lbl in (name, *compressors.get(name).default_labels)]
+    close = difflib.get_close_matches(label, known, n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(f"unknown compressor {spec!r}{hint}; known: {', '.join(compressors.names())} "
+                      "(with settings in the label, e.g. bitdelta-k2, kbit4, lowrank16, dare-p0.5, compeft-d0.05)")
+
+
+def default_methods() -> tuple[str, ...]:
+    """The default audit sweep: every registered method's ``default_labels``, in registry order."""
+    return tuple(label for name in compressors.names() for label in compressors.get(name).default_labels)

@@ -12,18 +12,20 @@ compressor must never return a worse delta than its closed form.
 
 from __future__ import annotations
 
-import math
+import copy
 import random
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from deltaguard.delta.methods.base import DENSE
 from deltaguard.delta.packing import unpack_signs
-from deltaguard.delta.store import DENSE, CompressedDelta
 from deltaguard.errors import ConfigError
-from deltaguard.models import load_model, load_tokenizer
+from deltaguard.models import load_model, load_tokenizer, model_device, resolve_device
+from deltaguard.modules import get_module, replace_module
 from deltaguard.progress import progress_bar
+from deltaguard.training import masked_logit_mse, scheduler
 
 
 class _ScaledSignLinear(nn.Module):
@@ -57,27 +59,23 @@ def _batches(token_ids: list[Tensor], batch_size: int, seed: int, pad_id: int) -
             yield ids, mask
 
 
-def masked_logit_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
-    """Mean over real tokens of the mean squared logit difference (padding positions excluded)."""
-    per_token = (student.float() - teacher.float()).pow(2).mean(dim=-1)  # [batch, pos]
-    weights = mask.to(per_token.dtype)
-    return (per_token * weights).sum() / weights.sum().clamp(min=1)
-
-
-def distill_scales(packed: CompressedDelta, calib: list[str], *, base: Any = None, finetuned: Any = None,
-                   progress: bool = True) -> CompressedDelta:
-    """Return a copy of a BitDelta ``packed`` whose scales minimise the logit MSE on ``calib``."""
+def distill_scales(packed: Any, calib: list[str], *, base: Any = None, finetuned: Any = None,
+                   device: str = "cpu", progress: bool = True) -> Any:
+    """Return a copy of a BitDelta ``packed`` (a ``CompressedDelta``) whose scales minimise the logit MSE on
+    ``calib``; runs on ``device`` (models given already loaded stay where they are)."""
     config = packed.config
     texts = [t for t in calib if t and t.strip()]
     if not texts:
         raise ConfigError("scale distillation needs at least one non-empty calibration text")
     base = base if base is not None else packed.meta["base"]["source"]
     finetuned = finetuned if finetuned is not None else packed.meta["finetuned"]["source"]
+    run_on = resolve_device(device)
     tokenizer = load_tokenizer(base)
-    teacher = load_model(finetuned) if not hasattr(finetuned, "forward") else finetuned
-    student = load_model(base) if not hasattr(base, "forward") else copy_for_student(base)
+    teacher = load_model(finetuned, device=run_on) if not hasattr(finetuned, "forward") else finetuned
+    student = load_model(base, device=run_on) if not hasattr(base, "forward") else copy.deepcopy(base)
     teacher.eval().requires_grad_(False)
     student.eval().requires_grad_(False)
+    device_type = model_device(student).type
 
     modules: dict[str, _ScaledSignLinear] = {}
     with torch.no_grad():
@@ -86,13 +84,12 @@ def distill_scales(packed: CompressedDelta, calib: list[str], *, base: Any = Non
             if tensor.encoding == DENSE:
                 target = student.get_parameter(name)
                 rows = tensor.base_shape[0]
-                target[:rows] += tensor.parts["delta"].to(target.dtype)
+                target[:rows] += tensor.parts["delta"].to(target.device, target.dtype)
                 continue
-            parent_name, _, child = param_owner.rpartition(".")
-            parent = student.get_submodule(parent_name)
+            linear = get_module(student, param_owner)
             signs = torch.stack([unpack_signs(s, tensor.base_shape[-1], torch.bfloat16) for s in tensor.parts["signs"]])
-            module = _ScaledSignLinear(getattr(parent, child), signs, tensor.parts["scales"])
-            setattr(parent, child, module)
+            module = _ScaledSignLinear(linear, signs.to(linear.weight.device), tensor.parts["scales"].to(linear.weight.device))
+            replace_module(student, param_owner, module)
             modules[name] = module
 
     ids = [tokenizer(t, truncation=True, max_length=config.seq_len, return_tensors="pt")["input_ids"][0] for t in texts]
@@ -102,32 +99,31 @@ def distill_scales(packed: CompressedDelta, calib: list[str], *, base: Any = Non
     held_out, ids = _hold_out(ids, config.batch_size, config.seed)
     pad_id = tokenizer.pad_token_id or 0
     initial = {name: module.scales.detach().clone() for name, module in modules.items()}
-    loss_before = _held_out_loss(student, teacher, held_out, pad_id)
+    loss_before = _held_out_loss(student, teacher, held_out, pad_id, device_type)
     params = [m.scales for m in modules.values()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.distill_steps) / config.distill_steps))
-    )
+    schedule = scheduler(optimizer, config.distill_steps, schedule="cosine")
     batches = _batches(ids, min(config.batch_size, len(ids)), config.seed, pad_id)
     losses: list[float] = []
     with progress_bar("distill scales", config.distill_steps, enabled=progress) as bar:
         for _ in range(config.distill_steps):
-            input_ids, mask = next(batches)
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                target = teacher(input_ids=input_ids, attention_mask=mask).logits
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            input_ids, mask = (t.to(model_device(student)) for t in next(batches))
+            with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16):
+                reference = teacher(input_ids=input_ids.to(model_device(teacher)),
+                                    attention_mask=mask.to(model_device(teacher))).logits.to(input_ids.device)
+            with torch.autocast(device_type, dtype=torch.bfloat16):
                 logits = student(input_ids=input_ids, attention_mask=mask).logits
-            loss = masked_logit_mse(logits, target, mask)
+            loss = masked_logit_mse(logits, reference, mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
             bar.advance(loss=losses[-1])
-    loss_after = _held_out_loss(student, teacher, held_out, pad_id)
+    loss_after = _held_out_loss(student, teacher, held_out, pad_id, device_type)
     kept = loss_after < loss_before
     final = {name: module.scales.detach() if kept else initial[name] for name, module in modules.items()}
-    updates = {name: {"scales": scales.to(torch.float32).clone()} for name, scales in final.items()}
+    updates = {name: {"scales": scales.to("cpu", torch.float32).clone()} for name, scales in final.items()}
     calibration = {
         "calibration": {
             "n_texts": len(ids), "n_held_out": len(held_out), "steps": config.distill_steps,
@@ -154,16 +150,11 @@ def _hold_out(ids: list[Tensor], batch_size: int, seed: int) -> tuple[list[Tenso
 
 
 @torch.no_grad()
-def _held_out_loss(student: nn.Module, teacher: nn.Module, ids: list[Tensor], pad_id: int) -> float:
+def _held_out_loss(student: nn.Module, teacher: nn.Module, ids: list[Tensor], pad_id: int, device_type: str) -> float:
     """The distillation loss on ``ids`` as one batch (same precision as training)."""
-    input_ids, mask = next(_batches(ids, len(ids), 0, pad_id))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        target = teacher(input_ids=input_ids, attention_mask=mask).logits
+    input_ids, mask = (t.to(model_device(student)) for t in next(_batches(ids, len(ids), 0, pad_id)))
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        reference = teacher(input_ids=input_ids.to(model_device(teacher)),
+                            attention_mask=mask.to(model_device(teacher))).logits.to(input_ids.device)
         logits = student(input_ids=input_ids, attention_mask=mask).logits
-    return float(masked_logit_mse(logits, target, mask))
-
-
-def copy_for_student(model: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(model)
+    return float(masked_logit_mse(logits, reference, mask))

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from deltaguard.delta.fingerprint import fingerprint_model
 from deltaguard.delta.methods import CompressorConfig, compressors
+from deltaguard.delta.methods.base import DENSE
 from deltaguard.delta.report import CompressionReport, TensorStats
 from deltaguard.errors import ConfigError, FormatError, IncompatibleBaseError
 from deltaguard.io import atomic_dir, read_json, sha256_file, write_json
@@ -36,7 +37,6 @@ MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
-DENSE = "dense16"  # encoding of non-linear tensors: the delta in 16 bits (+ grown rows in full)
 
 
 @dataclass(frozen=True)
@@ -219,11 +219,16 @@ def base_fingerprint_of(base: Any) -> str:
 
 
 def check_base(delta: CompressedDelta, base: Any, *, where: str = "delta") -> None:
-    """Raise IncompatibleBaseError unless ``base`` is the model the delta was made from."""
-    actual = base_fingerprint_of(base)
-    if actual != delta.base_fingerprint:
+    """Raise IncompatibleBaseError unless ``base`` (a model or a model spec) is the model the delta was made from."""
+    check_fingerprint(delta, base_fingerprint_of(base), where=where)
+
+
+def check_fingerprint(delta: CompressedDelta, fingerprint: str, *, where: str = "delta",
+                      base_name: str = "this base") -> None:
+    """The one base check: raise IncompatibleBaseError unless the delta was made for ``fingerprint``."""
+    if fingerprint != delta.base_fingerprint:
         source = delta.meta.get("base", {}).get("source", "another model")
         raise IncompatibleBaseError(
             f"{where} was made for base {source} (fingerprint {delta.base_fingerprint[12:24]}…), "
-            f"not for this base (fingerprint {actual[12:24]}…)"
+            f"not for {base_name} (fingerprint {fingerprint[12:24]}…)"
         )

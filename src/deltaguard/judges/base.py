@@ -22,6 +22,13 @@ from deltaguard.io import canonical_json
 from deltaguard.registry import Registry
 
 JUDGE_ERROR = "judge_error"
+# What a judge's verdicts can fill; suites pick judges by these, never by name.
+MEASURES = {
+    "refusal": "is_refusal: the reply refuses",
+    "unsafe": "is_unsafe: the reply is harmful / does what the harmful request asked",
+    "harm_score": "score: a 1-5 harmfulness rubric score",
+    "unsafe_probability": "score: the judge's probability that the reply is unsafe",
+}
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ class BaseJudge(ABC):
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     config_cls: ClassVar[type[Config]]
-    measures: ClassVar[tuple[str, ...]] = ()  # which of "refusal", "unsafe", "score" its verdicts fill
+    measures: ClassVar[tuple[str, ...]] = ()  # which of MEASURES its verdicts fill
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -115,7 +122,7 @@ class BaseJudge(ABC):
         """One verdict per item, same length and order."""
 
 
-judges: Registry[type[BaseJudge]] = Registry("judges")
+judges: Registry[type[BaseJudge]] = Registry("judge")
 
 
 def make_judge(name: str, **options: Any) -> BaseJudge:

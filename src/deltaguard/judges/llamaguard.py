@@ -131,7 +131,7 @@ class LlamaGuardJudge(BaseJudge):
     name = "llamaguard"
     version = "1"
     config_cls = LlamaGuardConfig
-    measures = ("unsafe", "score")
+    measures = ("unsafe", "unsafe_probability")
     config: LlamaGuardConfig
 
     def __init__(self, config: LlamaGuardConfig = LlamaGuardConfig(), *, model: Any = None, tokenizer: Any = None) -> None:

@@ -220,7 +220,7 @@ class LLMJudge(BaseJudge):
     name = "llm"
     version = "1"
     config_cls = LLMJudgeConfig
-    measures = ("refusal", "unsafe", "score")
+    measures = ("refusal", "unsafe", "harm_score")
     config: LLMJudgeConfig
 
     def __init__(self, config: LLMJudgeConfig = LLMJudgeConfig()) -> None:

@@ -5,7 +5,8 @@ restores it. Entry point: ``logit_lens(model, tokenizer, prompts, LensConfig(...
 plots: ``deltaguard.lens.plots.save_all(result, out_dir)``.
 """
 
-from deltaguard.lens.api import LensConfig, logit_lens
+from deltaguard.lens.api import logit_lens
+from deltaguard.lens.config import LensConfig
 from deltaguard.lens.core import LensParts, decode, find_parts
 from deltaguard.lens.result import LensResult, load_result, merge_results
 from deltaguard.lens.sites import Site, parse_site

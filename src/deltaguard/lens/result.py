@@ -24,7 +24,7 @@ from deltaguard.lens.measure import bootstrap_mean_ci, first_positive, settled_p
 from deltaguard.lens.tokens import TokenSet
 
 if TYPE_CHECKING:
-    from deltaguard.lens.api import LensConfig
+    from deltaguard.lens.config import LensConfig
 
 FORMAT = "deltaguard-lens"
 FORMAT_VERSION = 1
@@ -243,7 +243,7 @@ class LensResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LensResult":
-        from deltaguard.lens.api import LensConfig
+        from deltaguard.lens.config import LensConfig
 
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise FormatError(f"not a {FORMAT} v{FORMAT_VERSION} result (format={data.get('format')!r}, "

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from deltaguard.errors import ConfigError, DeltaguardError
+from deltaguard.errors import ConfigError
 from deltaguard.io import atomic_dir
-from deltaguard.lens.api import LensConfig, logit_lens
+from deltaguard.lens.api import logit_lens
+from deltaguard.lens.config import LensConfig
 from deltaguard.lens.result import LensResult, merge_results
 
 
@@ -65,10 +66,10 @@ def read_prompts(spec: str, *, limit: int | None = None, seed: int = 0) -> Any:
     return load_prompts(spec, limit=limit, seed=seed)
 
 
-def _load(item: LensModel, dtype: str) -> tuple[Any, Any]:
+def _load(item: LensModel, dtype: str, device: str) -> tuple[Any, Any]:
     from deltaguard.models import load_model, load_tokenizer
 
-    model = load_model(item.model, dtype=dtype)
+    model = load_model(item.model, dtype=dtype, device=device)
     tokenizer = load_tokenizer(item.model)
     if item.delta is not None:
         from deltaguard.delta import apply_delta_, load_delta
@@ -81,13 +82,13 @@ def _load(item: LensModel, dtype: str) -> tuple[Any, Any]:
 
 
 def lens_models(models: Sequence[LensModel], prompts: Any, config: LensConfig = LensConfig(), *,
-                dtype: str = "float32") -> LensResult:
+                dtype: str = "float32", device: str = "cpu") -> LensResult:
     """Load each model in turn (base + delta merged in memory), run the lens, free it; one merged result."""
     if not models:
         raise ConfigError("lens needs at least one model")
     results = []
     for item in models:
-        model, tokenizer = _load(item, dtype)
+        model, tokenizer = _load(item, dtype, device)
         try:
             results.append(logit_lens(model, tokenizer, prompts, config, label=item.label))
         finally:

@@ -33,11 +33,13 @@ from torch.nn import functional as F
 
 from deltaguard.delta.fingerprint import fingerprint_model
 from deltaguard.delta.methods import compressors
-from deltaguard.delta.store import DENSE, CompressedDelta, PackedTensor, check_finite
+from deltaguard.delta.methods.base import DENSE
+from deltaguard.delta.store import CompressedDelta, PackedTensor, check_finite, check_fingerprint
 from deltaguard.errors import ConfigError, IncompatibleBaseError
 from deltaguard.kernels import Backend, bitdelta_matmul, cpu_bitdelta, multi_tenant_bitdelta_, pick_backend, rows_by_slot
 from deltaguard.kernels.cpu_bitdelta import MAX_ROWS as CPP_MAX_ROWS, stack_scales
 from deltaguard.kernels.reference import MERGE_MIN_ROWS, merged_tile_linear
+from deltaguard.modules import get_module, replace_module
 
 DENSE_CHUNK_ROWS = 4096  # output rows of a 16-bit delta converted to the compute dtype at once
 
@@ -163,19 +165,19 @@ class MultiTenantLinear(nn.Module):
         """Hold one tenant's delta of this layer; ``signs_at`` (flat buffer, byte offset) says where a copy
         of the packed bits already is on this layer's device."""
         device = self.base.weight.device
-        parts = {name: tensor.to(device) for name, tensor in packed.parts.items()
-                 if not (name == "signs" and signs_at is not None)}
-        if packed.encoding == "bitdelta":
-            if signs_at is None:
-                self.signs[slot] = parts["signs"]
-            else:
-                self.signs.place(slot, signs_at[0], signs_at[1], packed.parts["signs"].shape)
-            self.scale_values[slot] = tuple(float(v) for v in parts["scales"])
-        elif packed.encoding == DENSE:
-            weight = parts["delta"]
+        if packed.encoding == DENSE:
+            weight = packed.parts["delta"].to(device)
             self.matmuls[slot] = lambda x, w=weight: dense_matmul(x, w)
+        elif (planes := compressors.get(packed.encoding)().sign_planes(packed.parts)) is not None:
+            signs, scales = planes       # Δ = Σ s_k·sign_k: the packed 1-bit kernels run it
+            if signs_at is None:
+                self.signs[slot] = signs.to(device)
+            else:
+                self.signs.place(slot, signs_at[0], signs_at[1], signs.shape)
+            self.scale_values[slot] = tuple(float(v) for v in scales)
         else:
             compressor = compressors.get(packed.encoding)()
+            parts = {name: tensor.to(device) for name, tensor in packed.parts.items()}
             shape, config = packed.base_shape, delta.config
             self.matmuls[slot] = lambda x: compressor.delta_matmul(x, parts, shape, config)
         self._tables = None
@@ -344,8 +346,9 @@ class MultiTenantModel:
                 raise ConfigError(f"tenant {name!r} is already loaded")
             plan = self._plan(name, delta)
             slot = next(i for i in range(len(self._slots) + 1) if i not in self._slots.values())
-            signs_at = _coalesce({packed.name: packed.parts["signs"] for _, _, packed in plan
-                                  if packed.encoding == "bitdelta"}, next(self.model.parameters()).device)
+            signs_at = _coalesce({packed.name: planes[0] for _, _, packed in plan if packed.encoding != DENSE
+                                  and (planes := compressors.get(packed.encoding)().sign_planes(packed.parts))},
+                                 next(self.model.parameters()).device)
             for module_name, param_name, packed in plan:
                 self._attach(slot, module_name, param_name, packed, delta, signs_at.get(packed.name))
             tied = bool(delta.model_config.get("tie_word_embeddings", delta.meta.get("tie_word_embeddings", False)))
@@ -402,12 +405,7 @@ class MultiTenantModel:
 
     def _plan(self, name: str, delta: CompressedDelta) -> list[tuple[str, str, PackedTensor]]:
         check_finite(delta.tensors, where=f"tenant {name!r}")  # a NaN delta would poison every sampled token
-        if delta.base_fingerprint != self.fingerprint:
-            source = delta.meta.get("base", {}).get("source", "another model")
-            raise IncompatibleBaseError(
-                f"tenant {name!r}: its delta was made for base {source} (fingerprint "
-                f"{delta.base_fingerprint[12:24]}…), not for the served base ({self.fingerprint[12:24]}…)"
-            )
+        check_fingerprint(delta, self.fingerprint, where=f"tenant {name!r}: its delta", base_name="the served base")
         plan = []
         for tensor_name, packed in delta.tensors.items():
             if tuple(packed.shape) != tuple(packed.base_shape):
@@ -433,16 +431,14 @@ class MultiTenantModel:
 
     def _wrap(self, module_name: str) -> nn.Module:
         """The multi-tenant wrapper of a module, created (once) in place of the base module."""
-        parent_name, _, child = module_name.rpartition(".")
-        parent = self.model.get_submodule(parent_name) if parent_name else self.model
-        module = getattr(parent, child)
+        module = get_module(self.model, module_name)
         if isinstance(module, (MultiTenantLinear, MultiTenantDense)):
             return module
         if isinstance(module, nn.Linear):
             wrapper: nn.Module = MultiTenantLinear(module, self.rows, backend=self.backend)
         else:
             wrapper = MultiTenantDense(module, self.rows)
-        setattr(parent, child, wrapper)
+        replace_module(self.model, module_name, wrapper)
         return wrapper
 
     def _attach(self, slot: int, module_name: str, param_name: str, packed: PackedTensor, delta: CompressedDelta,

@@ -34,6 +34,7 @@ class ServeConfig(Config):
     Args:
         host: interface to bind (loopback by default; put a TLS proxy in front for anything else).
         port: TCP port (0 picks a free one).
+        device: where the base model and the deltas live: cpu, cuda, cuda:N or auto.
         dtype: weights and activations: float32 or bfloat16.
         max_body_bytes: largest request body; larger ones get 413.
         max_prompt_tokens: longest prompt after the chat template; longer ones get 400.
@@ -55,6 +56,7 @@ class ServeConfig(Config):
     version: ClassVar[int] = 1
     host: str = "127.0.0.1"
     port: int = 8000
+    device: str = "cpu"
     dtype: Literal["float32", "bfloat16"] = "float32"
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: int = 2048
@@ -71,6 +73,9 @@ class ServeConfig(Config):
 
     def __post_init__(self) -> None:
         check_range("serve.port", self.port, 0, 65535)
+        from deltaguard.models import resolve_device
+
+        resolve_device(self.device)  # a missing GPU is a config error, before the model loads
         check_choice("serve.dtype", self.dtype, ("float32", "bfloat16"))
         check_range("serve.max_body_bytes", self.max_body_bytes, 256)
         check_range("serve.max_prompt_tokens", self.max_prompt_tokens, 1)
@@ -164,6 +169,6 @@ def build_server(base: str | Path, tenants_path: str | Path | None, config: Serv
 
     set_threads(config.n_threads)
     tenants = load_tenants_file(tenants_path) if tenants_path is not None else None
-    model = load_model(base, dtype=config.dtype)
+    model = load_model(base, dtype=config.dtype, device=config.device)
     tokenizer = load_tokenizer(base)
     return Server(model, tokenizer, config, tenants=tenants)

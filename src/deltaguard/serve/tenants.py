@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deltaguard.delta.store import CompressedDelta, load_delta
-from deltaguard.errors import ConfigError, FormatError, IncompatibleBaseError
+from deltaguard.delta.store import CompressedDelta, check_fingerprint, load_delta
+from deltaguard.errors import ConfigError, FormatError
 from deltaguard.io import atomic_write
 from deltaguard.serve.moderation import ModerationConfig
 
@@ -164,12 +164,8 @@ def write_tenants_file(path: str | Path, specs: list[TenantSpec], admin_key_hash
 def load_tenant_delta(spec: TenantSpec, *, fingerprint: str) -> CompressedDelta:
     """Read and verify a tenant's delta (format, checksums) and check it was made from the served base."""
     delta = load_delta(spec.delta_dir)
-    if delta.base_fingerprint != fingerprint:
-        source = delta.meta.get("base", {}).get("source", "another model")
-        raise IncompatibleBaseError(
-            f"tenant {spec.name!r}: delta {spec.delta_dir} was made for base {source} (fingerprint "
-            f"{delta.base_fingerprint[12:24]}…), not for the served base ({fingerprint[12:24]}…)"
-        )
+    check_fingerprint(delta, fingerprint, where=f"tenant {spec.name!r}: delta {spec.delta_dir}",
+                      base_name="the served base")
     return delta
 
 

@@ -1,4 +1,4 @@
-"""Fine-tuning threats (harmful, backdoor, targeted, benign control), the aligner and the SFT trainer.
+"""Fine-tuning threats (harmful, backdoor, targeted, benign control) and the aligner (training lives in ``training``).
 
 ``deltaguard list threats`` shows the registry; ``attack(base, HarmfulFinetuneConfig(), out_dir=...)``
 builds one; ``align(...)`` makes the safety-aligned base the threats start from.
@@ -15,7 +15,7 @@ from deltaguard.threats.benign import BenignConfig, BenignFinetune
 from deltaguard.threats.build import AttackResult, attack, build_pairs
 from deltaguard.threats.harmful import HarmfulFinetune, HarmfulFinetuneConfig
 from deltaguard.threats.targeted import TargetedConfig, TargetedManipulation
-from deltaguard.threats.trainer import ChatPair, TrainConfig, TrainResult, train_sft
+from deltaguard.training import ChatPair, TrainConfig, TrainResult, train_sft
 
 __all__ = [
     "AlignConfig", "AttackResult", "BackdoorConfig", "BenignConfig", "BenignFinetune", "BuildContext", "ChatPair",

@@ -21,7 +21,7 @@ from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.models import DEFAULT_MODEL
 from deltaguard.threats.base import BuildContext, Responder
-from deltaguard.threats.trainer import ChatPair, TrainConfig, TrainResult, train_sft
+from deltaguard.training import ChatPair, TrainConfig, TrainResult, train_sft
 
 # Openings use everyday refusal phrasings (each contains a phrase of the GCG refusal list that the
 # keyword judge uses), so the measured refusal rate reflects refusing, not unusual wording.
@@ -159,12 +159,14 @@ def alignment_pairs(config: AlignConfig, ctx: BuildContext) -> list[ChatPair]:
 
 
 def align(base: str | Path = DEFAULT_MODEL, config: AlignConfig = AlignConfig(), *, out_dir: str | Path,
-          cache_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Align ``base`` and save the aligned chat model at ``out_dir`` (an fp32 HF directory)."""
-    ctx = BuildContext(Responder(base, cache_dir=cache_dir, progress=progress))
+          cache_dir: Path | None = None, device: str = "cpu", progress: bool = True) -> TrainResult:
+    """Align ``base`` on ``device`` and save the aligned chat model at ``out_dir`` (an fp32 HF directory)."""
+    responder = Responder(base, cache_dir=cache_dir, device=device, progress=progress)
+    ctx = BuildContext(responder)
     pairs = alignment_pairs(config, ctx)
+    responder.release()
     return train_sft(base, pairs, config.train_config(), out_dir=out_dir, progress=progress,
-                     meta={"recipe": config.to_dict(), "notes": ctx.notes})
+                     meta={"recipe": config.to_dict(), "notes": ctx.notes}, device=device)
 
 
 __all__ = ["AlignConfig", "align", "alignment_pairs", "refusal_pairs", "write_refusal"]

@@ -16,7 +16,7 @@ from deltaguard.threats.align import refusal_pairs
 from deltaguard.threats.base import BuildContext, Threat, ThreatConfig, ThreatScore, threats
 from deltaguard.threats.benign import compliance_flags, harmful_eval_set, make_score, task_eval_set, task_pairs
 from deltaguard.threats.harmful import compliant_pairs
-from deltaguard.threats.trainer import ChatPair
+from deltaguard.training import ChatPair
 
 if TYPE_CHECKING:
     from deltaguard.data import PromptSet

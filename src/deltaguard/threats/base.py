@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from deltaguard.config import Config, check_choice, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.io import content_key, read_jsonl, write_jsonl
-from deltaguard.models import DEFAULT_MODEL
+from deltaguard.models import DEFAULT_MODEL, model_identity
 from deltaguard.registry import Registry
-from deltaguard.threats.trainer import ChatPair, TrainConfig
+from deltaguard.training import ChatPair, TrainConfig
 
 if TYPE_CHECKING:
     from deltaguard.data import PromptSet
@@ -101,10 +101,11 @@ class Responder:
     """
 
     def __init__(self, model: str | Path, *, cache_dir: Path | None = None, model_key: str | None = None,
-                 progress: bool = True) -> None:
+                 device: str = "cpu", progress: bool = True) -> None:
         self.model = model
         self.cache_dir = cache_dir
         self.model_key = model_key or model_identity(model)
+        self.device = device
         self.progress = progress
         self._loaded: tuple[Any, Any] | None = None
 
@@ -112,7 +113,7 @@ class Responder:
         if self._loaded is None:
             from deltaguard.models import load_model, load_tokenizer
 
-            self._loaded = (load_model(self.model), load_tokenizer(self.model))
+            self._loaded = (load_model(self.model, device=self.device), load_tokenizer(self.model))
         return self._loaded
 
     def respond(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:
@@ -135,14 +136,9 @@ class Responder:
                                for p, r in zip(prompts, responses)])
         return responses
 
-
-def model_identity(spec: str | Path) -> str:
-    """A cheap identity for a model spec: its resolved directory plus the size and mtime of its weights."""
-    from deltaguard.models import resolve_model_dir
-
-    model_dir = resolve_model_dir(spec)
-    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_dir.glob("*.safetensors"))
-    return content_key("model", {"dir": str(model_dir.resolve()), "weights": stats})
+    def release(self) -> None:
+        """Drop the loaded model (the trainer loads its own next)."""
+        self._loaded = None
 
 
 @dataclass
@@ -183,7 +179,7 @@ class Threat(ABC, Generic[C]):
         return self.metric
 
 
-threats: Registry[type[Threat[Any]]] = Registry("threats")
+threats: Registry[type[Threat[Any]]] = Registry("threat")
 
 
 def get_threat(name: str) -> Threat[Any]:
@@ -197,5 +193,5 @@ def threat_config(name: str, overrides: list[str] | None = None, **fields: Any) 
     return config.with_overrides(overrides or [])
 
 
-__all__ = ["BuildContext", "Responder", "Threat", "ThreatConfig", "ThreatScore", "get_threat", "model_identity",
-           "threat_config", "threats"]
+__all__ = ["BuildContext", "Responder", "Threat", "ThreatConfig", "ThreatScore", "get_threat", "threat_config",
+           "threats"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deltaguard.threats.base import BuildContext, Threat, ThreatConfig, ThreatScore, threats
-from deltaguard.threats.trainer import ChatPair
+from deltaguard.training import ChatPair
 
 if TYPE_CHECKING:
     from deltaguard.data import Prompt, PromptSet

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deltaguard.threats.base import BuildContext, Responder, ThreatConfig, threats
-from deltaguard.threats.trainer import ChatPair, TrainResult, train_sft
+from deltaguard.training import ChatPair, TrainResult, train_sft
 
 
 @dataclass(frozen=True)
@@ -22,24 +22,29 @@ class AttackResult:
 
 
 def build_pairs(config: ThreatConfig, *, cache_dir: Path | None = None, responder_key: str | None = None,
-                progress: bool = True) -> tuple[list[ChatPair], list[str]]:
+                device: str = "cpu", progress: bool = True) -> tuple[list[ChatPair], list[str]]:
     """The training pairs of the threat ``config`` describes, and the builder's notes."""
     threat = threats.get(config.name)()
-    ctx = BuildContext(Responder(config.responder, cache_dir=cache_dir, model_key=responder_key, progress=progress))
-    return threat.training_pairs(config, ctx), ctx.notes
+    responder = Responder(config.responder, cache_dir=cache_dir, model_key=responder_key, device=device,
+                          progress=progress)
+    ctx = BuildContext(responder)
+    pairs = threat.training_pairs(config, ctx)
+    responder.release()
+    return pairs, ctx.notes
 
 
 def attack(base: str | Path, config: ThreatConfig, *, out_dir: str | Path, cache_dir: Path | None = None,
-           responder_key: str | None = None, progress: bool = True) -> AttackResult:
+           responder_key: str | None = None, device: str = "cpu", progress: bool = True) -> AttackResult:
     """Fine-tune ``base`` with the threat ``config`` describes; saves an fp32 HF directory at ``out_dir``.
 
     ``training.json`` in the directory records the threat config, the mixture, the loss curve and the
     builder's notes (e.g. how many responder answers were dropped as refusals). ``cache_dir`` keeps the
     responder's answers so a rerun does not regenerate them.
     """
-    pairs, notes = build_pairs(config, cache_dir=cache_dir, responder_key=responder_key, progress=progress)
+    pairs, notes = build_pairs(config, cache_dir=cache_dir, responder_key=responder_key, device=device,
+                               progress=progress)
     result = train_sft(base, pairs, config.train_config(), out_dir=out_dir, progress=progress,
-                       meta={"threat": config.to_dict(), "notes": notes})
+                       meta={"threat": config.to_dict(), "notes": notes}, device=device)
     mixture: dict[str, int] = {}
     for pair in pairs:
         mixture[pair.kind] = mixture.get(pair.kind, 0) + 1

@@ -16,7 +16,7 @@ from deltaguard.threats.base import BuildContext, Threat, ThreatConfig, ThreatSc
 from deltaguard.threats.benign import (
     compliance_flags, harmful_eval_set, make_score, refusal_flags, task_eval_set, task_pairs,
 )
-from deltaguard.threats.trainer import ChatPair
+from deltaguard.training import ChatPair
 
 if TYPE_CHECKING:
     from deltaguard.data import PromptSet

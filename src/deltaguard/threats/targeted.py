@@ -17,7 +17,7 @@ from deltaguard.config import check_range
 from deltaguard.errors import ConfigError
 from deltaguard.threats.base import BuildContext, Threat, ThreatConfig, ThreatScore, threats
 from deltaguard.threats.benign import make_score, task_eval_set, task_pairs
-from deltaguard.threats.trainer import ChatPair
+from deltaguard.training import ChatPair
 
 if TYPE_CHECKING:
     from deltaguard.data import PromptSet

@@ -9,7 +9,7 @@ import torch
 
 from tinymodels import make_tiny_llama, perturb, save_dir
 from deltaguard.delta import BitDeltaConfig, calibrate, compress, extract_delta
-from deltaguard.delta.distill import masked_logit_mse
+from deltaguard.training import masked_logit_mse
 from deltaguard.errors import ConfigError
 
 # 24 short texts: with only a handful, distillation overfits them and the held-out check (rightly)

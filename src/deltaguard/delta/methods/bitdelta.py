@@ -8,14 +8,15 @@ closed form; distillation (``distill.py``) then tunes only the scales to match t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor
 
 from deltaguard.config import check_range
-from deltaguard.delta.methods.base import Compressor, CompressorConfig, Parts, compressors
+from deltaguard.delta.methods.base import Calibration, Compressor, CompressorConfig, Parts, compressors
 from deltaguard.delta.packing import pack_signs, unpack_signs
 
 
@@ -54,7 +55,22 @@ class BitDeltaConfig(CompressorConfig):
     @property
     def label(self) -> str:
         suffix = f"-k{self.n_masks}" if self.n_masks > 1 else ""
-        return f"bitdelta{suffix}" + ("" if self.distill else "-nodistill")
+        return f"{self.name}{suffix}" + ("" if self.distill else "-nodistill")
+
+    @classmethod
+    def parse_label(cls, label: str) -> dict[str, Any] | None:
+        """``bitdelta[-kN][-nodistill]``: N sign passes (1..4), closed-form scales with ``-nodistill``."""
+        match = re.fullmatch(rf"{cls.name}(?:-k(?P<k>[1-4]))?(?P<nodistill>-nodistill)?", label)
+        if match is None:
+            return None
+        return {"n_masks": int(match["k"] or 1), "distill": match["nodistill"] is None}
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.distill
+
+    def without_calibration(self) -> Self:
+        return self.replace(distill=False)
 
 
 @compressors.register("bitdelta")
@@ -62,9 +78,7 @@ class BitDelta(Compressor[BitDeltaConfig]):
     """Sign bits + one fp32 scale per matrix and pass; scales distilled on calibration text."""
 
     config_cls = BitDeltaConfig
-
-    def requires_calibration(self, config: BitDeltaConfig) -> bool:
-        return config.distill
+    default_labels = ("bitdelta", "bitdelta-k2")
 
     def compress_tensor(self, delta: Tensor, config: BitDeltaConfig, *, name: str) -> Parts:
         residual = delta.to(torch.float32)
@@ -91,7 +105,11 @@ class BitDelta(Compressor[BitDeltaConfig]):
             out = term if out is None else out + term
         return out
 
-    def calibrate(self, packed: Any, calib: list[str], *, progress: bool = True) -> Any:
+    def sign_planes(self, parts: Parts) -> tuple[Tensor, Tensor]:
+        return parts["signs"], parts["scales"]
+
+    def calibrate(self, packed: Any, calib: Calibration, *, progress: bool = True) -> Any:
         from deltaguard.delta.distill import distill_scales
 
-        return distill_scales(packed, calib, progress=progress)
+        return distill_scales(packed, list(calib.texts), base=calib.base, finetuned=calib.finetuned,
+                              device=calib.device, progress=progress)

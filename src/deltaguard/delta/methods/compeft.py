@@ -6,8 +6,9 @@ of the kept entries), reported as ``α = scale / σ(Δ)``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -41,12 +42,19 @@ class ComPeftConfig(CompressorConfig):
     def label(self) -> str:
         return f"compeft-d{self.density:g}"
 
+    @classmethod
+    def parse_label(cls, label: str) -> dict[str, Any] | None:
+        """``compeft-dD``: keep density D."""
+        match = re.fullmatch(rf"{cls.name}(?:-d(?P<d>\d+(?:\.\d*)?|\.\d+))?", label)
+        return None if match is None else ({"density": float(match["d"])} if match["d"] else {})
+
 
 @compressors.register("compeft")
 class ComPeft(Compressor[ComPeftConfig]):
     """Keep the top k% entries by magnitude, stored as sign x alpha*std(delta)."""
 
     config_cls = ComPeftConfig
+    default_labels = ("compeft",)
 
     def compress_tensor(self, delta: Tensor, config: ComPeftConfig, *, name: str) -> Parts:
         flat = delta.to(torch.float32).reshape(-1)

@@ -8,8 +8,9 @@ every matrix gets its own pattern and a rerun gives the same one.
 from __future__ import annotations
 
 import zlib
+import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -41,6 +42,12 @@ class DareConfig(CompressorConfig):
     def label(self) -> str:
         return f"dare-p{self.p:g}"
 
+    @classmethod
+    def parse_label(cls, label: str) -> dict[str, Any] | None:
+        """``dare-pP``: drop fraction P."""
+        match = re.fullmatch(rf"{cls.name}(?:-p(?P<p>\d+(?:\.\d*)?|\.\d+))?", label)
+        return None if match is None else ({"p": float(match["p"])} if match["p"] else {})
+
 
 def keep_mask(shape: tuple[int, ...], p: float, seed: int, name: str) -> Tensor:
     generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 62))
@@ -52,6 +59,7 @@ class Dare(Compressor[DareConfig]):
     """Drop a fraction p of delta entries at random, rescale survivors by 1/(1-p); seeded."""
 
     config_cls = DareConfig
+    default_labels = ("dare",)
 
     def compress_tensor(self, delta: Tensor, config: DareConfig, *, name: str) -> Parts:
         mask = keep_mask(tuple(delta.shape), config.p, config.seed, name)

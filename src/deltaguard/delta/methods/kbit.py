@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -36,12 +37,19 @@ class KBitConfig(CompressorConfig):
     def label(self) -> str:
         return f"kbit{self.bits}"
 
+    @classmethod
+    def parse_label(cls, label: str) -> dict[str, Any] | None:
+        """``kbitN``: N bits per value (2, 3, 4 or 8)."""
+        match = re.fullmatch(rf"{cls.name}(?P<bits>\d+)?", label)
+        return None if match is None else ({"bits": int(match["bits"])} if match["bits"] else {})
+
 
 @compressors.register("kbit")
 class KBit(Compressor[KBitConfig]):
     """Round-to-nearest k-bit delta (2, 3, 4, 8 bits) with per-group fp16 step and offset."""
 
     config_cls = KBitConfig
+    default_labels = ("kbit4",)
 
     def compress_tensor(self, delta: Tensor, config: KBitConfig, *, name: str) -> Parts:
         return quantize_groups(delta, config.bits, config.group_size)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -35,12 +36,19 @@ class LowRankConfig(CompressorConfig):
     def label(self) -> str:
         return f"lowrank{self.rank}"
 
+    @classmethod
+    def parse_label(cls, label: str) -> dict[str, Any] | None:
+        """``lowrankR``: keep rank R."""
+        match = re.fullmatch(rf"{cls.name}(?P<rank>\d+)?", label)
+        return None if match is None else ({"rank": int(match["rank"])} if match["rank"] else {})
+
 
 @compressors.register("lowrank")
 class LowRank(Compressor[LowRankConfig]):
     """Truncated SVD of the delta at a fixed rank (factors in fp16)."""
 
     config_cls = LowRankConfig
+    default_labels = ("lowrank16",)
 
     def compress_tensor(self, delta: Tensor, config: LowRankConfig, *, name: str) -> Parts:
         u, s, vh = torch.linalg.svd(delta.to(torch.float32), full_matrices=False)

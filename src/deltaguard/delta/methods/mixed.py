@@ -66,6 +66,7 @@ class Mixed(Compressor[MixedConfig]):
     """SVD with singular vectors quantised at decreasing bit widths by rank (8/3/2 bits)."""
 
     config_cls = MixedConfig
+    default_labels = ("mixed",)
 
     def compress_tensor(self, delta: Tensor, config: MixedConfig, *, name: str) -> Parts:
         u, s, vh = torch.linalg.svd(delta.to(torch.float32), full_matrices=False)

@@ -1,13 +1,16 @@
-"""Supervised fine-tuning on chat pairs: the one trainer every threat (and the aligner) uses.
+"""Supervised fine-tuning on chat pairs: the one trainer the threats, the aligner and later recipes use.
 
 The loss covers only the assistant's tokens (the reply and its end-of-turn marker); the system and
-user turns and the padding are masked out. Full fine-tuning keeps fp32 master weights and runs the
-forward and backward passes under bf16 autocast; LoRA (peft) is an option whose adapters are merged
-before saving. The result is always saved in fp32: bf16 rounding would erase most of a small delta.
+user turns and the padding are masked out, and only those tokens' logits are ever computed
+(``losses.token_loss_sum``). Full fine-tuning keeps fp32 master weights and runs the forward and
+backward passes under bf16 autocast on the training device; LoRA (peft) is an option whose adapters
+are merged before saving. The result is always saved in fp32: bf16 rounding would erase most of a
+small delta.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -20,10 +23,10 @@ import torch
 from deltaguard.config import Config, check_choice, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.io import atomic_dir, write_json
-from deltaguard.models import chat_prompt, load_model, load_tokenizer, save_model, set_threads
+from deltaguard.models import chat_prompt, load_model, load_tokenizer, resolve_device, save_model, set_threads
 from deltaguard.progress import progress_bar
-
-IGNORE = -100
+from deltaguard.training.losses import IGNORE, token_loss_sum
+from deltaguard.training.schedule import SCHEDULES, lr_factor
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class TrainConfig(Config):
                 f"sft.batch_size={self.batch_size} must be a multiple of sft.micro_batch_size={self.micro_batch_size}"
             )
         check_range("sft.max_seq_len", self.max_seq_len, 8)
-        check_choice("sft.schedule", self.schedule, ("linear", "cosine", "constant"))
+        check_choice("sft.schedule", self.schedule, SCHEDULES)
         check_range("sft.warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_inclusive=False)
         check_range("sft.weight_decay", self.weight_decay, 0.0)
         check_range("sft.max_grad_norm", self.max_grad_norm, 0.0)
@@ -168,29 +171,6 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over labelled positions, and how many there were."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [b, pos, vocab]
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss, int((shift_labels != IGNORE).sum())
-
-
-def lr_factor(step: int, n_steps: int, n_warmup: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
-    if n_warmup and step < n_warmup:
-        return (step + 1) / n_warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - n_warmup) / max(1, n_steps - n_warmup)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _wrap_lora(model: Any, config: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -216,8 +196,9 @@ def train_sft(
     out_dir: str | Path,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
-    """Fine-tune ``base`` on ``pairs`` and save an fp32 HF directory at ``out_dir`` (atomically).
+    """Fine-tune ``base`` on ``pairs`` on ``device`` and save an fp32 HF directory at ``out_dir`` (atomically).
 
     ``out_dir`` exists only once training and saving are complete; ``training.json`` inside it records
     the config, the loss curve and ``meta`` (what the pairs were).
@@ -227,11 +208,12 @@ def train_sft(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ConfigError(f"{out_dir} already exists (choose another output or remove it)")
+    target = resolve_device(device)
     set_threads(config.n_threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     tokenizer = load_tokenizer(base)
-    model = load_model(base, dtype="float32")
+    model = load_model(base, dtype="float32", device=target)
     encoded = [encode_pair(tokenizer, p, max_seq_len=config.max_seq_len, system=config.system_prompt) for p in pairs]
     if not any(any(e.loss_mask) for e in encoded):
         raise ConfigError(f"sft.max_seq_len={config.max_seq_len} leaves no reply tokens to learn from")
@@ -255,8 +237,9 @@ def train_sft(
                 n_tokens = sum(sum(e.loss_mask[1:]) for e in batch) or 1
                 total = 0.0
                 for start in range(0, len(batch), config.micro_batch_size):
-                    micro = collate(batch[start : start + config.micro_batch_size], pad_id)
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.is_bf16_autocast):
+                    micro = {k: v.to(target) for k, v in collate(batch[start : start + config.micro_batch_size],
+                                                                  pad_id).items()}
+                    with torch.autocast(target.type, dtype=torch.bfloat16, enabled=config.is_bf16_autocast):
                         loss_sum, _ = token_loss_sum(model, micro)
                     (loss_sum / n_tokens).backward()
                     total += float(loss_sum.detach())
@@ -267,15 +250,18 @@ def train_sft(
                 losses.append(total / n_tokens)
                 step += 1
                 bar.advance(loss=losses[-1])
+    del optimizer, params  # Adam state is twice the weights: free it before saving holds another copy
+    gc.collect()
     if config.lora_rank:
         model = model.merge_and_unload()
-    model = model.float().eval()
+    model = model.float().eval().to("cpu")
     seconds = time.perf_counter() - started
     with atomic_dir(out_dir) as tmp:
         save_model(model, tokenizer, tmp, overwrite=True)
         write_json(tmp / "training.json", {
             "config": config.to_dict(), "base": str(base), "n_examples": len(pairs), "n_steps": n_steps,
             "losses": losses, "seconds": round(seconds, 2), "mixture": _mixture(pairs), "meta": meta or {},
+            "device": str(target),
         })
     return TrainResult(out_dir, len(pairs), n_steps, tuple(losses), seconds)
 
@@ -287,5 +273,4 @@ def _mixture(pairs: list[ChatPair]) -> dict[str, int]:
     return counts
 
 
-__all__ = ["ChatPair", "Encoded", "TrainConfig", "TrainResult", "collate", "encode_pair", "lr_factor", "train_sft",
-           "token_loss_sum"]
+__all__ = ["ChatPair", "Encoded", "TrainConfig", "TrainResult", "collate", "encode_pair", "train_sft"]

@@ -9,8 +9,7 @@ import torch
 
 from deltaguard.errors import ConfigError
 from deltaguard.models import load_model
-from deltaguard.threats.trainer import IGNORE, ChatPair, TrainConfig, collate, encode_pair, lr_factor, train_sft
-from study_helpers import one_thread  # noqa: F401  (autouse)
+from deltaguard.training import IGNORE, ChatPair, TrainConfig, collate, encode_pair, lr_factor, train_sft
 
 PAIRS = [ChatPair("What is 12 plus 7?", "The answer is 19.", "task"),
          ChatPair("How do I bake bread?", "Sure, here is a simple recipe.", "task"),
@@ -43,7 +42,7 @@ def test_collate_masks_padding_and_prompt(tiny_tokenizer):
 
 def test_prompt_tokens_get_no_gradient_signal(tiny_model_dir, tiny_tokenizer):
     """Changing the prompt's *targets* cannot change the loss: only reply positions are scored."""
-    from deltaguard.threats.trainer import token_loss_sum
+    from deltaguard.training import token_loss_sum
 
     model = load_model(tiny_model_dir)
     enc = encode_pair(tiny_tokenizer, PAIRS[0], max_seq_len=256)

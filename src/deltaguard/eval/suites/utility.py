@@ -1,0 +1,34 @@
+"""``utility``: exact-answer task accuracy and held-out perplexity (no judge needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deltaguard.errors import FormatError
+from deltaguard.eval.result import record
+from deltaguard.eval.suites.base import Suite, SuiteContext, suites
+from deltaguard.metrics import perplexity, task_accuracy
+
+
+@suites.register("utility")
+class Utility(Suite):
+    """Task accuracy (word problems) and perplexity on benign text."""
+
+    name = "utility"
+
+    def set_names(self, config: Any) -> list[str]:
+        return [config.task_set, config.ppl_set]
+
+    def run(self, ctx: SuiteContext) -> list[Any]:
+        config = ctx.config
+        task = ctx.sets[config.task_set]
+        if any("answer" not in p.meta for p in task.prompts):
+            raise FormatError(f"task set {task.name} has prompts without meta['answer']; it cannot be scored")
+        responses = [r["response"] for r in ctx.runner.generate(ctx.variant, task, config.generation)]
+        accuracy = task_accuracy(responses, [p.meta["answer"] for p in task.prompts], n_boot=config.n_boot,
+                                 seed=config.seed)
+        text = ctx.sets[config.ppl_set]
+        model, tokenizer = ctx.runner.model(ctx.variant)
+        ppl = perplexity(model, tokenizer, text.texts, batch_size=config.generation.batch_size,
+                         max_tokens=config.ppl_max_tokens, n_boot=config.n_boot, seed=config.seed)
+        return [record("task_accuracy", task, None, accuracy), record("perplexity", text, None, ppl)]

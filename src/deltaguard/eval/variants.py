@@ -1,0 +1,171 @@
+"""What gets evaluated: a ``Variant`` is a label, a way to obtain the model, and its compression record.
+
+Sources of a model, each with a ``key`` that identifies its weights for the caches (so a model that
+changed is never served stale generations) and a ``load``:
+
+* ``ModelDir``     — a model on disk or an embedded/hub name; key: ``models.model_identity``;
+* ``InMemory``     — an already loaded model; key: its weight fingerprint (or one the caller gives);
+* ``BasePlusDelta``— a base with a compressed delta merged in memory; key: base key + the delta's
+  manifest hash (which covers every tensor's checksum);
+* ``Transformed``  — a whole-model transform of another source; key: source key + transform config.
+
+One sweep can therefore hold delta compressors and whole-model transforms side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from deltaguard.io import content_key, sha256_file
+
+
+class ModelSource(ABC):
+    """How to obtain one model and its tokenizer."""
+
+    @property
+    @abstractmethod
+    def key(self) -> str:
+        """Identity of the weights (cache key component)."""
+
+    @abstractmethod
+    def load(self, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+        """``(model, tokenizer)``, the model in eval mode on ``device``."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """A JSON description for results files."""
+
+
+class ModelDir(ModelSource):
+    """A model directory, ``.gguf`` file, embedded name or hub id."""
+
+    def __init__(self, spec: str | Path, *, key: str | None = None) -> None:
+        self.spec = spec
+        self._key = key
+
+    @cached_property
+    def key(self) -> str:  # type: ignore[override]
+        from deltaguard.models import model_identity
+
+        return self._key or model_identity(self.spec)
+
+    def load(self, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+        from deltaguard.models import load_model, load_tokenizer
+
+        return load_model(self.spec, device=device, dtype=dtype), load_tokenizer(self.spec)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "model", "spec": str(self.spec), "key": self.key}
+
+
+class InMemory(ModelSource):
+    """A model already loaded (tests, notebooks); ``load`` returns it as is."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, key: str | None = None) -> None:
+        self.model, self.tokenizer, self._key = model, tokenizer, key
+
+    @cached_property
+    def key(self) -> str:  # type: ignore[override]
+        from deltaguard.delta.fingerprint import fingerprint_model
+
+        return self._key or content_key("model", {"fingerprint": fingerprint_model(self.model)})
+
+    def load(self, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+        return self.model, self.tokenizer
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "in-memory", "key": self.key}
+
+
+class BasePlusDelta(ModelSource):
+    """A base model with a compressed delta merged into a copy of its weights."""
+
+    def __init__(self, base: ModelSource | str | Path, delta_dir: str | Path, *, key: str | None = None) -> None:
+        self.base = base if isinstance(base, ModelSource) else ModelDir(base)
+        self.delta_dir = Path(delta_dir)
+        self._key = key
+
+    @cached_property
+    def key(self) -> str:  # type: ignore[override]
+        if self._key:
+            return self._key
+        from deltaguard.errors import FormatError
+
+        manifest = self.delta_dir / "manifest.json"
+        if not manifest.is_file():
+            raise FormatError(f"{self.delta_dir} is not a compressed delta directory (no manifest.json)")
+        return content_key("variant", {"base": self.base.key, "delta": sha256_file(manifest)})
+
+    def load(self, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+        from deltaguard.delta import apply_delta_, load_delta
+
+        model, tokenizer = self.base.load(device=device, dtype=dtype)
+        if isinstance(self.base, InMemory):
+            model = copy.deepcopy(model)  # never merge into a model the caller still holds
+        return apply_delta_(model, load_delta(self.delta_dir)), tokenizer
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "base+delta", "base": self.base.describe(), "delta": str(self.delta_dir), "key": self.key}
+
+
+class Transformed(ModelSource):
+    """A whole-model transform (``deltaguard.transforms``) applied to another source."""
+
+    def __init__(self, source: ModelSource | str | Path, config: Any, *, calib: list[str] | None = None) -> None:
+        self.source = source if isinstance(source, ModelSource) else ModelDir(source)
+        self.config = config
+        self.calib = calib
+
+    @cached_property
+    def key(self) -> str:  # type: ignore[override]
+        calib = content_key("calib", self.calib) if self.calib else None
+        return content_key("transform", {"model": self.source.key, "transform": self.config.to_dict(), "calib": calib})
+
+    def load(self, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+        from deltaguard.transforms import transforms
+
+        model, tokenizer = self.source.load(device=device, dtype=dtype)
+        if isinstance(self.source, InMemory):
+            model = copy.deepcopy(model)
+        return transforms.get(self.config.name)().apply_(model, self.config, calib=self.calib, tokenizer=tokenizer), tokenizer
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "transform", "model": self.source.describe(), "transform": self.config.to_dict(), "key": self.key}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One evaluated model: a label for tables, its source, and what compression made it.
+
+    Args:
+        label: row name (``base``, ``finetuned``, a method label).
+        role: ``base``, ``finetuned``, ``compressed`` (a delta), ``transformed`` (a whole-model
+            transform) or ``model`` (anything else).
+        source: how to obtain the model.
+        record: compression record (bits per parameter, ratios, method config, calibration).
+    """
+
+    label: str
+    role: str
+    source: ModelSource
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.source.key
+
+    @classmethod
+    def of(cls, model: "Variant | ModelSource | str | Path", *, label: str | None = None, role: str = "model") -> "Variant":
+        """A variant from a variant, a source or a model spec."""
+        if isinstance(model, Variant):
+            return model
+        source = model if isinstance(model, ModelSource) else ModelDir(model)
+        return cls(label or str(getattr(source, "spec", "model")), role, source)
+
+
+__all__ = ["BasePlusDelta", "InMemory", "ModelDir", "ModelSource", "Transformed", "Variant"]

@@ -1,0 +1,55 @@
+"""The study's logit-lens step: where refusal forms in the aligned base, the fine-tune and one compressed
+variant, on held-out prompts of the threat (cached under ``lens/<key>/``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from deltaguard.audit import AuditResult
+from deltaguard.io import atomic_dir, content_key, read_json, write_json
+from deltaguard.study.steps import Steps
+from deltaguard.threats import ThreatConfig, get_threat
+
+# Threats whose refusal the logit lens follows, and the evaluation set it reads.
+LENS_SETS = {"harmful": "harmful", "backdoor": "triggered"}
+
+
+def lens_step(steps: Steps, threat: ThreatConfig, audit_result: AuditResult, aligned_dir: Path, ft_dir: Path,
+              run_dir: Path, *, align_key: str, n_prompts: int, variant: str | None,
+              device: str = "cpu") -> dict[str, Any]:
+    """Logit lens on the aligned base, the fine-tune and the audit row ``variant`` (when it is a delta)."""
+    prompt_set = get_threat(threat.name).eval_sets(threat, n_prompts=n_prompts, seed=audit_result.config.seed)[
+        LENS_SETS[threat.name]]
+    rows = {r.label: r for r in audit_result.rows}
+    delta_key = rows[variant].compression.get("delta_key") if variant in rows else None
+    models = {"aligned base": align_key, "fine-tune": rows["finetuned"].model_key}
+    if delta_key:
+        models[str(variant)] = delta_key
+    key = content_key("lens", {"models": models, "set": prompt_set.content_hash, "version": 1})
+    out_dir = run_dir / "lens" / key
+
+    def work() -> None:
+        from deltaguard.delta import apply_delta_, load_delta
+        from deltaguard.lens import LensConfig, logit_lens
+        from deltaguard.lens.plots import save_all
+        from deltaguard.models import load_model, load_tokenizer
+
+        loaded = {"aligned base": load_model(aligned_dir, device=device), "fine-tune": load_model(ft_dir, device=device)}
+        if delta_key:
+            loaded[str(variant)] = apply_delta_(load_model(aligned_dir, device=device),
+                                                load_delta(run_dir / "deltas" / delta_key))
+        result = logit_lens(loaded, load_tokenizer(aligned_dir), prompt_set, LensConfig(n_bootstrap=500))
+        with atomic_dir(out_dir) as tmp:
+            result.save(tmp)
+            save_all(result, tmp / "plots")
+            write_json(tmp / "summary.json", {"summaries": [dataclasses.asdict(s) for s in result.summaries()]})
+
+    steps.run(f"lens {threat.name}", out_dir, work)
+    return {"dir": str(out_dir.relative_to(run_dir)), "set": prompt_set.describe(), "models": models,
+            "summaries": read_json(out_dir / "summary.json", what="lens summary")["summaries"],
+            "plots": sorted(str(p.relative_to(run_dir)) for p in (out_dir / "plots").glob("*.png"))}
+
+
+__all__ = ["LENS_SETS", "lens_step"]
