@@ -191,8 +191,9 @@ def main() -> None:
         for what, key in (("decode phase", "packed_over_swap_decode"), ("end to end", "packed_over_swap")):
             verdict = "met" if goal[key] >= 3 else "NOT met"
             print(f"goal (8 tenants × {args.requests} requests, packed ≥ 3x swap, {what}): {goal[key]:.2f}x — {verdict}")
-    env = serve_setup.environment() | {"device": args.device,
-                                       "kernel": "triton" if args.device.startswith("cuda") else "torch"}
+    from deltaguard.kernels import pick_backend
+
+    env = serve_setup.environment() | {"device": args.device, "kernel": pick_backend(base.device, "auto")}
     name = 'serve_decode' if args.requests == 2 else f'serve_decode_r{args.requests}'
     print(f"wrote {serve_setup.write_results(name, {'environment': env, 'rows': rows})}")
 

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
-BASE = "smollm2-135m-instruct"
+# The base every tenant fine-tunes; DELTAGUARD_BENCH_BASE points elsewhere (e.g. random weights of the same
+# architecture from random_weights.py on a GPU machine that cannot fetch the real ones).
+BASE = os.environ.get("DELTAGUARD_BENCH_BASE", "smollm2-135m-instruct")
 STEPS = 3
 LR = 1e-4
 BATCH = 4
@@ -31,7 +33,9 @@ RESULTS = Path(__file__).parent / "results"
 def cache_root() -> Path:
     from deltaguard.assets import cache_dir
 
-    root = cache_dir() / "bench-serve" / f"steps{STEPS}-lr{LR:g}-b{BATCH}"
+    from deltaguard.models import model_identity
+
+    root = cache_dir() / "bench-serve" / f"steps{STEPS}-lr{LR:g}-b{BATCH}-{model_identity(BASE)}"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -50,7 +54,7 @@ def finetune_projections(index: int, out_dir: Path) -> dict[str, float]:
     from deltaguard.training import collate, encode_pair, token_loss_sum
 
     torch.manual_seed(index)
-    model = load_model(BASE).train()
+    model = load_model(BASE, device="auto").train()   # a GPU when there is one: the tenants are made faster there
     tokenizer = load_tokenizer(BASE)
     trainable = []
     for name, param in model.named_parameters():
@@ -62,7 +66,8 @@ def finetune_projections(index: int, out_dir: Path) -> dict[str, float]:
     random.Random(index).shuffle(encoded)
     losses = []
     for step in range(STEPS):
-        batch = collate(encoded[step * BATCH:(step + 1) * BATCH], tokenizer.pad_token_id)
+        batch = {k: v.to(model.device) for k, v in
+                 collate(encoded[step * BATCH:(step + 1) * BATCH], tokenizer.pad_token_id).items()}
         loss_sum, n_tokens = token_loss_sum(model, batch)
         loss = loss_sum / max(n_tokens, 1)
         optimizer.zero_grad(set_to_none=True)
@@ -72,7 +77,7 @@ def finetune_projections(index: int, out_dir: Path) -> dict[str, float]:
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    save_model(model, tokenizer, out_dir, overwrite=True)
+    save_model(model.to("cpu"), tokenizer, out_dir, overwrite=True)
     return {"first_loss": losses[0], "last_loss": losses[-1]}
 
 

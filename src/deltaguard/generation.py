@@ -33,6 +33,7 @@ from deltaguard.data import PromptSet
 from deltaguard.errors import ConfigError, FormatError, ModelOutputError
 from deltaguard.io import read_jsonl, write_jsonl
 from deltaguard.models import chat_prompt
+from deltaguard.progress import progress_bar
 from deltaguard.registry import Registry
 from deltaguard.sampling import pick_tokens, row_is_sampleable
 
@@ -280,30 +281,7 @@ def _run(model: Any, tokenizer: Any, texts: list[str], ids: list[str], config: G
     if not texts:
         return
     backend = backends.get(config.backend)(model, tokenizer)
-    with _progress_bar(len(texts), enabled=progress) as advance:
+    with progress_bar("generating", len(texts), enabled=progress, transient=True) as bar:
         for indices, batch in backend.generate_batches(texts, ids, config):
             yield indices, batch
-            advance(len(indices))
-
-
-class _progress_bar:
-    """A rich progress bar on stderr (a no-op when disabled)."""
-
-    def __init__(self, total: int, *, enabled: bool) -> None:
-        self.total, self.enabled, self._progress = total, enabled, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self._progress = Progress("generating", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  console=Console(stderr=True), transient=True)
-        self._progress.start()
-        task = self._progress.add_task("generate", total=self.total)
-        return lambda n: self._progress.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+            bar.advance(len(indices))

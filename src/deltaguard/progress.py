@@ -18,14 +18,19 @@ def _enabled(progress: bool) -> bool:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None, *, enabled: bool = True) -> Iterator["Bar"]:
-    """A bar with ``advance(n, **fields)``; ``fields`` (e.g. ``loss``) are shown after the counts."""
+def progress_bar(description: str, total: int | None, *, enabled: bool = True,
+                 transient: bool = False) -> Iterator["Bar"]:
+    """A bar with ``advance(n, **fields)``; ``fields`` (e.g. ``loss``) are shown after the counts.
+
+    ``transient`` bars disappear when done (for inner steps such as generation inside an evaluation).
+    ``DELTAGUARD_NO_PROGRESS=1`` switches every bar off.
+    """
     if not _enabled(enabled):
         yield Bar(None, None)
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=_console, transient=False) as bar:
+    with Progress(*columns, console=_console, transient=transient) as bar:
         task = bar.add_task(description, total=total, info="")
         yield Bar(bar, task)
 

@@ -30,10 +30,19 @@ class Registry(Generic[T]):
         def add(obj: T) -> T:
             if name in self._members:
                 raise RegistryError(f"{self.family} {name!r} is registered twice")
+            self._check_names(name, obj)
             self._members[name] = obj
             return obj
 
         return add if member is None else add(member)
+
+    def _check_names(self, name: str, obj: object) -> None:
+        """A member that also states its name (``name`` or ``config_cls.name``) must state the registered one,
+        so one name is written once in effect and a mismatch fails at import, not in a results file."""
+        for owner, stated in (("name", getattr(obj, "name", None)),
+                              ("config_cls.name", getattr(getattr(obj, "config_cls", None), "name", None))):
+            if isinstance(stated, str) and stated and stated != name:
+                raise RegistryError(f"{self.family} registered as {name!r} but its {owner} is {stated!r}")
 
     def register_lazy(self, name: str, target: str) -> None:
         """Register ``"package.module:Attr"``, imported only when first looked up."""

@@ -19,9 +19,9 @@ METHODS = compressors.names()
 
 
 def default_config(name):
-    cls = compressors.get(name).config_cls
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(distill=False) if "distill" in fields else cls()
+    """The method's defaults, with any calibration step switched off (calibration is tested on its own)."""
+    config = compressors.get(name).config_cls()
+    return config.without_calibration() if config.needs_calibration else config
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,53 @@ def packed_by_method(pair):
 
 
 def test_all_methods_are_registered():
-    assert set(METHODS) >= {"bitdelta", "kbit", "lowrank", "mixed", "dare", "compeft"}
+    assert set(METHODS) >= {"bitdelta", "kbit", "lowrank", "mixed", "dare", "compeft", "toy"}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_labels_parse_back_to_their_configs(name):
+    """Every config owns its short label and its parser: label → config → label is the identity."""
+    from deltaguard.delta import method_from_spec
+
+    config = compressors.get(name).config_cls()
+    assert method_from_spec(name) == config
+    assert method_from_spec(config.label) == config
+    for label in compressors.get(name).default_labels:
+        parsed = method_from_spec(label)
+        assert parsed.name == name and method_from_spec(parsed.label) == parsed
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_calibration_is_part_of_the_contract(name, pair):
+    """A method that calibrates refuses to compress without calibration text (never skips silently);
+    switching calibration off gives a config that needs none; a method without one says so."""
+    from deltaguard.errors import ConfigError
+
+    _, delta = pair
+    config = compressors.get(name).config_cls()
+    if config.needs_calibration:
+        with pytest.raises(ConfigError, match="needs calibration text"):
+            compress(delta, config, calib=None, progress=False)
+        assert not config.without_calibration().needs_calibration
+    else:
+        with pytest.raises(ConfigError, match="no calibration step"):
+            config.without_calibration()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_sign_planes_reproduce_the_decompressed_delta_exactly(name, packed_by_method):
+    """Methods that expose sign planes are served by the 1-bit kernels: Σ s_k·sign_k must BE the delta."""
+    from deltaguard.delta.packing import unpack_signs
+
+    packed = packed_by_method[name]
+    compressor = compressors.get(name)()
+    for tensor in (t for t in packed.tensors.values() if t.kind == "linear"):
+        planes = compressor.sign_planes(tensor.parts)
+        if planes is None:
+            continue
+        signs, scales = planes
+        rebuilt = sum(s * unpack_signs(bits, tensor.base_shape[-1]) for bits, s in zip(signs, scales))
+        assert torch.equal(rebuilt.float(), packed.decompress(tensor.name))
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -109,9 +155,9 @@ def test_truncated_tensors_raise_format_error(name, packed_by_method, tmp_path):
 
 
 def _with_nan(packed):
-    """The packed delta with one NaN in the first floating-point part of a method-encoded tensor."""
-    name, tensor = next((n, t) for n, t in packed.tensors.items() if t.kind == "linear")
-    part = next(p for p, v in tensor.parts.items() if v.is_floating_point())
+    """The packed delta with one NaN in its first floating-point part (a method-encoded tensor's if it has one)."""
+    candidates = sorted(packed.tensors.items(), key=lambda item: item[1].kind != "linear")
+    name, tensor, part = next((n, t, p) for n, t in candidates for p, v in t.parts.items() if v.is_floating_point())
     bad = tensor.parts[part].clone()
     bad.view(-1)[0] = float("nan")
     return dataclasses.replace(packed, tensors={**packed.tensors, name: dataclasses.replace(

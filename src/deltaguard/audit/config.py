@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from deltaguard.config import Config, check_range
-from deltaguard.delta import CompressorConfig, default_methods, method_from_spec
+from deltaguard.delta import CompressorConfig, default_methods, is_method_spec, method_from_spec
 from deltaguard.errors import ConfigError
+from deltaguard.transforms import is_transform_spec, transform_from_spec, transforms
 
 FULL = "full"  # the uncompressed delta: base + full delta is the fine-tune itself
 UNCOMPRESSED = {"bits_per_param": 32.0, "ratio_vs_fp16_delta": 0.5, "method": "uncompressed fp32 delta"}
@@ -63,10 +64,11 @@ class AuditConfig(Config):
             method, dot, rest = entry.partition(".")
             if not dot or "=" not in rest:
                 raise ConfigError(f"audit.method_overrides entry {entry!r} must look like method.field=value")
-            method_from_spec(method)  # an unknown method raises with close matches
+            if not is_transform_spec(method):
+                method_from_spec(method)  # an unknown method raises with close matches
         for spec in self.methods:
             if spec != FULL:
-                self.method_config(spec)  # unknown specs and bad overrides raise ConfigError here
+                check_spec(spec, self)  # unknown specs and bad overrides raise ConfigError here
         check_range("audit.n_prompts", self.n_prompts, 1)
         check_range("audit.max_new_tokens", self.max_new_tokens, 1, 4096)
         check_range("audit.task_max_new_tokens", self.task_max_new_tokens, 1, 4096)
@@ -78,6 +80,25 @@ class AuditConfig(Config):
 
     def method_config(self, spec: str) -> CompressorConfig:
         """The compressor config a spec names, with this audit's ``method_overrides`` for its method."""
-        config = method_from_spec(spec)
+        return self._overridden(method_from_spec(spec))
+
+    def transform_config(self, spec: str) -> Any:
+        """The whole-model transform config a spec names, with this audit's ``method_overrides`` for it."""
+        return self._overridden(transform_from_spec(spec))
+
+    def _overridden(self, config: Any) -> Any:
         mine = [entry.partition(".")[2] for entry in self.method_overrides if entry.partition(".")[0] == config.name]
         return config.with_overrides(mine) if mine else config
+
+
+def check_spec(spec: str, config: AuditConfig) -> None:
+    """A spec is a whole-model transform or a delta compressor label; anything else names both families."""
+    if is_transform_spec(spec):
+        config.transform_config(spec)
+    elif is_method_spec(spec):
+        config.method_config(spec)
+    else:
+        try:
+            method_from_spec(spec)
+        except ConfigError as exc:  # unknown: say so once, with the transforms too
+            raise ConfigError(f"{exc}; transforms: {', '.join(transforms.names())}") from None

@@ -63,10 +63,10 @@ class _Sweep:
         return {"set": self.config.calib_set, "n": self.config.n_calib, "seed": self.config.seed, "format": "chat"}
 
     def variant(self, spec: str) -> Variant:
-        from deltaguard.transforms import is_transform_spec, transform_from_spec, transforms
+        from deltaguard.transforms import is_transform_spec, transforms
 
         if is_transform_spec(spec):
-            transform = transform_from_spec(spec)
+            transform = self.config.transform_config(spec)
             calib = self.calibration() if transform.needs_calibration else None
             record = transforms.get(transform.name)().record(transform)
             return Variant(spec, "transformed", Transformed(self.finetuned, transform, calib=calib), record)

@@ -123,6 +123,12 @@ def method_from_spec(spec: str, **overrides: Any) -> CompressorConfig:
                       "(with settings in the label, e.g. bitdelta-k2, kbit4, lowrank16, dare-p0.5, compeft-d0.05)")
 
 
+def is_method_spec(spec: str) -> bool:
+    """Whether some registered compressor parses ``spec`` as one of its labels."""
+    label = spec.strip().lower()
+    return any(compressors.get(name).config_cls.parse_label(label) is not None for name in compressors.names())
+
+
 def default_methods() -> tuple[str, ...]:
     """The default audit sweep: every registered method's ``default_labels``, in registry order."""
     return tuple(label for name in compressors.names() for label in compressors.get(name).default_labels)

@@ -10,7 +10,7 @@ from deltaguard.judges import keyword as _keyword  # noqa: F401  (registers "key
 from deltaguard.judges import llamaguard as _llamaguard  # noqa: F401  (registers "llamaguard")
 from deltaguard.judges import llm as _llm  # noqa: F401  (registers "llm")
 from deltaguard.judges.base import (
-    JUDGE_ERROR, BaseJudge, Judge, JudgeItem, Verdict, judge_from_overrides, judges, make_judge,
+    JUDGE_ERROR, MEASURES, BaseJudge, Judge, JudgeItem, Verdict, judge_from_overrides, judges, make_judge,
 )
 from deltaguard.judges.check import Agreement, JudgeCheckResult, agreement, check_judge
 from deltaguard.judges.keyword import GCG_REFUSAL_STRINGS, KeywordJudge, KeywordJudgeConfig
@@ -18,7 +18,7 @@ from deltaguard.judges.llamaguard import LlamaGuardConfig, LlamaGuardJudge, pars
 from deltaguard.judges.llm import LLMJudge, LLMJudgeConfig, parse_rubric_verdict
 
 __all__ = [
-    "GCG_REFUSAL_STRINGS", "JUDGE_ERROR", "Agreement", "BaseJudge", "Judge", "JudgeCheckResult", "JudgeItem",
+    "GCG_REFUSAL_STRINGS", "JUDGE_ERROR", "MEASURES", "Agreement", "BaseJudge", "Judge", "JudgeCheckResult", "JudgeItem",
     "KeywordJudge", "KeywordJudgeConfig", "LLMJudge", "LLMJudgeConfig", "LlamaGuardConfig", "LlamaGuardJudge",
     "Verdict", "agreement", "check_judge", "judge_from_overrides", "judges", "make_judge", "parse_guard_output",
     "parse_rubric_verdict",

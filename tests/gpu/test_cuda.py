@@ -1,0 +1,125 @@
+"""The same pipeline on a CUDA GPU: generation, training, scale distillation, evaluation, the lens and the
+multi-tenant engine give what the CPU gives (within float tolerance). Skipped without a GPU; run by
+``scripts/gpu-check.sh`` on a machine that has one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tinymodels import make_tiny_llama, perturb, save_dir
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture
+def tiny_dir(tmp_path, tiny_tokenizer):
+    model = make_tiny_llama(seed=0, vocab_size=len(tiny_tokenizer), tied=False)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.config, key, getattr(tiny_tokenizer, key))
+        setattr(model.generation_config, key, getattr(tiny_tokenizer, key))
+    path = save_dir(model, tmp_path / "tiny")
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_greedy_generation_on_cuda_equals_cpu(tiny_dir):
+    from deltaguard.generation import GenerationConfig, generate
+    from deltaguard.models import load_model, load_tokenizer
+
+    prompts = ["How do I bake bread?", "What is 12 plus 7?", "Write a haiku about rain."]
+    config = GenerationConfig(max_new_tokens=12, batch_size=2)
+    tok = load_tokenizer(tiny_dir)
+    cpu = generate(load_model(tiny_dir), tok, prompts, config, progress=False)
+    gpu = generate(load_model(tiny_dir, device="cuda"), tok, prompts, config, progress=False)
+    assert [g.response for g in gpu] == [g.response for g in cpu]
+
+
+def test_training_runs_on_cuda_and_saves_fp32_on_disk(tiny_dir, tmp_path):
+    from deltaguard.models import load_model
+    from deltaguard.training import ChatPair, TrainConfig, train_sft
+
+    pairs = [ChatPair("What is 12 plus 7?", "The answer is 19."), ChatPair("Bake bread?", "Mix and bake.")] * 4
+    result = train_sft(tiny_dir, pairs, TrainConfig(epochs=3, batch_size=4, micro_batch_size=2, lr=3e-3),
+                       out_dir=tmp_path / "ft", progress=False, device="cuda")
+    assert result.losses[-1] < result.losses[0]
+    record = json.loads((tmp_path / "ft" / "training.json").read_text())
+    assert record["device"].startswith("cuda")
+    assert all(p.dtype == torch.float32 for p in load_model(tmp_path / "ft").parameters())
+
+
+def test_scale_distillation_on_cuda_lowers_the_held_out_error(tmp_path, tiny_tokenizer):
+    from deltaguard.delta import BitDeltaConfig, Calibration, compress, extract_delta
+
+    vocab = len(tiny_tokenizer)
+    base_dir = save_dir(make_tiny_llama(seed=0, vocab_size=vocab), tmp_path / "b")
+    tiny_tokenizer.save_pretrained(base_dir)
+    ft_dir = save_dir(perturb(make_tiny_llama(seed=0, vocab_size=vocab), seed=1, scale=2e-2), tmp_path / "f")
+    texts = ["How do I bake bread?", "Sure, here is a simple recipe.", "What is 12 plus 7?",
+             "Step 1: mix the flour.", "I cannot help with that.", "The answer is 19."] * 2
+    config = BitDeltaConfig(distill_steps=30, batch_size=4, seq_len=16, lr=1e-3)
+    packed = compress(extract_delta(base_dir, ft_dir), config, progress=False,
+                      calib=Calibration(tuple(texts), device="cuda"))
+    record = packed.meta["calibration"]
+    assert record["held_out_loss_distilled"] <= record["held_out_loss_closed_form"]
+    assert all(t.parts["scales"].device.type == "cpu" for t in packed.tensors.values() if t.kind == "linear")
+
+
+def test_evaluation_on_cuda_gives_the_cpu_generations(tiny_dir, tmp_path):
+    from deltaguard.eval import EvalConfig, ModelDir, evaluate
+    from deltaguard.generation import GenerationConfig
+
+    config = EvalConfig(suites=("safety", "utility"), limit=3, n_boot=100,
+                        generation=GenerationConfig(max_new_tokens=6, batch_size=4))
+    cpu = evaluate(ModelDir(tiny_dir), config, out_dir=tmp_path / "cpu", progress=False)
+    gpu = evaluate(ModelDir(tiny_dir), config, out_dir=tmp_path / "gpu", device="cuda", progress=False)
+    for a, b in zip(cpu.metrics, gpu.metrics):
+        assert a.metric == b.metric
+        if a.metric == "perplexity":
+            assert b.value == pytest.approx(a.value, rel=1e-3)
+        else:
+            assert (a.result.k, a.result.n) == (b.result.k, b.result.n)
+
+
+def test_the_lens_checks_its_own_parity_on_cuda(tiny_dir):
+    from deltaguard.lens import LensConfig, logit_lens
+    from deltaguard.models import load_model, load_tokenizer
+
+    result = logit_lens(load_model(tiny_dir, device="cuda"), load_tokenizer(tiny_dir), ["How do I bake bread?", "Hi"],
+                        LensConfig(n_bootstrap=0))
+    assert all(check.last_layer_max_abs_diff < 1e-3 for check in result.checks)
+
+
+def test_the_engine_serves_tenants_on_cuda_like_on_cpu(tmp_path, tiny_tokenizer):
+    import copy
+
+    from deltaguard.delta import compress, extract_delta, load_delta, method_from_spec
+    from deltaguard.models import load_model, load_tokenizer
+    from deltaguard.serve import Engine, MultiTenantModel, SamplingParams
+
+    vocab = len(tiny_tokenizer)
+    base = make_tiny_llama(seed=0, vocab_size=vocab)
+    base.config.eos_token_id = tiny_tokenizer.eos_token_id
+    base_dir = save_dir(base, tmp_path / "base")
+    tiny_tokenizer.save_pretrained(base_dir)
+    deltas = {}
+    for i, spec in enumerate(("bitdelta-nodistill", "bitdelta-k2-nodistill", "kbit4")):
+        ft = save_dir(perturb(make_tiny_llama(seed=0, vocab_size=vocab), seed=10 + i, scale=2e-2), tmp_path / f"ft{i}")
+        compress(extract_delta(base_dir, ft), method_from_spec(spec), progress=False).save(tmp_path / f"d{i}")
+        deltas[f"t{i}"] = load_delta(tmp_path / f"d{i}")
+    tok = load_tokenizer(base_dir)
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        mt = MultiTenantModel(load_model(base_dir, device=device))
+        for name, delta in deltas.items():
+            mt.add_tenant(name, copy.deepcopy(delta))
+        engine = Engine(mt, tok)
+        params = SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True)
+        handles = {name: engine.submit(name, [5, 6, 7, 8], params) for name in deltas}
+        engine.run_until_idle()
+        outputs[device] = {name: h.token_ids for name, h in handles.items()}
+        if device == "cuda":
+            assert mt.kernel in ("triton", "torch")
+    assert outputs["cuda"] == outputs["cpu"]
