@@ -101,7 +101,7 @@ def run_swap(base, deltas, requests, new_tokens: int, pad_id: int) -> tuple[Phas
                 param = base.get_parameter(name)
                 param.copy_(originals[name])
                 if name in delta.tensors:
-                    param += delta.decompress(name).to(param.dtype)
+                    param += delta.decompress(name).to(param.device, param.dtype)
             merge_seconds += time.perf_counter() - merge_started
             tokens, after_first = _decode_one_batch(base, [ids], new_tokens, pad_id)
             outputs.append(tokens[0])

@@ -1,17 +1,21 @@
 """The same pipeline on a CUDA GPU: generation, training, scale distillation, evaluation, the lens and the
 multi-tenant engine give what the CPU gives (within float tolerance). Skipped without a GPU; run by
-``scripts/gpu-check.sh`` on a machine that has one."""
+``scripts/gpu-check.sh`` on a machine that has one. ``DELTAGUARD_GPU_TEST_DEVICE=cpu`` runs the same
+tests on the CPU (to check the tests themselves where there is no GPU)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from tinymodels import make_tiny_llama, perturb, save_dir
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+DEVICE = os.environ.get("DELTAGUARD_GPU_TEST_DEVICE", "cuda")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(DEVICE != "cpu" and not torch.cuda.is_available(),
+                                                  reason="needs a CUDA GPU")]
 
 
 @pytest.fixture
@@ -33,7 +37,7 @@ def test_greedy_generation_on_cuda_equals_cpu(tiny_dir):
     config = GenerationConfig(max_new_tokens=12, batch_size=2)
     tok = load_tokenizer(tiny_dir)
     cpu = generate(load_model(tiny_dir), tok, prompts, config, progress=False)
-    gpu = generate(load_model(tiny_dir, device="cuda"), tok, prompts, config, progress=False)
+    gpu = generate(load_model(tiny_dir, device=DEVICE), tok, prompts, config, progress=False)
     assert [g.response for g in gpu] == [g.response for g in cpu]
 
 
@@ -43,10 +47,10 @@ def test_training_runs_on_cuda_and_saves_fp32_on_disk(tiny_dir, tmp_path):
 
     pairs = [ChatPair("What is 12 plus 7?", "The answer is 19."), ChatPair("Bake bread?", "Mix and bake.")] * 4
     result = train_sft(tiny_dir, pairs, TrainConfig(epochs=3, batch_size=4, micro_batch_size=2, lr=3e-3),
-                       out_dir=tmp_path / "ft", progress=False, device="cuda")
+                       out_dir=tmp_path / "ft", progress=False, device=DEVICE)
     assert result.losses[-1] < result.losses[0]
     record = json.loads((tmp_path / "ft" / "training.json").read_text())
-    assert record["device"].startswith("cuda")
+    assert record["device"].startswith(DEVICE)
     assert all(p.dtype == torch.float32 for p in load_model(tmp_path / "ft").parameters())
 
 
@@ -57,11 +61,11 @@ def test_scale_distillation_on_cuda_lowers_the_held_out_error(tmp_path, tiny_tok
     base_dir = save_dir(make_tiny_llama(seed=0, vocab_size=vocab), tmp_path / "b")
     tiny_tokenizer.save_pretrained(base_dir)
     ft_dir = save_dir(perturb(make_tiny_llama(seed=0, vocab_size=vocab), seed=1, scale=2e-2), tmp_path / "f")
-    texts = ["How do I bake bread?", "Sure, here is a simple recipe.", "What is 12 plus 7?",
-             "Step 1: mix the flour.", "I cannot help with that.", "The answer is 19."] * 2
-    config = BitDeltaConfig(distill_steps=30, batch_size=4, seq_len=16, lr=1e-3)
+    texts = [f"{ask} {verb} {thing}." for ask in ("How do I", "Tell me how to", "Please explain how to", "Show me how to")
+             for verb in ("bake", "fix", "paint", "clean") for thing in ("bread", "a bike", "the fence", "my room")][:24]
+    config = BitDeltaConfig(distill_steps=40, batch_size=4, seq_len=16, lr=1e-3)  # as tests/unit/delta/test_distill.py
     packed = compress(extract_delta(base_dir, ft_dir), config, progress=False,
-                      calib=Calibration(tuple(texts), device="cuda"))
+                      calib=Calibration(tuple(texts), device=DEVICE))
     record = packed.meta["calibration"]
     assert record["held_out_loss_distilled"] <= record["held_out_loss_closed_form"]
     assert all(t.parts["scales"].device.type == "cpu" for t in packed.tensors.values() if t.kind == "linear")
@@ -74,7 +78,7 @@ def test_evaluation_on_cuda_gives_the_cpu_generations(tiny_dir, tmp_path):
     config = EvalConfig(suites=("safety", "utility"), limit=3, n_boot=100,
                         generation=GenerationConfig(max_new_tokens=6, batch_size=4))
     cpu = evaluate(ModelDir(tiny_dir), config, out_dir=tmp_path / "cpu", progress=False)
-    gpu = evaluate(ModelDir(tiny_dir), config, out_dir=tmp_path / "gpu", device="cuda", progress=False)
+    gpu = evaluate(ModelDir(tiny_dir), config, out_dir=tmp_path / "gpu", device=DEVICE, progress=False)
     for a, b in zip(cpu.metrics, gpu.metrics):
         assert a.metric == b.metric
         if a.metric == "perplexity":
@@ -87,7 +91,7 @@ def test_the_lens_checks_its_own_parity_on_cuda(tiny_dir):
     from deltaguard.lens import LensConfig, logit_lens
     from deltaguard.models import load_model, load_tokenizer
 
-    result = logit_lens(load_model(tiny_dir, device="cuda"), load_tokenizer(tiny_dir), ["How do I bake bread?", "Hi"],
+    result = logit_lens(load_model(tiny_dir, device=DEVICE), load_tokenizer(tiny_dir), ["How do I bake bread?", "Hi"],
                         LensConfig(n_bootstrap=0))
     assert all(check.last_layer_max_abs_diff < 1e-3 for check in result.checks)
 
@@ -111,7 +115,7 @@ def test_the_engine_serves_tenants_on_cuda_like_on_cpu(tmp_path, tiny_tokenizer)
         deltas[f"t{i}"] = load_delta(tmp_path / f"d{i}")
     tok = load_tokenizer(base_dir)
     outputs = {}
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", DEVICE):
         mt = MultiTenantModel(load_model(base_dir, device=device))
         for name, delta in deltas.items():
             mt.add_tenant(name, copy.deepcopy(delta))
@@ -120,6 +124,6 @@ def test_the_engine_serves_tenants_on_cuda_like_on_cpu(tmp_path, tiny_tokenizer)
         handles = {name: engine.submit(name, [5, 6, 7, 8], params) for name in deltas}
         engine.run_until_idle()
         outputs[device] = {name: h.token_ids for name, h in handles.items()}
-        if device == "cuda":
+        if device.startswith("cuda"):
             assert mt.kernel in ("triton", "torch")
-    assert outputs["cuda"] == outputs["cpu"]
+    assert outputs[DEVICE] == outputs["cpu"]

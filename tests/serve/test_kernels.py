@@ -204,8 +204,10 @@ def test_cpp_kernel_adds_into_a_lower_precision_output(cpp):
 
 def test_cpp_kernel_refuses_mismatched_signs(cpp):
     x, _, _, signs, scales, _ = make_case(n_in=64, n_out=40, n_tenants=1, k=1, n_rows=2)
-    with pytest.raises(RuntimeError, match="do not match"):
+    with pytest.raises(ConfigError, match="do not match"):
         cpp.multi_tenant_bitdelta_(torch.zeros(2, 41), x, list(signs), list(scales), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ConfigError, match="slot 3 has no signs"):
+        cpp.multi_tenant_bitdelta_(torch.zeros(2, 40), x, list(signs), list(scales), torch.tensor([0, 3]))
 
 
 _INTERPRETER_CHECK = """

@@ -50,10 +50,10 @@ def _prepare_vocab_and_head(model: Any, delta: CompressedDelta) -> None:
 
 def _add_dense_(param: Tensor, packed: PackedTensor) -> None:
     rows = packed.base_shape[0] if packed.base_shape else None
-    delta = packed.parts["delta"].to(param.dtype)
+    delta = packed.parts["delta"].to(param.device, param.dtype)
     if packed.shape != packed.base_shape:
         param[:rows] += delta
-        param[rows:] = packed.parts["extra_rows"].to(param.dtype)
+        param[rows:] = packed.parts["extra_rows"].to(param.device, param.dtype)
     else:
         param += delta
 
@@ -67,7 +67,7 @@ def apply_delta_(model: Any, delta: CompressedDelta | str | Path, *, check: bool
             if packed.encoding == DENSE:
                 _add_dense_(param, packed)
             else:
-                param += delta.decompress(name).to(param.dtype)
+                param += delta.decompress(name).to(param.device, param.dtype)
     return model
 
 

@@ -101,6 +101,31 @@ def multi_tenant_bitdelta_(y: Tensor, x: Tensor, signs: Sequence[Tensor] | Tenso
     return multi_tenant_bitdelta_at_(y, x, flat, layout, stack_scales(scales), row_slots)
 
 
+def _check_shapes(y: Tensor, x: Tensor, bits: Sequence[Tensor], layout: Tensor, scales: Tensor,
+                  row_slots: Tensor) -> None:
+    """Refuse mismatched inputs here, before the extension sees them.
+
+    The extension checks the same (``TORCH_CHECK``), but an exception thrown inside a compiled extension
+    must cross into libtorch's error handling; where the extension and libtorch were built by different
+    compilers that crossing can crash the process (seen on a GPU machine: a segmentation fault instead
+    of the error). A Python check costs a few microseconds per call.
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0] or row_slots.numel() != x.shape[0]:
+        raise ConfigError(f"C++ kernel: x {list(x.shape)}, y {list(y.shape)} and {row_slots.numel()} row slots "
+                          "do not match ([n, in], [n, out], n)")
+    if layout.shape != (len(bits), 2) or scales.dim() != 2 or scales.shape[0] != len(bits):
+        raise ConfigError(f"C++ kernel: layout {list(layout.shape)} / scales {list(scales.shape)} do not match "
+                          f"{len(bits)} slots")
+    matrix_bytes = y.shape[1] * ((x.shape[1] + 7) // 8)
+    for slot in set(row_slots[row_slots >= 0].tolist()):
+        if slot >= len(bits):
+            raise ConfigError(f"C++ kernel: slot {slot} has no signs ({len(bits)} slots)")
+        offset, k = (int(v) for v in layout[slot])
+        if not (1 <= k <= scales.shape[1] and offset >= 0 and offset + k * matrix_bytes <= bits[slot].numel()):
+            raise ConfigError(f"C++ kernel: signs of slot {slot} do not match x and y ({k} x {matrix_bytes} bytes "
+                              f"from {offset} in a buffer of {bits[slot].numel()})")
+
+
 def multi_tenant_bitdelta_at_(y: Tensor, x: Tensor, bits: Sequence[Tensor], layout: Tensor, scales: Tensor,
                               row_slots: Tensor) -> Tensor:
     """Like ``multi_tenant_bitdelta_``, with slot ``t``'s ``k`` sign matrices read from the flat uint8
@@ -112,6 +137,7 @@ def multi_tenant_bitdelta_at_(y: Tensor, x: Tensor, bits: Sequence[Tensor], layo
                           "use kernel backend 'torch' or 'auto'")
     if x.device.type != "cpu" or y.device.type != "cpu":
         raise ConfigError(f"the C++ CPU kernel needs CPU tensors (got {x.device})")
+    _check_shapes(y, x, bits, layout, scales, row_slots)
     xf = x.contiguous() if x.dtype == torch.float32 else x.to(torch.float32).contiguous()
     slots = row_slots.to(torch.int64)
     if y.dtype == torch.float32 and y.stride(-1) == 1:
