@@ -151,6 +151,10 @@ def main() -> None:
     tokenizer = load_tokenizer(serve_setup.BASE)
     base = load_model(serve_setup.BASE, device=args.device)
     all_deltas = [load_delta(p) for p in paths]
+    if base.device.type == "cuda":  # compile the Triton kernels and warm the allocator before anything is timed
+        warm_requests = make_requests(tokenizer, 1, 1)
+        run_packed(copy.deepcopy(base), tokenizer, all_deltas[:1], warm_requests, 4)
+        _decode_one_batch(base, [warm_requests[0][1]], 4, tokenizer.pad_token_id)
     rows = []
     for n in args.tenants:
         deltas = all_deltas[:n]
