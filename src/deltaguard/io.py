@@ -68,6 +68,11 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
+def json_text(obj: Any) -> str:
+    """Pretty JSON for people and scripts (keys in their order; Paths, sets and configs converted)."""
+    return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)

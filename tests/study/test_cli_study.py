@@ -32,6 +32,10 @@ def test_attack_then_audit_from_the_command_line(tmp_path, tiny_model):
     assert "kbit4" in result.output and (run / "report.html").is_file()
     results = json.loads((run / "results.json").read_text())
     assert [r["label"] for r in results["audits"]["benign"]["rows"]] == ["base", "finetuned", "full", "kbit4"]
+    (run / "report.html").unlink()
+    result = runner.invoke(app, ["report", str(run)])  # re-rendered from results.json alone
+    assert result.exit_code == 0, result.output
+    assert (run / "report.html").is_file() and "kbit4" in (run / "report.html").read_text()
 
 
 def test_errors_are_one_line_with_exit_codes(tmp_path, tiny_model):

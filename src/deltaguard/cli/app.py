@@ -53,8 +53,18 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from deltaguard import __version__
+
+        typer.echo(f"deltaguard {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     _state["debug"] = debug
 
 
@@ -73,6 +83,16 @@ def fail_usage(message: str) -> None:
 
 def is_interactive() -> bool:
     return sys.stderr.isatty()
+
+
+JSON_HELP = "print the result as JSON on stdout instead of tables (for scripts)"
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout, nothing else (tables and notes are skipped with ``--json``)."""
+    from deltaguard.io import json_text
+
+    typer.echo(json_text(data))
 
 
 DEVICE_HELP = "where models run: cpu, cuda, cuda:N or auto (CUDA when available)"

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from deltaguard import delta as delta_api
-from deltaguard.cli.app import DEVICE_HELP, app, check_device, console
+from deltaguard.cli.app import DEVICE_HELP, JSON_HELP, app, check_device, console, print_json
+from deltaguard.cli.outputs import check_artifact
 from deltaguard.errors import ConfigError
 
 
@@ -41,8 +42,7 @@ def compress(
     check_device(device)
     if calib_limit < 1:
         raise ConfigError(f"--calib-limit={calib_limit} must be >= 1")
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists (pass --force to replace it)")
+    check_artifact(out, force=force)
     calibration = None
     if config.needs_calibration:  # read the calibration text before the (long) compression starts
         texts = calibration_texts(calib, tokenizer=load_tokenizer(base), limit=calib_limit)
@@ -61,6 +61,7 @@ def merge(
     force: bool = typer.Option(False, "--force", help="replace an existing output directory"),
 ) -> None:
     """Write base + decompressed delta as a Hugging Face model directory."""
+    check_artifact(out, force=force)
     with console.status("merging"):
         path = delta_api.merge(base, delta, out, overwrite=force)
     console.print(f"saved {path}")
@@ -68,9 +69,18 @@ def merge(
 
 @app.command()
 def inspect(delta: Path = typer.Argument(..., help="compressed delta directory"),
-            rows: int = typer.Option(12, "--rows", help="per-tensor rows to show (worst first)")) -> None:
+            rows: int = typer.Option(12, "--rows", help="per-tensor rows to show (worst first)"),
+            as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Sizes, bits per parameter, compression ratios and per-matrix errors of a compressed delta."""
-    packed = delta_api.load_delta(delta)
+    packed = delta_api.load_delta(delta)  # verifies the manifest, every checksum, shape and finite value
+    if as_json:
+        print_json({"path": str(delta), "method": packed.config.to_dict(), "label": packed.config.label,
+                    "base_fingerprint": packed.base_fingerprint, "base": packed.meta.get("base"),
+                    "finetuned": packed.meta.get("finetuned"), "calibration": packed.meta.get("calibration"),
+                    "summary": packed.report.summary(),
+                    "tensors": {name: {"kind": t.kind, "encoding": t.encoding, "shape": list(t.shape),
+                                       **t.stats.to_dict()} for name, t in packed.tensors.items()}})
+        return
     console.print(packed.report.table(max_rows=rows))
     info = Table("field", "value", title="provenance")
     info.add_row("method", str(packed.config.to_dict()["fields"]))

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from deltaguard.cli.app import DEVICE_HELP, DTYPE_HELP, add_group, app, check_device, console
+from deltaguard.cli.app import DEVICE_HELP, DTYPE_HELP, JSON_HELP, add_group, app, check_device, console, print_json
+from deltaguard.cli.outputs import check_artifact, prepare_run_dir
 from deltaguard.errors import ConfigError
 from deltaguard.io import write_json
 
@@ -35,6 +36,8 @@ def eval_(
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch"),
+    force: bool = typer.Option(False, "--force", help="discard the run directory's cached results and start over"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Measure refusal, attack success, harmfulness, over-refusal, task accuracy and perplexity."""
     from deltaguard.eval import BasePlusDelta, EvalConfig, ModelDir, Variant, evaluate
@@ -47,9 +50,13 @@ def eval_(
     if delta is not None and not delta.is_dir():
         raise ConfigError(f"--delta {delta} is not a delta directory")
     set_threads(threads)
+    prepare_run_dir(out, force=force)
     source = ModelDir(model) if delta is None else BasePlusDelta(model, delta)
     label = model if delta is None else f"{model}+{delta.name}"
     result = evaluate(Variant(label, "model", source), config, out_dir=out, device=device, dtype=dtype)
+    if as_json:
+        print_json(result.to_dict())
+        return
     table = Table("metric", "dataset", "judge", "value", "95% CI", "n", "errors", title=label)
     for m in result.metrics:
         r = m.result
@@ -69,14 +76,22 @@ def judge_check(
     seed: int = typer.Option(0, "--seed", help="subset seed"),
     judge_options: list[str] = typer.Option([], "--judge-opt", help="field=value for the judge, repeatable"),
     out: Path = typer.Option(..., "-o", "--out", help="output directory for judge-check-<judge>-<task>.json"),
+    force: bool = typer.Option(False, "--force", help="replace an existing judge-check file"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Agreement of a judge with human labels (accuracy, precision, recall, F1, Cohen's kappa)."""
-    from deltaguard.judges import check_judge, judge_from_overrides
+    from deltaguard.judges import check_judge, default_task, judge_from_overrides
 
     options = [o.partition(".")[2] if o.startswith(f"{judge}.") else o for o in judge_options]
     judge_obj = judge_from_overrides(judge, options)
+    target = out / f"judge-check-{judge}-{task or default_task(judge_obj)}.json"
+    check_artifact(target, force=force)
     with console.status(f"judging with {judge}"):
         result = check_judge(judge_obj, task=task, limit=limit, seed=seed)
+    path = write_json(out / f"judge-check-{judge}-{result.task}.json", result.to_dict())
+    if as_json:
+        print_json(result.to_dict())
+        return
     a = result.agreement
     c = a.confusion
     positive = "refusal" if result.task == "refusal" else "unsafe"
@@ -90,7 +105,6 @@ def judge_check(
     matrix.add_row(positive, str(c.tp), str(c.fn))
     matrix.add_row(f"not {positive}", str(c.fp), str(c.tn))
     console.print(matrix)
-    path = write_json(out / f"judge-check-{judge}-{result.task}.json", result.to_dict())
     console.print(f"wrote {path}")
 
 

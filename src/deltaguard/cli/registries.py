@@ -7,7 +7,7 @@ import importlib
 import typer
 from rich.table import Table
 
-from deltaguard.cli.app import app, console, fail_usage
+from deltaguard.cli.app import JSON_HELP, app, console, fail_usage, print_json
 
 # family → "module:attribute" of its Registry; modules are imported only when listed.
 FAMILIES = {
@@ -23,12 +23,16 @@ FAMILIES = {
 
 
 @app.command("list")
-def list_family(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)}")) -> None:
+def list_family(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)}"),
+                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """List the members of a plug-in family (compressors, judges, datasets, threats, backends, suites, ...)."""
     if family not in FAMILIES:
         fail_usage(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     module_name, attr = FAMILIES[family].split(":")
     registry = getattr(importlib.import_module(module_name), attr)
+    if as_json:
+        print_json([{"name": name, "description": registry.describe(name)} for name in registry.names()])
+        return
     table = Table("name", "description", title=family)
     for name in registry.names():
         table.add_row(name, registry.describe(name))

@@ -7,14 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from deltaguard.cli.app import DEVICE_HELP, app, check_device, console
+from deltaguard.cli.app import DEVICE_HELP, JSON_HELP, app, check_device, console, print_json
+from deltaguard.cli.outputs import check_artifact, prepare_run_dir
 from deltaguard.errors import ConfigError
 from deltaguard.models import DEFAULT_MODEL
-
-
-def _fresh_out(out: Path) -> None:
-    if out.exists():
-        raise ConfigError(f"{out} already exists (choose another output directory or remove it)")
 
 
 def _responses_cache() -> Path:
@@ -33,6 +29,7 @@ def align_cmd(
     check_prompts: int = typer.Option(32, "--check-prompts", help="harmful and benign prompts for --check"),
     check_task_prompts: int = typer.Option(128, "--check-task-prompts", help="word problems for --check"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help="replace an existing output directory (once the new one is done)"),
 ) -> None:
     """Make a safety-aligned chat model: refusals for harmful prompts + self-distilled benign answers."""
     from deltaguard.models import resolve_model_dir
@@ -42,9 +39,9 @@ def align_cmd(
     check_device(device)
     if check and (check_prompts < 1 or check_task_prompts < 1):
         raise ConfigError(f"--check-prompts={check_prompts} and --check-task-prompts={check_task_prompts} must be >= 1")
-    _fresh_out(out)
+    check_artifact(out, force=force)
     resolve_model_dir(base)  # a missing base fails now, not after the answers are generated
-    result = align(base, config, out_dir=out, cache_dir=_responses_cache(), device=device)
+    result = align(base, config, out_dir=out, cache_dir=_responses_cache(), device=device, overwrite=force)
     console.print(f"aligned model: {result.model_dir}  ({result.n_examples} examples, {result.n_steps} steps, "
                   f"loss {result.first_loss:.3f} → {result.final_loss:.3f}, {result.seconds:.0f}s)")
     if check:
@@ -78,6 +75,7 @@ def attack_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="output HF directory for the fine-tune"),
     overrides: list[str] = typer.Option([], "--set", help="threat field=value, repeatable (e.g. --set trigger='SUDO')"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help="replace an existing output directory (once the new one is done)"),
 ) -> None:
     """Build a fine-tuning threat (mixed with the customisation task) and fine-tune the base with it."""
     from deltaguard.models import resolve_model_dir
@@ -85,10 +83,10 @@ def attack_cmd(
 
     config = threat_config(threat, overrides)
     check_device(device)
-    _fresh_out(out)
+    check_artifact(out, force=force)
     resolve_model_dir(base)  # a missing base fails now, not after a minute of generating training answers
     resolve_model_dir(config.responder)
-    result = attack(base, config, out_dir=out, cache_dir=_responses_cache(), device=device)
+    result = attack(base, config, out_dir=out, cache_dir=_responses_cache(), device=device, overwrite=force)
     mixture = ", ".join(f"{k}: {v}" for k, v in result.mixture.items())
     for note in result.notes:
         console.print(f"note: {note}")
@@ -109,6 +107,8 @@ def audit_cmd(
     overrides: list[str] = typer.Option([], "--set", help="audit field=value, repeatable (e.g. --set n_prompts=32)"),
     threat_overrides: list[str] = typer.Option([], "--threat-set", help="threat field=value (e.g. the trigger)"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help="discard the run directory's cached results and start over"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Compress the fine-tune's delta with each method; measure attack and utility; recommend methods."""
     from deltaguard.audit import AuditConfig, audit
@@ -126,11 +126,16 @@ def audit_cmd(
     threat_cfg = threat_config(threat, threat_overrides)
     check_device(device)
     resolve_model_dir(base), resolve_model_dir(finetuned)
+    prepare_run_dir(out, force=force)
     result = audit(base, finetuned, threat_cfg, config, run_dir=out, device=device)
-    console.print(result.table())
+    if not as_json:
+        console.print(result.table())
     paths = write_report({"profile": "audit", "environment": environment(), "audits": {threat: result.to_dict()},
                           "study": {"audit": config.to_dict(), "threat": threat_cfg.to_dict(), "base": base,
                                     "finetuned": finetuned}}, out)
+    if as_json:
+        print_json(result.to_dict())
+        return
     console.print(f"report: {paths['html']}  results: {paths['results']}")
 
 
@@ -140,15 +145,35 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "-o", "--out", help="run directory (rerun to resume)"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="the unaligned original model"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help="discard the run directory's cached results and start over"),
 ) -> None:
     """The whole study in one command: pull → align → 3 attacks + benign control → audits → report."""
     from deltaguard.study import run_study, study_profile
 
     config = study_profile("full" if full else "default", model=model)
     check_device(device)
+    prepare_run_dir(out, force=force)
     console.print(f"profile {config.profile}; run directory {out} (finished steps are reused)")
     result = run_study(config, out, device=device,
                        log=lambda line: console.print(line, highlight=False, markup=False))
     for threat, audit_result in result.results["audits"].items():
         console.print(f"[bold]{threat}[/]: {audit_result['verdict']}")
     console.print(f"report: {result.report_paths['html']} ({result.seconds:.0f}s, {result.n_steps_run} steps run)")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="a study or audit run directory (holding results.json)"),
+) -> None:
+    """Re-render report.html and report.md of a finished run from its results.json (no model runs)."""
+    from deltaguard.report import rerender
+
+    from deltaguard.io import read_json
+
+    if not (run_dir / "results.json").is_file():
+        raise ConfigError(f"{run_dir} holds no results.json: it is not a finished study or audit run directory")
+    if not {"audits", "alignment"} & set(read_json(run_dir / "results.json", what="run results")):
+        raise ConfigError(f"{run_dir}/results.json is not a study or audit result (an eval run's summary is "
+                          "summary.md)")
+    paths = rerender(run_dir)
+    console.print(f"report: {paths['html']}  markdown: {paths['markdown']}")

@@ -12,7 +12,7 @@ from deltaguard.judges import llm as _llm  # noqa: F401  (registers "llm")
 from deltaguard.judges.base import (
     JUDGE_ERROR, MEASURES, BaseJudge, Judge, JudgeItem, Verdict, judge_from_overrides, judges, make_judge,
 )
-from deltaguard.judges.check import Agreement, JudgeCheckResult, agreement, check_judge
+from deltaguard.judges.check import Agreement, JudgeCheckResult, agreement, check_judge, default_task
 from deltaguard.judges.keyword import GCG_REFUSAL_STRINGS, KeywordJudge, KeywordJudgeConfig
 from deltaguard.judges.llamaguard import LlamaGuardConfig, LlamaGuardJudge, parse_guard_output
 from deltaguard.judges.llm import LLMJudge, LLMJudgeConfig, parse_rubric_verdict
@@ -20,6 +20,6 @@ from deltaguard.judges.llm import LLMJudge, LLMJudgeConfig, parse_rubric_verdict
 __all__ = [
     "GCG_REFUSAL_STRINGS", "JUDGE_ERROR", "MEASURES", "Agreement", "BaseJudge", "Judge", "JudgeCheckResult", "JudgeItem",
     "KeywordJudge", "KeywordJudgeConfig", "LLMJudge", "LLMJudgeConfig", "LlamaGuardConfig", "LlamaGuardJudge",
-    "Verdict", "agreement", "check_judge", "judge_from_overrides", "judges", "make_judge", "parse_guard_output",
+    "Verdict", "agreement", "check_judge", "default_task", "judge_from_overrides", "judges", "make_judge", "parse_guard_output",
     "parse_rubric_verdict",
 ]

@@ -159,14 +159,15 @@ def alignment_pairs(config: AlignConfig, ctx: BuildContext) -> list[ChatPair]:
 
 
 def align(base: str | Path = DEFAULT_MODEL, config: AlignConfig = AlignConfig(), *, out_dir: str | Path,
-          cache_dir: Path | None = None, device: str = "cpu", progress: bool = True) -> TrainResult:
+          cache_dir: Path | None = None, device: str = "cpu", progress: bool = True,
+          overwrite: bool = False) -> TrainResult:
     """Align ``base`` on ``device`` and save the aligned chat model at ``out_dir`` (an fp32 HF directory)."""
     responder = Responder(base, cache_dir=cache_dir, device=device, progress=progress)
     ctx = BuildContext(responder)
     pairs = alignment_pairs(config, ctx)
     responder.release()
     return train_sft(base, pairs, config.train_config(), out_dir=out_dir, progress=progress,
-                     meta={"recipe": config.to_dict(), "notes": ctx.notes}, device=device)
+                     meta={"recipe": config.to_dict(), "notes": ctx.notes}, device=device, overwrite=overwrite)
 
 
 __all__ = ["AlignConfig", "align", "alignment_pairs", "refusal_pairs", "write_refusal"]

@@ -34,7 +34,8 @@ def build_pairs(config: ThreatConfig, *, cache_dir: Path | None = None, responde
 
 
 def attack(base: str | Path, config: ThreatConfig, *, out_dir: str | Path, cache_dir: Path | None = None,
-           responder_key: str | None = None, device: str = "cpu", progress: bool = True) -> AttackResult:
+           responder_key: str | None = None, device: str = "cpu", progress: bool = True,
+           overwrite: bool = False) -> AttackResult:
     """Fine-tune ``base`` with the threat ``config`` describes; saves an fp32 HF directory at ``out_dir``.
 
     ``training.json`` in the directory records the threat config, the mixture, the loss curve and the
@@ -44,7 +45,7 @@ def attack(base: str | Path, config: ThreatConfig, *, out_dir: str | Path, cache
     pairs, notes = build_pairs(config, cache_dir=cache_dir, responder_key=responder_key, device=device,
                                progress=progress)
     result = train_sft(base, pairs, config.train_config(), out_dir=out_dir, progress=progress,
-                       meta={"threat": config.to_dict(), "notes": notes}, device=device)
+                       meta={"threat": config.to_dict(), "notes": notes}, device=device, overwrite=overwrite)
     mixture: dict[str, int] = {}
     for pair in pairs:
         mixture[pair.kind] = mixture.get(pair.kind, 0) + 1

@@ -197,17 +197,19 @@ def train_sft(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> TrainResult:
     """Fine-tune ``base`` on ``pairs`` on ``device`` and save an fp32 HF directory at ``out_dir`` (atomically).
 
     ``out_dir`` exists only once training and saving are complete; ``training.json`` inside it records
-    the config, the loss curve and ``meta`` (what the pairs were).
+    the config, the loss curve and ``meta`` (what the pairs were). With ``overwrite`` an existing
+    ``out_dir`` is replaced, only once the new model is complete.
     """
     if not pairs:
         raise ConfigError("train_sft needs at least one training pair")
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise ConfigError(f"{out_dir} already exists (choose another output or remove it)")
+    if out_dir.exists() and not overwrite:
+        raise ConfigError(f"{out_dir} already exists (choose another output, or replace it: --force)")
     target = resolve_device(device)
     set_threads(config.n_threads)
     torch.manual_seed(config.seed)
@@ -256,7 +258,7 @@ def train_sft(
         model = model.merge_and_unload()
     model = model.float().eval().to("cpu")
     seconds = time.perf_counter() - started
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         save_model(model, tokenizer, tmp, overwrite=True)
         write_json(tmp / "training.json", {
             "config": config.to_dict(), "base": str(base), "n_examples": len(pairs), "n_steps": n_steps,

@@ -1,0 +1,125 @@
+"""CLI conventions: --version, --json on the verbs that report, one --force with guard rails, `report`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tinymodels import make_tiny_llama, perturb, save_dir
+from deltaguard import __version__
+from deltaguard.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in output, output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("conv")
+    vocab = len(tiny_tokenizer)
+    base = save_dir(make_tiny_llama(seed=0, vocab_size=vocab, tied=False), root / "base")
+    ft = save_dir(perturb(make_tiny_llama(seed=0, vocab_size=vocab, tied=False), seed=1, scale=0.02), root / "ft")
+    for path in (base, ft):
+        tiny_tokenizer.save_pretrained(path)
+    return root, base, ft
+
+
+def test_version():
+    code, output = run("--version")
+    assert code == 0 and output.strip() == f"deltaguard {__version__}"
+
+
+def test_inspect_and_list_print_json(pair, tmp_path):
+    root, base, ft = pair
+    assert run("compress", "--base", base, "--finetuned", ft, "--method", "kbit4", "-o", tmp_path / "d")[0] == 0
+    code, output = run("inspect", tmp_path / "d", "--json")
+    assert code == 0, output
+    data = json.loads(output)
+    assert data["label"] == "kbit4" and data["summary"]["bits_per_param"] > 0 and data["tensors"]
+    code, output = run("list", "compressors", "--json")
+    rows = json.loads(output)
+    assert code == 0 and "kbit" in [row["name"] for row in rows] and all(row["description"] for row in rows)
+
+
+def test_eval_and_judge_check_print_json(pair, tmp_path):
+    root, base, _ = pair
+    code, output = run("eval", "--model", base, "--suite", "safety", "--limit", "2", "-o", tmp_path / "r", "--json",
+                       "--set", "generation.max_new_tokens=2", "--set", "n_boot=100")
+    assert code == 0, output
+    data = json.loads(output)
+    assert {m["metric"] for m in data["metrics"]} == {"refusal_rate", "asr_refusal"}
+    code, output = run("judge-check", "--judge", "keyword", "--limit", "10", "-o", tmp_path / "j", "--json")
+    assert code == 0, output
+    assert json.loads(output)["agreement"]["n"] == 10
+
+
+def test_artifacts_need_force_and_force_replaces_them(pair, tmp_path):
+    root, base, ft = pair
+    out = tmp_path / "d"
+    assert run("compress", "--base", base, "--finetuned", ft, "--method", "kbit4", "-o", out)[0] == 0
+    code, output = run("compress", "--base", base, "--finetuned", ft, "--method", "kbit2", "-o", out)
+    assert code == 2 and "already exists (pass --force" in one_error_line(output)
+    assert run("compress", "--base", base, "--finetuned", ft, "--method", "kbit2", "-o", out, "--force")[0] == 0
+    assert json.loads((out / "manifest.json").read_text())["method"]["fields"]["bits"] == 2
+    assert not list(tmp_path.glob(".d.*"))  # no leftovers of the replaced directory
+    code, output = run("judge-check", "--judge", "keyword", "--limit", "5", "-o", tmp_path / "j")
+    assert code == 0, output
+    code, output = run("judge-check", "--judge", "keyword", "--limit", "5", "-o", tmp_path / "j")
+    assert code == 2 and "already exists" in one_error_line(output)
+
+
+def test_force_never_deletes_a_directory_that_is_not_a_run_directory(pair, tmp_path, monkeypatch):
+    root, base, _ = pair
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    code, output = run("eval", "--model", base, "-o", precious, "--force")
+    assert code == 2 and "not a deltaguard run directory" in one_error_line(output)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    monkeypatch.chdir(precious)
+    for target in (".", str(tmp_path)):
+        code, output = run("eval", "--model", base, "-o", target, "--force")
+        assert code == 2 and "holds the current or home directory" in one_error_line(output)
+    assert (precious / "notes.txt").is_file()
+
+
+def test_force_on_a_run_directory_starts_over(pair, tmp_path):
+    root, base, _ = pair
+    args = ["eval", "--model", base, "--suite", "safety", "--limit", "2", "-o", tmp_path / "r",
+            "--set", "generation.max_new_tokens=2", "--set", "n_boot=100"]
+    assert run(*args)[0] == 0
+    (tmp_path / "r" / "generations" / "stale.jsonl").write_text("{}\n")
+    assert run(*args, "--force")[0] == 0
+    assert not (tmp_path / "r" / "generations" / "stale.jsonl").exists()
+
+
+def test_unwritable_outputs_fail_before_any_work(pair, tmp_path):
+    root, base, ft = pair
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, output = run("compress", "--base", base, "--finetuned", ft, "--method", "kbit4", "-o", blocker / "d")
+    assert code == 2 and "is a file, not a directory" in one_error_line(output)
+    code, output = run("eval", "--model", base, "-o", blocker)
+    assert code == 2 and "is a file" in one_error_line(output)
+
+
+def test_report_re_renders_a_run_and_refuses_other_directories(tmp_path):
+    from deltaguard.io import write_json
+
+    code, output = run("report", tmp_path)
+    assert code == 2 and "holds no results.json" in one_error_line(output)
+    write_json(tmp_path / "results.json", {"model_id": "x", "metrics": []})
+    code, output = run("report", tmp_path)
+    assert code == 2 and "not a study or audit result" in one_error_line(output)
