@@ -46,8 +46,8 @@ def compress(delta: Delta, config: CompressorConfig, *, calib: Calibration | lis
             tensors[entry.name] = _pack_one(compressor, config, pair, diff)
             bar.advance()
     missing = set(delta.base_tensor_names) - set(digests)
-    if missing:  # base tensors with no fine-tune counterpart cannot exist after extract_delta's checks
-        raise ConfigError(f"internal: base tensors {sorted(missing)[:3]} were not fingerprinted")
+    # base tensors with no fine-tune counterpart cannot exist after extract_delta's checks (an invariant)
+    assert not missing, f"base tensors {sorted(missing)[:3]} were not fingerprinted"
     meta = {
         "base": {"source": str(delta.base_dir), "model_type": delta.base_config.get("model_type")},
         "finetuned": {"source": str(delta.finetuned_dir)},

@@ -300,10 +300,9 @@ class LLMJudge(BaseJudge):
         lock = threading.Lock()
         with httpx.Client(base_url=self.base_url, headers=headers, timeout=self.config.timeout_seconds) as client:
             def one(item: JudgeItem) -> Verdict:
-                verdict = self._request(client, item)
+                verdict, is_transport_failure = self._request(client, item)
                 with lock:
-                    transport = verdict.is_error and (verdict.error or "").startswith("endpoint")
-                    state["failures"] = state["failures"] + 1 if transport else 0
+                    state["failures"] = state["failures"] + 1 if is_transport_failure else 0
                     if state["failures"] >= self.config.max_consecutive_failures:
                         raise JudgeError(f"llm judge endpoint {self.base_url} failed {state['failures']} requests "
                                          f"in a row (last: {verdict.error})")
@@ -315,7 +314,8 @@ class LLMJudge(BaseJudge):
             finally:  # on JudgeError, drop the requests not yet started instead of sending them all
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _request(self, client: Any, item: JudgeItem) -> Verdict:
+    def _request(self, client: Any, item: JudgeItem) -> tuple[Verdict, bool]:
+        """The verdict for one item, and whether the endpoint itself failed (no answer after every retry)."""
         import httpx
 
         body = {"model": self.model_name, "temperature": 0, "max_tokens": self.config.max_tokens,
@@ -345,9 +345,10 @@ class LLMJudge(BaseJudge):
                 retry_after = reply.headers.get("retry-after") if reply.status_code == 429 else None
                 continue
             if reply.status_code >= 400:
-                return self.error_verdict(f"request rejected with HTTP {reply.status_code}", raw=_clip(reply.text, 500))
-            return self._from_reply(reply)
-        return self.error_verdict(f"endpoint {last} (after {self.config.max_retries} retries)")
+                return self.error_verdict(f"request rejected with HTTP {reply.status_code}",
+                                          raw=_clip(reply.text, 500)), False
+            return self._from_reply(reply), False
+        return self.error_verdict(f"endpoint {last} (after {self.config.max_retries} retries)"), True
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         """Exponential backoff; a numeric Retry-After (429) is honoured up to 60 s."""
