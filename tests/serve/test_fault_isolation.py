@@ -66,6 +66,7 @@ def test_hostile_tenant_cannot_disturb_other_tenants_streams(world, tmp_path):
     with LiveServer(create_app(server)) as live, httpx.Client(base_url=live.url, timeout=60) as http:
         solo = {tenant: stream_text(http, tenant, text, 24) for tenant, text in PROMPTS.items()}
         statuses: list[int] = []
+        nan_messages: list[str] = []
         outputs: dict[str, list[str]] = {tenant: [] for tenant in PROMPTS}
         errors: list[BaseException] = []
 
@@ -94,9 +95,12 @@ def test_hostile_tenant_cannot_disturb_other_tenants_streams(world, tmp_path):
                 for raw in raw_bodies:
                     statuses.append(own.post("/v1/chat/completions", content=raw,
                                              headers={**auth(KEYS["alpha"]), "content-type": "application/json"}).status_code)
-                nan_delta = poisoned_delta(world.delta_dirs["alpha"], tmp_path / "nan-delta")
-                statuses.append(own.post("/admin/tenants", json={"name": "poison", "delta": str(nan_delta)},
-                                         headers=auth(ADMIN_KEY)).status_code)
+                # inside the admin delta root (the tenants file's directory), so the NaN check is what refuses it
+                nan_delta = poisoned_delta(world.delta_dirs["alpha"], world.root / f"nan-delta-{tmp_path.name}")
+                refused = own.post("/admin/tenants", json={"name": "poison", "delta": nan_delta.name},
+                                   headers=auth(ADMIN_KEY))
+                nan_messages.append(refused.json()["error"]["message"])
+                statuses.append(refused.status_code)
                 for _ in range(3):  # streams dropped after their first bytes
                     body = {"model": "alpha", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 24,
                             "stream": True}
@@ -116,7 +120,7 @@ def test_hostile_tenant_cannot_disturb_other_tenants_streams(world, tmp_path):
             raise errors[0]
         assert all(s < 500 for s in statuses), statuses          # hostile input is refused, never a server error
         assert statuses[:9] == [200] * 9                           # extreme but valid settings are served
-        assert statuses[-1] == 400                                 # the NaN delta is refused at admission
+        assert statuses[-1] == 400 and "NaN or infinite" in nan_messages[0]  # refused at admission
         for tenant, texts in outputs.items():
             assert texts == [solo[tenant]] * 3, tenant             # exactly their solo outputs
         assert http.get("/health").json()["status"] == "ok"

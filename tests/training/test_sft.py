@@ -123,3 +123,22 @@ def test_lr_schedules():
     assert lr_factor(0, 10, 0, "linear") == 1.0 and lr_factor(9, 10, 0, "linear") == pytest.approx(0.1)
     assert lr_factor(0, 10, 2, "cosine") == 0.5 and lr_factor(2, 10, 2, "cosine") == 1.0
     assert lr_factor(7, 10, 0, "constant") == 1.0
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_gradient_checkpointing_changes_memory_not_the_result(tiny_model_dir, tmp_path, lora_rank):
+    """Recomputing activations in the backward pass gives the same losses and weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    pairs = PAIRS * 2
+    runs = {}
+    for is_ckpt in (False, True):
+        config = TrainConfig(epochs=2, batch_size=3, micro_batch_size=3, lr=1e-3, lora_rank=lora_rank,
+                             is_gradient_checkpointing=is_ckpt)
+        result = train_sft(tiny_model_dir, pairs, config, out_dir=tmp_path / f"ckpt-{is_ckpt}", progress=False)
+        runs[is_ckpt] = (result.losses, load_file(str(tmp_path / f"ckpt-{is_ckpt}" / "model.safetensors")))
+    assert runs[True][0] == runs[False][0]
+    for name, tensor in runs[False][1].items():
+        assert torch.equal(tensor, runs[True][1][name]), name
+    saved = json.loads((tmp_path / "ckpt-True" / "config.json").read_text())
+    assert not saved.get("gradient_checkpointing", False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from deltaguard.config import Config, check_range
 from deltaguard.delta import CompressorConfig, default_methods, is_method_spec, method_from_spec

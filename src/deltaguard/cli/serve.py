@@ -39,7 +39,7 @@ def serve(
 
 @serve_app.command("hash-key")
 def hash_key_command(
-    key_stdin: bool = typer.Option(False, "--key-stdin", help="hash a key read from stdin instead of making a new one"),
+    key_stdin: bool = typer.Option(False, "--key-stdin", help="hash your own key (16+ characters) read from stdin"),
     tenant: str | None = typer.Option(None, "--tenant", help="also print a tenants-file entry for this tenant name"),
     delta: Path | None = typer.Option(None, "--delta", help="delta directory for the printed entry"),
     admin: bool = typer.Option(False, "--admin", help="print an admin_key_sha256 line instead of a tenant entry"),
@@ -47,7 +47,7 @@ def hash_key_command(
     """Make an API key (or hash yours) and print its sha256 — the only form the tenants file keeps."""
     import yaml
 
-    from deltaguard.serve.tenants import TenantSpec, hash_key, new_key
+    from deltaguard.serve.tenants import MIN_KEY_LENGTH, TenantSpec, hash_key, new_key
 
     if tenant is not None and delta is None:
         fail_usage("--tenant needs --delta (the tenant's compressed delta directory)")
@@ -55,6 +55,9 @@ def hash_key_command(
         key = sys.stdin.readline().strip()
         if not key:
             fail_usage("--key-stdin read an empty key")
+        if len(key) < MIN_KEY_LENGTH:  # a short key can be guessed; the tenants file keeps only its hash
+            fail_usage(f"--key-stdin read a key of {len(key)} characters; use at least {MIN_KEY_LENGTH} "
+                       f"(or leave out --key-stdin to get a random one)")
         shown = None
     else:
         key = new_key()

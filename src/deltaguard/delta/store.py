@@ -7,16 +7,19 @@ On disk a compressed delta is a directory::
     tensors.safetensors     the parts, keyed ``<tensor name>::<part>`` (packed sign bits, scales, ...)
     tokenizer/              the fine-tune's tokenizer files, so a merge is a complete model
 
-Loading checks the format and version, the method config (through the registry), every checksum,
-every part's shape and dtype, and — when a base is given — the base fingerprint.
+Loading checks the manifest's schema, format and version, the method config (through the registry),
+that the files on disk are exactly the files the manifest lists, every checksum, every part's shape and
+dtype, and — when a base is given — the base fingerprint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -138,26 +141,20 @@ def load_delta(path: str | Path, *, base: Any = None) -> CompressedDelta:
     if not path.is_dir():
         raise FormatError(f"{path} is not a compressed delta directory (it does not exist or is a file)")
     manifest = read_json(path / MANIFEST_FILE, what="delta manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise FormatError(f"{path}/{MANIFEST_FILE} is not a deltaguard delta manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise FormatError(
-            f"{path} has delta format version {manifest.get('format_version')}; this deltaguard reads version {FORMAT_VERSION}"
-        )
+    _check_manifest(manifest, where=f"{path}/{MANIFEST_FILE}")
+    method = manifest["method"]
     try:
-        method = manifest["method"]
         config_cls = compressors.get(method["method"]).config_cls
         config = config_cls.from_dict(method)
-        files, entries = manifest["files"], manifest["tensors"]
-        fingerprint, model_config = manifest["base_fingerprint"], manifest["model_config"]
-    except ConfigError as exc:
+    except (ConfigError, FormatError) as exc:
         raise FormatError(f"{path}: {exc}") from None
-    except (KeyError, TypeError) as exc:
-        raise FormatError(f"{path}/{MANIFEST_FILE} is missing field {exc}") from None
+    except TypeError as exc:  # a field of the right name but a type the config cannot compare
+        raise FormatError(f"{path}/{MANIFEST_FILE}: method.fields are not valid for {method['method']} ({exc})") from None
+    files, entries = manifest["files"], manifest["tensors"]
+    fingerprint, model_config = manifest["base_fingerprint"], manifest["model_config"]
+    _check_file_set(path, files)
     for name, entry in files.items():
         file_path = path / name
-        if not file_path.is_file():
-            raise FormatError(f"{path} is incomplete: {name} is missing")
         if file_path.stat().st_size != entry["n_bytes"] or sha256_file(file_path) != entry["sha256"]:
             raise FormatError(f"{file_path} is corrupted or truncated (checksum mismatch)")
     try:
@@ -185,11 +182,146 @@ def load_delta(path: str | Path, *, base: Any = None) -> CompressedDelta:
     if extra := set(flat) - expected_keys:
         raise FormatError(f"{path} holds tensors the manifest does not list: {', '.join(sorted(extra)[:3])}")
     check_finite(tensors, where=str(path))
-    tokenizer_dir = path / TOKENIZER_DIR if (path / TOKENIZER_DIR).is_dir() else None
+    has_tokenizer = any(name.startswith(f"{TOKENIZER_DIR}/") for name in files)
+    tokenizer_dir = path / TOKENIZER_DIR if has_tokenizer else None
     delta = CompressedDelta(config, fingerprint, tensors, model_config, manifest.get("meta", {}), tokenizer_dir)
     if base is not None:
         check_base(delta, base, where=str(path))
     return delta
+
+
+def _check_file_set(path: Path, files: dict[str, Any]) -> None:
+    """Raise FormatError unless the files on disk are exactly the manifest's ``files`` (plus the manifest).
+
+    The checksums prove only what the manifest lists: a file dropped from the list would be loaded
+    unverified, so every data file must be listed and nothing unlisted may sit beside them.
+    """
+    on_disk = set()
+    for item in sorted(path.rglob("*")):
+        rel = item.relative_to(path).as_posix()
+        if item.is_dir() and not item.is_symlink():
+            continue
+        if item.name.startswith(".") and item.name.endswith(".tmp"):
+            raise FormatError(f"{path} holds {rel}, a temporary file left by an interrupted write; a completed delta "
+                              "never contains one (re-create the delta, or remove the file if the rest verifies)")
+        if not item.is_file():
+            raise FormatError(f"{path}: {rel} is not a regular file (a delta holds only the files its manifest lists)")
+        if rel != MANIFEST_FILE:
+            on_disk.add(rel)
+    if missing := sorted(set(files) - on_disk):
+        raise FormatError(f"{path} is incomplete: {missing[0]} is missing")
+    if unlisted := sorted(on_disk - set(files)):
+        raise FormatError(f"{path}: {unlisted[0]} is not listed in {MANIFEST_FILE}, so it cannot be verified "
+                          "(remove it, or re-create the delta)")
+
+
+# The manifest's schema, checked by hand: a dozen field checks do not justify a schema library, and the
+# project has none. Every field the loader (or a later reader of ``meta``) touches is checked here, so a
+# malformed manifest is one FormatError naming the field instead of a KeyError deep in the loader.
+_MISSING = object()
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_manifest(manifest: Any, *, where: str) -> None:
+    """Raise FormatError naming the first field of ``manifest`` that has the wrong type or is missing."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FormatError(f"{where} is not a deltaguard delta manifest")
+    version = manifest.get("format_version", _MISSING)
+    if _is_int(version) and version != FORMAT_VERSION:
+        raise FormatError(f"{where} has delta format version {version}; this deltaguard reads version {FORMAT_VERSION}")
+    _require(_is_int(version), where, "format_version", f"the integer {FORMAT_VERSION}", version)
+    method = _field(manifest, "method", dict, "an object", where)
+    _field(method, "method", str, "a string", where, prefix="method.")
+    _require(_is_int(method.get("version", _MISSING)), where, "method.version", "an integer",
+             method.get("version", _MISSING))
+    _field(method, "fields", dict, "an object", where, prefix="method.")
+    _field(manifest, "base_fingerprint", str, "a string", where)
+    _field(manifest, "model_config", dict, "an object", where)
+    if "meta" in manifest:
+        meta = _field(manifest, "meta", dict, "an object", where)
+        for key in ("base", "finetuned", "calibration"):
+            if key in meta:
+                _field(meta, key, dict, "an object", where, prefix="meta.")
+        for key in ("n_model_params", "n_unchanged_tensors"):
+            if key in meta:
+                _require(_is_int(meta[key]), where, f"meta.{key}", "an integer", meta[key])
+    if "summary" in manifest:
+        _field(manifest, "summary", dict, "an object", where)
+    files = _field(manifest, "files", dict, "an object of {file name: {sha256, n_bytes}}", where)
+    if TENSORS_FILE not in files:
+        raise FormatError(f"{where}: files must list {TENSORS_FILE} (every delta has one), got {sorted(files)}")
+    for name, entry in files.items():
+        parts = PurePosixPath(name).parts
+        _require(bool(parts) and not name.startswith("/") and "\\" not in name and "." not in parts
+                 and ".." not in parts and PurePosixPath(name).as_posix() == name and name != MANIFEST_FILE,
+                 where, f"files key {json.dumps(name)}", "a relative path inside the delta directory", name)
+        label = f"files[{json.dumps(name)}]"
+        _require(isinstance(entry, dict), where, label, "an object {sha256, n_bytes}", entry)
+        sha = entry.get("sha256", _MISSING)
+        _require(isinstance(sha, str) and _SHA256.fullmatch(sha) is not None, where, f"{label}.sha256",
+                 "64 lower-case hex digits", sha)
+        n_bytes = entry.get("n_bytes", _MISSING)
+        _require(_is_int(n_bytes) and n_bytes >= 0, where, f"{label}.n_bytes", "a non-negative integer", n_bytes)
+    tensors = _field(manifest, "tensors", dict, "an object of {tensor name: entry}", where)
+    for name, entry in tensors.items():
+        label = f"tensors[{json.dumps(name)}]"
+        _require(isinstance(entry, dict), where, label, "an object", entry)
+        for key in ("kind", "encoding"):
+            _field(entry, key, str, "a string", where, prefix=f"{label}.")
+        for key in ("shape", "base_shape"):
+            _require(_is_shape(entry.get(key, _MISSING)), where, f"{label}.{key}", "a list of non-negative integers",
+                     entry.get(key, _MISSING))
+        parts = _field(entry, "parts", dict, "an object of {part: {shape, dtype}}", where, prefix=f"{label}.")
+        for part, spec in parts.items():
+            part_label = f"{label}.parts[{json.dumps(part)}]"
+            _require(isinstance(spec, dict), where, part_label, "an object {shape, dtype}", spec)
+            _require(_is_shape(spec.get("shape", _MISSING)), where, f"{part_label}.shape",
+                     "a list of non-negative integers", spec.get("shape", _MISSING))
+            _field(spec, "dtype", str, "a string", where, prefix=f"{part_label}.")
+        for key in ("n_params", "n_bytes"):
+            _require(_is_int(entry.get(key, _MISSING)), where, f"{label}.{key}", "an integer", entry.get(key, _MISSING))
+        for key in ("rel_error", "cosine"):
+            value = entry.get(key, _MISSING)
+            _require(_is_number(value), where, f"{label}.{key}", "a number", value)
+        if "note" in entry:
+            _field(entry, "note", str, "a string", where, prefix=f"{label}.")
+
+
+def _field(obj: dict[str, Any], key: str, kind: type, wanted: str, where: str, *, prefix: str = "") -> Any:
+    value = obj.get(key, _MISSING)
+    _require(isinstance(value, kind), where, f"{prefix}{key}", wanted, value)
+    return value
+
+
+def _require(ok: bool, where: str, field_path: str, wanted: str, value: Any) -> None:
+    if not ok:
+        raise FormatError(f"{where}: {field_path} must be {wanted}, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    """A short one-line rendering of a bad value and its JSON type, for error messages."""
+    if value is _MISSING:
+        return "nothing (the field is missing)"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({_JSON_TYPES.get(type(value), type(value).__name__)})"
+
+
+_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list",
+               dict: "an object", type(None): "null"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_int(d) and d >= 0 for d in value)
 
 
 def check_finite(tensors: dict[str, PackedTensor], *, where: str) -> None:

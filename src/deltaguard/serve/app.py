@@ -2,7 +2,8 @@
 
 * ``POST /v1/chat/completions`` — plain JSON or SSE streaming; ``model`` selects the tenant;
 * ``GET /v1/models`` (and ``/v1/models/{id}``) — the tenants the caller's key reaches;
-* ``GET|POST /admin/tenants``, ``DELETE /admin/tenants/{name}`` — admin key only;
+* ``GET|POST /admin/tenants``, ``DELETE /admin/tenants/{name}`` — admin key only; a delta added here
+  must lie in ``ServeConfig.admin_delta_root``;
 * ``GET /health`` (no key), ``GET /metrics`` (Prometheus text; admin key unless made public).
 
 Keys come as ``Authorization: Bearer <key>``. No key or an unknown key → 401; a valid key asking
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ from deltaguard.serve.protocol import (
     AddTenantRequest, ApiError, error_body, model_not_found, read_json, require_admin, tenant_caller,
     validation_message,
 )
-from deltaguard.serve.server import ServeConfig, Server, build_server
+from deltaguard.serve.server import ChatEncodingError, ServeConfig, Server, build_server
 from deltaguard.serve.tenants import TenantSpec, hash_key, new_key
 
 log = logging.getLogger("deltaguard.serve.http")
@@ -62,6 +64,10 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body("invalid_request_error", validation_message(exc)), status_code=400)
+
+    @app.exception_handler(ChatEncodingError)
+    async def _chat_encoding_error(_request: Request, exc: ChatEncodingError) -> JSONResponse:
+        return JSONResponse(error_body("invalid_request_error", str(exc)), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -124,8 +130,10 @@ def create_app(server: Server) -> FastAPI:
         if body.moderation is not None:
             entry["moderation"] = body.moderation
         try:
-            spec = TenantSpec.from_dict(entry, base_dir=Path.cwd(), where="request")
-            server.check_admin_delta_path(spec.delta_dir)
+            delta_dir = server.admin_delta_path(body.delta)  # checked once; this exact path is what loads
+            spec = TenantSpec.from_dict(entry | {"delta": str(delta_dir)}, base_dir=server.admin_delta_root,
+                                        where="request")
+            spec = dataclasses.replace(spec, delta_dir=delta_dir)
             await asyncio.to_thread(server.add_tenant, spec)
         except IncompatibleBaseError as exc:
             raise ApiError(400, "incompatible_base", str(exc)) from None

@@ -9,6 +9,7 @@ tune sampling in ways this server does not (presence/frequency penalties at 0, `
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -110,7 +111,10 @@ class ChatCompletionRequest(BaseModel):
 
 
 class AddTenantRequest(BaseModel):
-    """``POST /admin/tenants``: without ``key_sha256`` a new key is made and returned once."""
+    """``POST /admin/tenants``: without ``key_sha256`` a new key is made and returned once.
+
+    ``delta`` is relative to the server's ``admin_delta_root`` and must resolve inside it.
+    """
 
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -179,14 +183,45 @@ async def read_json(server: Server, request: Request) -> Any:
             raise ApiError(413, "request_too_large", f"request body is larger than the limit of {limit} bytes")
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks), parse_constant=_refuse_constant)
+        data = json.loads(b"".join(chunks), parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_request_error", f"request body is not valid JSON ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_request_error", "request body is nested too deeply to be a request") from None
+    check_unicode(data)
+    return data
 
 
 def _refuse_constant(name: str) -> Any:
     """Python's json reads NaN and Infinity, which are not JSON; a NaN setting must never reach the engine."""
     raise ValueError(f"{name} is not a valid JSON number")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(data: Any) -> None:
+    """Refuse lone UTF-16 surrogates (JSON ``"\\ud800"``) anywhere in a body, naming the field.
+
+    JSON escapes may spell half a surrogate pair, which Python keeps as a string no UTF-8 encoder accepts:
+    the tokenizer, the logs and the JSON answer would fail on it later with a server error. Iterative, so
+    a deeply nested body cannot exhaust the stack.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise ApiError(400, "invalid_request_error", f"{where or 'body'}: holds a lone UTF-16 surrogate "
+                               f"(\\ud800-\\udfff), which is not Unicode text; send valid UTF-8 or surrogate pairs")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if _SURROGATE.search(key):  # the key itself is never echoed: it could not be encoded
+                    raise ApiError(400, "invalid_request_error", f"{where or 'body'}: a field name holds a lone "
+                                   f"UTF-16 surrogate (\\ud800-\\udfff); send valid UTF-8 or surrogate pairs")
+                stack.append((f"{where}.{key}" if where else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}.{i}" if where else str(i), item) for i, item in enumerate(value))
 
 
 def model_not_found(model: str) -> ApiError:

