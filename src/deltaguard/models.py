@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from deltaguard.assets import cache_dir, quick_digest, wheel_member
 from deltaguard.errors import ConfigError, FormatError, ModelLoadError
@@ -79,6 +80,7 @@ def resolve_model_dir(spec: str | Path) -> Path:
         return convert_gguf(path)
     if path.is_dir():
         if is_model_dir(path):
+            check_weights_readable(path)
             return path
         if (path / "config.json").is_file():
             raise ModelLoadError(f"{path} has a config.json but no *.safetensors weights (only safetensors are loaded)")
@@ -93,6 +95,18 @@ def resolve_model_dir(spec: str | Path) -> Path:
         return _snapshot_from_hub(spec_str)
     known = ", ".join(sorted([*EMBEDDED, *ALIASES]))
     raise ModelLoadError(f"model {spec_str!r} is not a path, an embedded model ({known}) or a hub id org/name")
+
+
+def check_weights_readable(model_dir: Path) -> None:
+    """Raise ModelLoadError if a ``*.safetensors`` file's header is damaged or the file is shorter than the
+    header says (a truncated copy): reading headers costs milliseconds, loading then failing costs minutes."""
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"{weights} is damaged or truncated ({str(exc).splitlines()[0]}); copy or convert "
+                                 "the model again") from None
 
 
 def _snapshot_from_hub(spec: str) -> Path:
@@ -319,7 +333,7 @@ def load_model(spec: str | Path, *, dtype: str | torch.dtype = "float32", device
     model_dir = resolve_model_dir(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # truncated weights included
         raise ModelLoadError(f"could not load a causal LM from {model_dir}: {str(exc).splitlines()[0]}") from None
     return model.to(target).eval()
 

@@ -11,9 +11,15 @@ from typer.core import TyperGroup
 
 from deltaguard.errors import DeltaguardError
 
+try:  # typer >= 0.20 runs on its own copy of click, whose exceptions are not click's
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import ClickException, UsageError
+
 console = Console()
 err_console = Console(stderr=True)
 _state = {"debug": False}
+RESUMABLE_VERBS = ("eval", "audit", "demo")  # their run directories keep finished steps
 
 
 class DeltaguardGroup(TyperGroup):
@@ -22,6 +28,36 @@ class DeltaguardGroup(TyperGroup):
     Exit 2 for usage and config errors, 1 for runtime errors. Any other exception is a bug: one line
     without ``--debug``, the full traceback with it.
     """
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Usage errors (an unknown option, ``--limit abc``, a missing argument) are one line too.
+
+        click would print a usage box; parsing runs before ``invoke``, so it is caught here. A command
+        given no arguments prints its help (exit 2), as click does.
+        """
+        standalone = kwargs.pop("standalone_mode", True)
+        if not standalone:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+                typer.echo(exc.ctx.get_help())
+                sys.exit(2)
+            command = exc.ctx.command_path if exc.ctx is not None else "deltaguard"
+            err_console.print(f"[bold red]error:[/] {command}: {exc.format_message()} (see {command} --help)",
+                              markup=True, highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except ClickException as exc:
+            err_console.print(f"[bold red]error:[/] {exc.format_message()}", markup=True, highlight=False,
+                              soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except (typer.Abort, EOFError):
+            err_console.print("aborted")
+            sys.exit(1)
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -32,7 +68,10 @@ class DeltaguardGroup(TyperGroup):
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except KeyboardInterrupt:
-            err_console.print("interrupted; finished steps are kept and a rerun resumes")
+            if ctx.invoked_subcommand in RESUMABLE_VERBS:
+                err_console.print("interrupted; finished steps are kept and a rerun resumes")
+            else:
+                err_console.print("interrupted; nothing was written (outputs appear only once complete)")
             raise typer.Exit(130) from None
         except Exception as exc:
             if _state["debug"]:

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from deltaguard import delta as delta_api
-from deltaguard.cli.app import DEVICE_HELP, JSON_HELP, app, check_device, console, print_json
+from deltaguard.cli.app import DEVICE_HELP, JSON_HELP, app, check_device, console, err_console, print_json
 from deltaguard.cli.outputs import check_artifact
 from deltaguard.errors import ConfigError
 
@@ -50,6 +50,11 @@ def compress(
     delta = delta_api.extract_delta(base, finetuned)
     packed = delta_api.compress(delta, config, calib=calibration)
     console.print(packed.report.table())
+    if packed.tensors and not any(t.kind == "linear" for t in packed.tensors.values()):
+        from deltaguard.delta.compress import nothing_compressed_message
+
+        err_console.print(f"[bold yellow]warning:[/] {nothing_compressed_message(config)}", highlight=False,
+                          soft_wrap=True)
     console.print(f"saved {packed.save(out, overwrite=force)}")
 
 

@@ -40,10 +40,9 @@ def lens(
         config = config.replace(targets=(*config.targets, *target))
     check_device(device, dtype)
     set_threads(threads)
-    if out.exists() and not overwrite:
-        from deltaguard.errors import ConfigError
+    from deltaguard.cli.outputs import check_artifact
 
-        raise ConfigError(f"output directory {out} already exists (pass --force or choose another -o)")
+    check_artifact(out, force=overwrite)
     plan = plan_models(model or [DEFAULT_MODEL], delta)
     prompt_set = read_prompts(prompts, limit=limit, seed=config.seed)
     result = lens_models(plan, prompt_set, config, dtype=dtype, device=device)

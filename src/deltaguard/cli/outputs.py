@@ -49,8 +49,16 @@ def _is_protected(path: Path) -> bool:
     return resolved == Path(resolved.anchor) or resolved == Path.home().resolve() or cwd.is_relative_to(resolved)
 
 
+def _usable(path: Path, what: str) -> None:
+    try:
+        path.exists()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long
+        raise ConfigError(f"{what} {str(path)!r} is not a usable path ({exc})") from None
+
+
 def check_artifact(path: Path, *, force: bool, what: str = "output") -> None:
     """An artifact output: refuse an existing one without ``force``; refuse protected paths; check writability."""
+    _usable(path, what)
     if path.exists():
         if not force:
             raise ConfigError(f"{what} {path} already exists (pass --force to replace it, or choose another)")
@@ -62,6 +70,7 @@ def check_artifact(path: Path, *, force: bool, what: str = "output") -> None:
 
 def prepare_run_dir(path: Path, *, force: bool) -> None:
     """A run directory: reuse it, or with ``force`` discard its results (only if it is a deltaguard run dir)."""
+    _usable(path, "run directory")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run directory {path} is a file; choose a directory")
     if force and path.exists():

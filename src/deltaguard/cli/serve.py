@@ -32,7 +32,14 @@ def serve(
     from deltaguard.serve import ServeConfig
     from deltaguard.serve import serve as run_server
 
+    from deltaguard.models import resolve_model_dir
+    from deltaguard.serve.app import check_bindable
+    from deltaguard.serve.tenants import load_tenants_file
+
     config = ServeConfig(host=host, port=port, device=device).with_overrides(overrides)
+    load_tenants_file(tenants)              # each input is checked before anything loads or prints
+    resolve_model_dir(base)
+    check_bindable(config.host, config.port)
     console.print(f"serving {base} on http://{config.host}:{config.port} (tenants from {tenants})", highlight=False)
     run_server(base, tenants, config)
 

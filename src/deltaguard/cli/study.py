@@ -150,8 +150,11 @@ def demo_cmd(
     """The whole study in one command: pull → align → 3 attacks + benign control → audits → report."""
     from deltaguard.study import run_study, study_profile
 
+    from deltaguard.models import resolve_model_dir
+
     config = study_profile("full" if full else "default", model=model)
     check_device(device)
+    resolve_model_dir(model)  # a missing or damaged model fails before anything runs or prints
     prepare_run_dir(out, force=force)
     console.print(f"profile {config.profile}; run directory {out} (finished steps are reused)")
     result = run_study(config, out, device=device,

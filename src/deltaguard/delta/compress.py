@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 from typing import Any
 
 import torch
@@ -15,6 +16,8 @@ from deltaguard.delta.report import TensorStats, fidelity
 from deltaguard.delta.store import CompressedDelta, PackedTensor
 from deltaguard.errors import ConfigError
 from deltaguard.progress import progress_bar
+
+log = logging.getLogger("deltaguard.delta")
 
 
 def compress(delta: Delta, config: CompressorConfig, *, calib: Calibration | list[str] | None = None,
@@ -57,6 +60,8 @@ def compress(delta: Delta, config: CompressorConfig, *, calib: Calibration | lis
     }
     packed = CompressedDelta(config, combine(digests.values()), tensors, delta.finetuned_config, meta,
                              _tokenizer_dir(delta))
+    if tensors and not any(t.kind == "linear" for t in tensors.values()):
+        log.warning(nothing_compressed_message(config))
     if config.needs_calibration:
         assert calibration is not None
         packed = compressor.calibrate(packed, calibration, progress=progress)
@@ -70,6 +75,11 @@ def calibrate(packed: CompressedDelta, calib: Calibration | list[str], *, progre
     calibration = Calibration.of(calib)
     assert calibration is not None
     return compressors.get(packed.config.name)().calibrate(packed, calibration, progress=progress)
+
+
+def nothing_compressed_message(config: CompressorConfig) -> str:
+    return (f"{config.label}: targets {list(config.targets)} (minus exclude {list(config.exclude)}) matched no changed "
+            "2-D weight, so nothing was compressed by the method: every changed tensor is stored as a 16-bit delta")
 
 
 def _pack_one(compressor: Any, config: CompressorConfig, pair: Any, diff: torch.Tensor) -> PackedTensor:

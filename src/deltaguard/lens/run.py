@@ -57,7 +57,10 @@ def read_prompts(spec: str, *, limit: int | None = None, seed: int = 0) -> Any:
     if path.suffix == ".txt" or (path.is_file() and path.suffix == ""):
         if not path.is_file():
             raise ConfigError(f"prompt file {path} does not exist")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise ConfigError(f"prompt file {path} is not UTF-8 text (a binary file?)") from None
         if not lines:
             raise ConfigError(f"prompt file {path} has no non-empty lines")
         return lines[:limit] if limit is not None else lines

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import dataclasses
 import logging
 import time
@@ -29,7 +30,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deltaguard.errors import DeltaguardError, IncompatibleBaseError
+from deltaguard.errors import ConfigError, DeltaguardError, IncompatibleBaseError
 from deltaguard.serve.completions import chat_completion
 from deltaguard.serve.protocol import (
     AddTenantRequest, ApiError, error_body, model_not_found, read_json, require_admin, tenant_caller,
@@ -221,9 +222,30 @@ def serve(base: str | Path, tenants_path: str | Path | None, config: ServeConfig
     """Run the OpenAI-compatible server until interrupted (SIGINT/SIGTERM end it within seconds)."""
     from deltaguard.serve.metrics import configure_json_logging
 
+    check_bindable(config.host, config.port)  # before the model loads: a busy port fails in a second
     configure_json_logging()
     server = build_server(base, tenants_path, config)
     log.info("serving", extra={"host": config.host, "port": config.port, "tenants": server.registry.names()})
     uvicorn_config = uvicorn.Config(create_app(server), host=config.host, port=config.port, log_config=None,
                                     access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
     GracefulServer(uvicorn_config, server).run()
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Raise ConfigError (one line) if ``host`` does not resolve or ``port`` cannot be bound there.
+
+    uvicorn would find out only after the model and every tenant loaded, and then print its own line and
+    exit 3; a throwaway bind first turns a busy port or a mistyped host into our usual error.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"serve.host={host!r} does not resolve to an address of this machine ({exc})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that port? "
+                              "choose another --port)") from None

@@ -129,6 +129,8 @@ def load_tenants_file(path: str | Path) -> TenantsFile:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         raise FormatError(f"tenants file {path} is not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise FormatError(f"tenants file {path} is not UTF-8 text (a binary file?)") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
