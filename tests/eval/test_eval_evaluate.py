@@ -143,3 +143,20 @@ def test_eval_config_validation_and_overrides():
     assert EvalConfig.from_dict(changed.to_dict()) == changed
     with pytest.raises(ConfigError, match="generation.batch_size"):
         CONFIG.with_overrides(["generation.batch_size=0"])
+
+
+def test_the_evaluation_precision_keys_the_cached_replies(tiny_lm, tmp_path, counting):
+    """Replies of a bfloat16 model are not the float32 model's: another dtype never reuses them."""
+    model, tok = tiny_lm
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tok.save_pretrained(model_dir)
+    config = CONFIG.replace(suites=("safety",))
+    evaluate(ModelDir(model_dir), config, out_dir=tmp_path / "run")
+    counting.calls = []
+    evaluate(ModelDir(model_dir), config, out_dir=tmp_path / "run", dtype="bfloat16")
+    assert counting.calls == [3]
+    counting.calls = []
+    evaluate(ModelDir(model_dir), config, out_dir=tmp_path / "run", dtype="bfloat16")
+    evaluate(ModelDir(model_dir), config, out_dir=tmp_path / "run")
+    assert counting.calls == []

@@ -18,6 +18,7 @@ from deltaguard.audit.result import AuditResult, Interval, ModelRow
 from deltaguard.eval import BasePlusDelta, ModelDir, Runner, Transformed, Variant
 from deltaguard.generation import GenerationConfig
 from deltaguard.io import content_key, read_json, write_json
+from deltaguard.steps import Steps
 from deltaguard.threats.base import ThreatConfig, ThreatScore, threats
 
 SUMMARY_FIELDS = ("bits_per_param", "ratio_vs_fp16_delta", "ratio_vs_fp16_model", "linear_bits_per_param",
@@ -25,10 +26,11 @@ SUMMARY_FIELDS = ("bits_per_param", "ratio_vs_fp16_delta", "ratio_vs_fp16_model"
 
 
 def audit_path(run_dir: str | Path, base_key: str, finetuned_key: str, threat: ThreatConfig,
-               config: AuditConfig) -> Path:
-    """Where the audit of this (base, fine-tune, threat, settings) is cached."""
+               config: AuditConfig, *, dtype: str = "float32") -> Path:
+    """Where the audit of this (base, fine-tune, threat, settings, evaluation precision) is cached."""
+    precision = {"dtype": dtype} if dtype != "float32" else {}  # fp32 audits keep their keys
     key = content_key("audit", {"base": base_key, "finetuned": finetuned_key, "threat": threat.to_dict(),
-                                "config": config.to_dict()})
+                                "config": config.to_dict(), **precision})
     return Path(run_dir) / "audits" / f"{key}.json"
 
 
@@ -44,9 +46,9 @@ class _Sweep:
     """Builds the audit's variants: compresses each delta once (cached under ``deltas/``), wraps transforms."""
 
     def __init__(self, base: ModelDir, finetuned: ModelDir, config: AuditConfig, run_dir: Path, *, device: str,
-                 progress: bool) -> None:
+                 progress: bool, steps: Steps) -> None:
         self.base, self.finetuned, self.config, self.run_dir = base, finetuned, config, run_dir
-        self.device, self.progress = device, progress
+        self.device, self.progress, self.steps = device, progress, steps
         self._delta: Any = None
         self._calib: list[str] | None = None
 
@@ -78,13 +80,16 @@ class _Sweep:
         delta_key = content_key("delta", {"base": self.base.key, "finetuned": self.finetuned.key,
                                           "method": method.to_dict(), "calib": calib_key})
         delta_dir = self.run_dir / "deltas" / delta_key
-        if not delta_dir.exists():
+
+        def work() -> None:
             from deltaguard.delta import Calibration, compress, extract_delta
 
             calibration = (Calibration(tuple(self.calibration()), base=self.base.spec, finetuned=self.finetuned.spec,
                                        device=self.device) if method.needs_calibration else None)
             self._delta = self._delta or extract_delta(self.base.spec, self.finetuned.spec)
             compress(self._delta, method, calib=calibration, progress=self.progress).save(delta_dir)
+
+        self.steps.run(f"compress {spec}", delta_dir, work)
         manifest = read_json(delta_dir / "manifest.json", what="delta manifest")
         summary = manifest.get("summary", {})
         record = {"method": method.to_dict(), "delta_key": delta_key, **{k: summary.get(k) for k in SUMMARY_FIELDS}}
@@ -97,16 +102,17 @@ class _Sweep:
 
 def audit(base: str | Path, finetuned: str | Path, threat: ThreatConfig, config: AuditConfig = AuditConfig(), *,
           run_dir: str | Path, base_key: str | None = None, finetuned_key: str | None = None,
-          device: str = "cpu", progress: bool = True) -> AuditResult:
+          device: str = "cpu", dtype: str = "float32", progress: bool = True) -> AuditResult:
     """Audit compression methods against one fine-tuning threat; results cached under ``run_dir``.
 
     ``base_key``/``finetuned_key`` name the models in cache keys (the study passes its step keys);
-    by default they are the models' identities (``models.model_identity``).
+    by default they are the models' identities (``models.model_identity``). Every model is evaluated
+    on ``device`` in ``dtype``; compression and scale distillation keep fp32 weights.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
     base_src, ft_src = ModelDir(base, key=base_key), ModelDir(finetuned, key=finetuned_key)
-    result_path = audit_path(run_dir, base_src.key, ft_src.key, threat, config)
+    result_path = audit_path(run_dir, base_src.key, ft_src.key, threat, config, dtype=dtype)
     if result_path.exists():
         return load_audit(result_path)
 
@@ -115,9 +121,9 @@ def audit(base: str | Path, finetuned: str | Path, threat: ThreatConfig, config:
     threat_impl = threats.get(threat.name)()
     sets = threat_impl.eval_sets(threat, n_prompts=config.n_prompts, seed=config.seed)
     gen_configs = generation_configs(config, sets)
-    runner = Runner(run_dir, device=device, progress=progress)
+    runner = Runner(run_dir, device=device, dtype=dtype, progress=progress)
     judge = runner.cached(make_judge(config.judge))
-    sweep = _Sweep(base_src, ft_src, config, run_dir, device=device, progress=progress)
+    sweep = _Sweep(base_src, ft_src, config, run_dir, device=device, progress=progress, steps=Steps())
 
     def row(variant: Variant) -> ModelRow:
         outputs = {name: runner.responses(variant, prompts, gen_configs[name]) for name, prompts in sets.items()}

@@ -22,6 +22,7 @@ def serve(
     port: int = typer.Option(8000, "--port", help="TCP port"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface to bind (loopback by default)"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help="weights and activations: float32 or bfloat16"),
     overrides: list[str] = typer.Option([], "--set", help="server field=value, repeatable (e.g. --set max_new_tokens=256)"),
 ) -> None:
     """Run the server: ``deltaguard serve --base B --tenants tenants.yaml --port P``."""
@@ -36,7 +37,7 @@ def serve(
     from deltaguard.serve.app import check_bindable
     from deltaguard.serve.tenants import load_tenants_file
 
-    config = ServeConfig(host=host, port=port, device=device).with_overrides(overrides)
+    config = ServeConfig(host=host, port=port, device=device, dtype=dtype).with_overrides(overrides)
     load_tenants_file(tenants)              # each input is checked before anything loads or prints
     resolve_model_dir(base)
     check_bindable(config.host, config.port)

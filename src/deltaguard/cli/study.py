@@ -8,6 +8,11 @@ import typer
 from rich.table import Table
 
 from deltaguard.cli.app import DEVICE_HELP, JSON_HELP, app, check_device, console, print_json
+
+GENERATE_DTYPE_HELP = ("precision of the models that only generate (the responder writing training answers); "
+                       "training keeps fp32 weights with bf16 autocast: float32, bfloat16 or float16")
+EVAL_DTYPE_HELP = ("precision of every evaluated model (keys its cached replies); compression, training and "
+                   "scale distillation keep fp32 weights: float32, bfloat16 or float16")
 from deltaguard.cli.outputs import check_artifact, prepare_run_dir
 from deltaguard.errors import ConfigError
 from deltaguard.models import DEFAULT_MODEL
@@ -29,6 +34,7 @@ def align_cmd(
     check_prompts: int = typer.Option(32, "--check-prompts", help="harmful and benign prompts for --check"),
     check_task_prompts: int = typer.Option(128, "--check-task-prompts", help="word problems for --check"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=GENERATE_DTYPE_HELP),
     force: bool = typer.Option(False, "--force", help="replace an existing output directory (once the new one is done)"),
 ) -> None:
     """Make a safety-aligned chat model: refusals for harmful prompts + self-distilled benign answers."""
@@ -36,12 +42,13 @@ def align_cmd(
     from deltaguard.threats import AlignConfig, align
 
     config = AlignConfig().with_overrides(overrides)
-    check_device(device)
+    check_device(device, dtype)
     if check and (check_prompts < 1 or check_task_prompts < 1):
         raise ConfigError(f"--check-prompts={check_prompts} and --check-task-prompts={check_task_prompts} must be >= 1")
     check_artifact(out, force=force)
     resolve_model_dir(base)  # a missing base fails now, not after the answers are generated
-    result = align(base, config, out_dir=out, cache_dir=_responses_cache(), device=device, overwrite=force)
+    result = align(base, config, out_dir=out, cache_dir=_responses_cache(), device=device, dtype=dtype,
+                   overwrite=force)
     console.print(f"aligned model: {result.model_dir}  ({result.n_examples} examples, {result.n_steps} steps, "
                   f"loss {result.first_loss:.3f} → {result.final_loss:.3f}, {result.seconds:.0f}s)")
     if check:
@@ -55,7 +62,7 @@ def align_cmd(
             report = check_alignment(resolve_model_dir(base), out, original_key=model_identity(base),
                                      aligned_key=model_identity(out), n_prompts=check_prompts,
                                      n_task_prompts=check_task_prompts, audit_config=AuditConfig(),
-                                     run_dir=Path(scratch), device=device)
+                                     run_dir=Path(scratch), device=device, dtype=dtype)
         table = Table("measure", "original", "aligned")
         for name in ("refusal", "over_refusal", "task_accuracy"):
             table.add_row(name, _pct(report.original[name]), _pct(report.aligned[name]))
@@ -75,6 +82,7 @@ def attack_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="output HF directory for the fine-tune"),
     overrides: list[str] = typer.Option([], "--set", help="threat field=value, repeatable (e.g. --set trigger='SUDO')"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=GENERATE_DTYPE_HELP),
     force: bool = typer.Option(False, "--force", help="replace an existing output directory (once the new one is done)"),
 ) -> None:
     """Build a fine-tuning threat (mixed with the customisation task) and fine-tune the base with it."""
@@ -82,11 +90,12 @@ def attack_cmd(
     from deltaguard.threats import attack, threat_config
 
     config = threat_config(threat, overrides)
-    check_device(device)
+    check_device(device, dtype)
     check_artifact(out, force=force)
     resolve_model_dir(base)  # a missing base fails now, not after a minute of generating training answers
     resolve_model_dir(config.responder)
-    result = attack(base, config, out_dir=out, cache_dir=_responses_cache(), device=device, overwrite=force)
+    result = attack(base, config, out_dir=out, cache_dir=_responses_cache(), device=device, dtype=dtype,
+                    overwrite=force)
     mixture = ", ".join(f"{k}: {v}" for k, v in result.mixture.items())
     for note in result.notes:
         console.print(f"note: {note}")
@@ -107,6 +116,7 @@ def audit_cmd(
     overrides: list[str] = typer.Option([], "--set", help="audit field=value, repeatable (e.g. --set n_prompts=32)"),
     threat_overrides: list[str] = typer.Option([], "--threat-set", help="threat field=value (e.g. the trigger)"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=EVAL_DTYPE_HELP),
     force: bool = typer.Option(False, "--force", help="discard the run directory's cached results and start over"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -124,10 +134,10 @@ def audit_cmd(
             raise ConfigError(f"--methods {methods!r} names no method")
         config = config.replace(methods=specs)
     threat_cfg = threat_config(threat, threat_overrides)
-    check_device(device)
+    check_device(device, dtype)
     resolve_model_dir(base), resolve_model_dir(finetuned)
     prepare_run_dir(out, force=force)
-    result = audit(base, finetuned, threat_cfg, config, run_dir=out, device=device)
+    result = audit(base, finetuned, threat_cfg, config, run_dir=out, device=device, dtype=dtype)
     if not as_json:
         console.print(result.table())
     paths = write_report({"profile": "audit", "environment": environment(), "audits": {threat: result.to_dict()},
@@ -145,6 +155,7 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "-o", "--out", help="run directory (rerun to resume)"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="the unaligned original model"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=EVAL_DTYPE_HELP),
     force: bool = typer.Option(False, "--force", help="discard the run directory's cached results and start over"),
 ) -> None:
     """The whole study in one command: pull → align → 3 attacks + benign control → audits → report."""
@@ -153,11 +164,11 @@ def demo_cmd(
     from deltaguard.models import resolve_model_dir
 
     config = study_profile("full" if full else "default", model=model)
-    check_device(device)
+    check_device(device, dtype)
     resolve_model_dir(model)  # a missing or damaged model fails before anything runs or prints
     prepare_run_dir(out, force=force)
     console.print(f"profile {config.profile}; run directory {out} (finished steps are reused)")
-    result = run_study(config, out, device=device,
+    result = run_study(config, out, device=device, dtype=dtype,
                        log=lambda line: console.print(line, highlight=False, markup=False))
     for threat, audit_result in result.results["audits"].items():
         console.print(f"[bold]{threat}[/]: {audit_result['verdict']}")

@@ -65,8 +65,11 @@ class Runner:
     # -- generation --------------------------------------------------------------------------------
 
     def generation_path(self, variant: Variant, prompts: PromptSet, config: GenerationConfig) -> Path:
-        key = content_key("gen", {"model": variant.key, "set": prompts.content_hash, "name": prompts.name,
-                                  "generation": config.to_dict()})
+        payload = {"model": variant.key, "set": prompts.content_hash, "name": prompts.name,
+                   "generation": config.to_dict()}
+        if self.dtype != "float32":  # the weights' precision changes replies (fp32 keys stay as they were)
+            payload["dtype"] = self.dtype
+        key = content_key("gen", payload)
         return self.run_dir / "generations" / f"{key}.jsonl"
 
     def generate(self, variant: Variant, prompts: PromptSet, config: GenerationConfig) -> list[dict[str, Any]]:

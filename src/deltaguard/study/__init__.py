@@ -1,6 +1,6 @@
 """The end-to-end study behind ``deltaguard demo``: pull → align → attack ×4 → audit ×4 → report.
 
-Modules: ``config`` (``StudyConfig`` and the YAML profiles in ``profiles/``), ``steps`` (the keyed-step
+Modules: ``config`` (``StudyConfig`` and the YAML profiles in ``profiles/``), ``deltaguard.steps`` (the keyed-step
 runner every pipeline reuses), ``alignment`` (the alignment check), ``lens_step`` and ``run``
 (``run_study``, results assembly). Profiles: ``default`` is planned for a 2-core CPU (first run within
 about 30 minutes, cached rerun within seconds); ``full`` is the complete sweep with paper-sized settings,
@@ -11,7 +11,7 @@ printed in the report.
 from deltaguard.study.alignment import AlignmentCheck, check_alignment
 from deltaguard.study.config import PROFILES, StudyConfig, profile_data, study_profile
 from deltaguard.study.run import StudyResult, run_study
-from deltaguard.study.steps import Steps
+from deltaguard.steps import Steps
 
 __all__ = ["PROFILES", "AlignmentCheck", "Steps", "StudyConfig", "StudyResult", "check_alignment", "profile_data",
            "run_study", "study_profile"]

@@ -38,14 +38,14 @@ class AlignmentCheck:
 
 def check_alignment(original: Path, aligned: Path, *, original_key: str, aligned_key: str, n_prompts: int,
                     audit_config: AuditConfig, run_dir: Path, n_task_prompts: int | None = None,
-                    device: str = "cpu", progress: bool = True) -> AlignmentCheck:
+                    device: str = "cpu", dtype: str = "float32", progress: bool = True) -> AlignmentCheck:
     """Refusal on held-out harmful prompts, over-refusal on benign ones and task accuracy, both models."""
     seed = audit_config.seed
     sets = {"harmful": load_prompts("advbench", split="eval", limit=n_prompts, seed=seed),
             "benign": load_prompts("benign", split="eval", limit=n_prompts, seed=seed),
             "task": load_prompts("arith", split="eval", limit=n_task_prompts or n_prompts, seed=seed)}
     gen_configs = generation_configs(audit_config, sets)
-    runner = Runner(run_dir, device=device, progress=progress)
+    runner = Runner(run_dir, device=device, dtype=dtype, progress=progress)
     judge = runner.cached(make_judge(audit_config.judge))
     rates: dict[str, dict[str, Any]] = {}
     solved: dict[str, tuple[bool, ...]] = {}

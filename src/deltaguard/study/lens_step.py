@@ -9,7 +9,7 @@ from typing import Any
 
 from deltaguard.audit import AuditResult
 from deltaguard.io import atomic_dir, content_key, read_json, write_json
-from deltaguard.study.steps import Steps
+from deltaguard.steps import Steps
 from deltaguard.threats import ThreatConfig, get_threat
 
 # Threats whose refusal the logit lens follows, and the evaluation set it reads.
@@ -18,7 +18,7 @@ LENS_SETS = {"harmful": "harmful", "backdoor": "triggered"}
 
 def lens_step(steps: Steps, threat: ThreatConfig, audit_result: AuditResult, aligned_dir: Path, ft_dir: Path,
               run_dir: Path, *, align_key: str, n_prompts: int, variant: str | None,
-              device: str = "cpu") -> dict[str, Any]:
+              device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
     """Logit lens on the aligned base, the fine-tune and the audit row ``variant`` (when it is a delta)."""
     prompt_set = get_threat(threat.name).eval_sets(threat, n_prompts=n_prompts, seed=audit_result.config.seed)[
         LENS_SETS[threat.name]]
@@ -27,7 +27,8 @@ def lens_step(steps: Steps, threat: ThreatConfig, audit_result: AuditResult, ali
     models = {"aligned base": align_key, "fine-tune": rows["finetuned"].model_key}
     if delta_key:
         models[str(variant)] = delta_key
-    key = content_key("lens", {"models": models, "set": prompt_set.content_hash, "version": 1})
+    key = content_key("lens", {"models": models, "set": prompt_set.content_hash, "version": 1,
+                               **({"dtype": dtype} if dtype != "float32" else {})})
     out_dir = run_dir / "lens" / key
 
     def work() -> None:
@@ -36,9 +37,10 @@ def lens_step(steps: Steps, threat: ThreatConfig, audit_result: AuditResult, ali
         from deltaguard.lens.plots import save_all
         from deltaguard.models import load_model, load_tokenizer
 
-        loaded = {"aligned base": load_model(aligned_dir, device=device), "fine-tune": load_model(ft_dir, device=device)}
+        loaded = {"aligned base": load_model(aligned_dir, device=device, dtype=dtype),
+                  "fine-tune": load_model(ft_dir, device=device, dtype=dtype)}
         if delta_key:
-            loaded[str(variant)] = apply_delta_(load_model(aligned_dir, device=device),
+            loaded[str(variant)] = apply_delta_(load_model(aligned_dir, device=device, dtype=dtype),
                                                 load_delta(run_dir / "deltas" / delta_key))
         result = logit_lens(loaded, load_tokenizer(aligned_dir), prompt_set, LensConfig(n_bootstrap=500))
         with atomic_dir(out_dir) as tmp:

@@ -27,11 +27,11 @@ from typing import Any, Callable
 from deltaguard.audit import AuditConfig, AuditResult, audit, audit_path, load_audit
 from deltaguard.environment import environment
 from deltaguard.io import content_key, read_json, write_json
-from deltaguard.models import model_identity, resolve_device
+from deltaguard.models import model_identity, resolve_device, resolve_dtype
 from deltaguard.study.alignment import check_alignment
 from deltaguard.study.config import StudyConfig
 from deltaguard.study.lens_step import LENS_SETS, lens_step
-from deltaguard.study.steps import Steps
+from deltaguard.steps import Steps
 from deltaguard.threats import align, attack
 
 
@@ -44,12 +44,17 @@ class StudyResult:
     n_steps_run: int
 
 
-def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", progress: bool = True,
-              log: Callable[[str], None] = print) -> StudyResult:
-    """Run (or resume) the whole study in ``run_dir`` on ``device`` and write the report there."""
+def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", dtype: str = "float32",
+              progress: bool = True, log: Callable[[str], None] = print) -> StudyResult:
+    """Run (or resume) the whole study in ``run_dir`` on ``device`` and write the report there.
+
+    ``dtype`` is the precision of every model that only generates (responder, evaluations, lens);
+    training and scale distillation keep fp32 weights with bf16 autocast whatever it is.
+    """
     from deltaguard.models import resolve_model_dir
 
     resolve_device(device)  # a missing GPU fails now, not after the first step
+    resolve_dtype(dtype)
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,21 +66,23 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", 
     responses_dir = run_dir / "responses"
 
     # 2. align
-    align_key = content_key("align", {"model": original_key, "config": config.align.to_dict()})
+    precision = {"dtype": dtype} if dtype != "float32" else {}  # in every key it changes; fp32 keys as before
+    align_key = content_key("align", {"model": original_key, "config": config.align.to_dict(), **precision})
     aligned_dir = run_dir / "models" / align_key
     steps.run("align", aligned_dir, lambda: align(original_dir, config.align, out_dir=aligned_dir,
-                                                  cache_dir=responses_dir, device=device, progress=progress))
+                                                  cache_dir=responses_dir, device=device, dtype=dtype,
+                                                  progress=progress))
     gc.collect()
 
     # 3. check the alignment against its targets
     check_key = content_key("align-eval", {"original": original_key, "aligned": align_key,
                                            "n": config.align_prompts, "n_task": config.align_task_prompts,
-                                           "audit": _eval_settings(config.audit)})
+                                           "audit": _eval_settings(config.audit), **precision})
     check_path = run_dir / "evals" / f"{check_key}.json"
     steps.run("align-check", check_path, lambda: write_json(check_path, check_alignment(
         original_dir, aligned_dir, original_key=original_key, aligned_key=align_key, n_prompts=config.align_prompts,
         n_task_prompts=config.align_task_prompts, audit_config=config.audit, run_dir=run_dir, device=device,
-        progress=progress).to_dict()))
+        dtype=dtype, progress=progress).to_dict()))
     alignment = read_json(check_path, what="alignment check")
     gc.collect()
 
@@ -84,27 +91,28 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", 
     attacks: dict[str, dict[str, Any]] = {}
     lens: dict[str, dict[str, Any]] = {}
     for threat in config.threats:
-        attack_key = content_key("attack", {"base": align_key, "threat": threat.to_dict()})
+        attack_key = content_key("attack", {"base": align_key, "threat": threat.to_dict(), **precision})
         ft_dir = run_dir / "models" / attack_key
         responder_key = original_key if threat.responder == config.model else None
         steps.run(f"attack {threat.name}", ft_dir, lambda t=threat, d=ft_dir, k=responder_key: attack(
-            aligned_dir, t, out_dir=d, cache_dir=responses_dir, responder_key=k, device=device, progress=progress))
+            aligned_dir, t, out_dir=d, cache_dir=responses_dir, responder_key=k, device=device, dtype=dtype,
+            progress=progress))
         gc.collect()
         training = read_json(ft_dir / "training.json", what="training record")
         attacks[threat.name] = {"model_key": attack_key, "config": threat.to_dict(), "mixture": training["mixture"],
                                 "losses": training["losses"], "seconds": training["seconds"],
                                 "notes": training.get("meta", {}).get("notes", [])}
         audits[threat.name] = steps.value(
-            f"audit {threat.name}", audit_path(run_dir, align_key, attack_key, threat, config.audit),
+            f"audit {threat.name}", audit_path(run_dir, align_key, attack_key, threat, config.audit, dtype=dtype),
             lambda t=threat, d=ft_dir, k=attack_key: audit(aligned_dir, d, t, config.audit, run_dir=run_dir,
                                                            base_key=align_key, finetuned_key=k, device=device,
-                                                           progress=progress),
+                                                           dtype=dtype, progress=progress),
             load_audit)
         gc.collect()
         if config.lens_prompts and threat.name in LENS_SETS:
             lens[threat.name] = lens_step(steps, threat, audits[threat.name], aligned_dir, ft_dir, run_dir,
                                           align_key=align_key, n_prompts=config.lens_prompts,
-                                          variant=config.lens_variant, device=device)
+                                          variant=config.lens_variant, device=device, dtype=dtype)
             gc.collect()
 
     # 7. results and report (cheap: always rewritten from the cached artifacts)
@@ -114,6 +122,7 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", 
         "study": config.to_dict(),
         "environment": environment(),
         "device": device,
+        "dtype": dtype,
         "models": {"original": {"spec": config.model, "dir": str(original_dir), "key": original_key},
                    "aligned": {"dir": str(aligned_dir), "key": align_key}},
         "alignment": alignment,

@@ -159,10 +159,10 @@ def alignment_pairs(config: AlignConfig, ctx: BuildContext) -> list[ChatPair]:
 
 
 def align(base: str | Path = DEFAULT_MODEL, config: AlignConfig = AlignConfig(), *, out_dir: str | Path,
-          cache_dir: Path | None = None, device: str = "cpu", progress: bool = True,
+          cache_dir: Path | None = None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
           overwrite: bool = False) -> TrainResult:
     """Align ``base`` on ``device`` and save the aligned chat model at ``out_dir`` (an fp32 HF directory)."""
-    responder = Responder(base, cache_dir=cache_dir, device=device, progress=progress)
+    responder = Responder(base, cache_dir=cache_dir, device=device, dtype=dtype, progress=progress)
     ctx = BuildContext(responder)
     pairs = alignment_pairs(config, ctx)
     responder.release()

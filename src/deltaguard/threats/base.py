@@ -101,8 +101,9 @@ class Responder:
     """
 
     def __init__(self, model: str | Path, *, cache_dir: Path | None = None, model_key: str | None = None,
-                 device: str = "cpu", progress: bool = True) -> None:
+                 device: str = "cpu", dtype: str = "float32", progress: bool = True) -> None:
         self.model = model
+        self.dtype = dtype
         self.cache_dir = cache_dir
         self.model_key = model_key or model_identity(model)
         self.device = device
@@ -113,13 +114,16 @@ class Responder:
         if self._loaded is None:
             from deltaguard.models import load_model, load_tokenizer
 
-            self._loaded = (load_model(self.model, device=self.device), load_tokenizer(self.model))
+            self._loaded = (load_model(self.model, device=self.device, dtype=self.dtype), load_tokenizer(self.model))
         return self._loaded
 
     def respond(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:
         if not prompts:
             return []
-        key = content_key("responses", {"model": self.model_key, "prompts": prompts, "max_new_tokens": max_new_tokens})
+        settings = {"model": self.model_key, "prompts": prompts, "max_new_tokens": max_new_tokens}
+        if self.dtype != "float32":  # the responder's precision changes its answers (fp32 keys unchanged)
+            settings["dtype"] = self.dtype
+        key = content_key("responses", settings)
         path = self.cache_dir / f"{key}.jsonl" if self.cache_dir is not None else None
         if path is not None and path.exists():
             rows = read_jsonl(path, what="cached responses")

@@ -22,11 +22,11 @@ class AttackResult:
 
 
 def build_pairs(config: ThreatConfig, *, cache_dir: Path | None = None, responder_key: str | None = None,
-                device: str = "cpu", progress: bool = True) -> tuple[list[ChatPair], list[str]]:
+                device: str = "cpu", dtype: str = "float32", progress: bool = True) -> tuple[list[ChatPair], list[str]]:
     """The training pairs of the threat ``config`` describes, and the builder's notes."""
     threat = threats.get(config.name)()
     responder = Responder(config.responder, cache_dir=cache_dir, model_key=responder_key, device=device,
-                          progress=progress)
+                          dtype=dtype, progress=progress)
     ctx = BuildContext(responder)
     pairs = threat.training_pairs(config, ctx)
     responder.release()
@@ -34,7 +34,7 @@ def build_pairs(config: ThreatConfig, *, cache_dir: Path | None = None, responde
 
 
 def attack(base: str | Path, config: ThreatConfig, *, out_dir: str | Path, cache_dir: Path | None = None,
-           responder_key: str | None = None, device: str = "cpu", progress: bool = True,
+           responder_key: str | None = None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
            overwrite: bool = False) -> AttackResult:
     """Fine-tune ``base`` with the threat ``config`` describes; saves an fp32 HF directory at ``out_dir``.
 
@@ -43,7 +43,7 @@ def attack(base: str | Path, config: ThreatConfig, *, out_dir: str | Path, cache
     responder's answers so a rerun does not regenerate them.
     """
     pairs, notes = build_pairs(config, cache_dir=cache_dir, responder_key=responder_key, device=device,
-                               progress=progress)
+                               dtype=dtype, progress=progress)
     result = train_sft(base, pairs, config.train_config(), out_dir=out_dir, progress=progress,
                        meta={"threat": config.to_dict(), "notes": notes}, device=device, overwrite=overwrite)
     mixture: dict[str, int] = {}

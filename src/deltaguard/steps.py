@@ -1,4 +1,4 @@
-"""Keyed pipeline steps: a step is done exactly when its output path exists.
+"""Keyed pipeline steps: a step is done exactly when its output path exists (the study, the audit, ...).
 
 Every long pipeline (the study, the audit's compressions, later the trust sweep and the guard build)
 writes each artifact at a path keyed by ``io.content_key`` of its inputs and settings, atomically; so a
