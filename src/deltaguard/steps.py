@@ -8,6 +8,10 @@ each step's timing for the run record.
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -35,9 +39,11 @@ class Steps:
         seconds = time.perf_counter() - started
         if not path.exists():
             raise AssertionError(f"step {label!r} finished without writing {path}")
-        self.timings[label] = {"path": str(path), "cached": False, "seconds": round(seconds, 1)}
+        release_memory()
+        self.timings[label] = {"path": str(path), "cached": False, "seconds": round(seconds, 1),
+                               "peak_rss_mib": peak_rss_mib()}
         self.n_run += 1
-        self.log(f"[done] {label} in {seconds:.0f}s")
+        self.log(f"[done] {label} in {seconds:.0f}s (process peak memory so far {peak_rss_mib():.0f} MiB)")
         return True
 
     def value(self, label: str, path: Path, work: Callable[[], T], load: Callable[[Path], T]) -> T:
@@ -48,4 +54,24 @@ class Steps:
         return load(path)
 
 
-__all__ = ["Steps"]
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far (a high-water mark: the step where it jumps is the peak)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)  # bytes on macOS, KiB on Linux
+
+
+def release_memory() -> None:
+    """After a step, hand freed memory back to the OS, so the next step starts from a small heap.
+
+    A step frees its models when it returns, but glibc keeps freed heap pages (many tensors are below
+    its mmap threshold), and the next step's peak then adds to the last one's fragments.
+    """
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
+
+
+__all__ = ["Steps", "peak_rss_mib", "release_memory"]

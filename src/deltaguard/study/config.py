@@ -64,6 +64,9 @@ class StudyConfig(Config):
         check_range("study.align_prompts", self.align_prompts, 1)
         check_range("study.align_task_prompts", self.align_task_prompts, 1)
         check_range("study.lens_prompts", self.lens_prompts, 0)
+        if not all(isinstance(note, str) for note in self.notes):  # a YAML "a: b" line reads as a mapping
+            raise ConfigError(f"study.notes must be strings, got {[type(n).__name__ for n in self.notes]}; "
+                              "quote a note that holds ': ' (or write it as a >- block)")
         if self.lens_variant is not None and self.lens_variant not in self.audit.methods:
             raise ConfigError(f"study.lens_variant={self.lens_variant!r} is not one of audit.methods "
                               f"({', '.join(self.audit.methods)})")

@@ -32,17 +32,15 @@ def lens_step(steps: Steps, threat: ThreatConfig, audit_result: AuditResult, ali
     out_dir = run_dir / "lens" / key
 
     def work() -> None:
-        from deltaguard.delta import apply_delta_, load_delta
-        from deltaguard.lens import LensConfig, logit_lens
+        from deltaguard.lens import LensConfig
         from deltaguard.lens.plots import save_all
-        from deltaguard.models import load_model, load_tokenizer
+        from deltaguard.lens.run import LensModel, lens_models
 
-        loaded = {"aligned base": load_model(aligned_dir, device=device, dtype=dtype),
-                  "fine-tune": load_model(ft_dir, device=device, dtype=dtype)}
+        plan = [LensModel("aligned base", str(aligned_dir)), LensModel("fine-tune", str(ft_dir))]
         if delta_key:
-            loaded[str(variant)] = apply_delta_(load_model(aligned_dir, device=device, dtype=dtype),
-                                                load_delta(run_dir / "deltas" / delta_key))
-        result = logit_lens(loaded, load_tokenizer(aligned_dir), prompt_set, LensConfig(n_bootstrap=500))
+            plan.append(LensModel(str(variant), str(aligned_dir), str(run_dir / "deltas" / delta_key)))
+        # one model at a time (three 135M models at once held 1.6 GB); the results are merged as one
+        result = lens_models(plan, prompt_set, LensConfig(n_bootstrap=500), dtype=dtype, device=device)
         with atomic_dir(out_dir) as tmp:
             result.save(tmp)
             save_all(result, tmp / "plots")

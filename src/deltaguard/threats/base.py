@@ -141,8 +141,11 @@ class Responder:
         return responses
 
     def release(self) -> None:
-        """Drop the loaded model (the trainer loads its own next)."""
+        """Drop the loaded model (the trainer loads its own next) and give its memory back."""
         self._loaded = None
+        from deltaguard.steps import release_memory
+
+        release_memory()
 
 
 @dataclass
