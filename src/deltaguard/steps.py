@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import resource
 import sys
 import time
@@ -33,7 +34,8 @@ class Steps:
             self.timings[label] = {"path": str(path), "cached": True, "seconds": 0.0}
             self.log(f"[cached] {label}")
             return False
-        self.log(f"[run] {label}")
+        now = current_rss_mib()
+        self.log(f"[run] {label}" + (f" (memory in use {now:.0f} MiB)" if now is not None else ""))
         started = time.perf_counter()
         work()
         seconds = time.perf_counter() - started
@@ -60,6 +62,15 @@ def peak_rss_mib() -> float:
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)  # bytes on macOS, KiB on Linux
 
 
+def current_rss_mib() -> float | None:
+    """The process's resident memory now (Linux; None elsewhere): what a step starts from."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(resident_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20), 1)
+
+
 def release_memory() -> None:
     """After a step, hand freed memory back to the OS, so the next step starts from a small heap.
 
@@ -74,4 +85,4 @@ def release_memory() -> None:
             pass
 
 
-__all__ = ["Steps", "peak_rss_mib", "release_memory"]
+__all__ = ["Steps", "current_rss_mib", "peak_rss_mib", "release_memory"]
