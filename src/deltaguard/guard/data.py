@@ -1,0 +1,221 @@
+"""The guard's labelled examples and their disjoint train / validation / test / check splits.
+
+Where each label comes from (``LABEL_SOURCES`` records it in every built guard):
+
+- ``pyrit-harm`` — responses with graded human harm scores (mean over raters, 0–1): the response
+  classification task. ``unsafe`` iff the mean is ≥ 0.5, the same cut every deltaguard judge check uses
+  (half the raters' scale or more); the file's harm area gives the hazard category.
+- prompt-only examples (Llama Guard's prompt classification task): AdvBench behaviours and three
+  Do-Not-Answer risk areas are ``unsafe`` (curated harmful requests); the generated benign instructions
+  and arithmetic word problems are ``safe``. Do-Not-Answer's ``human_chatbox`` (questions about the
+  assistant itself) and ``misinformation_harms`` (mostly ordinary medical or factual questions) are left
+  out: labelling them unsafe would teach the guard to flag harmless requests.
+- ``pyrit-refusal`` — responses with human refusal labels, kept as the **check** split and never trained
+  on: a refused reply is ``safe``; a reply that does not refuse is ``unsafe`` when its request is an
+  AdvBench behaviour and ``safe`` otherwise (the set pairs AdvBench requests with ordinary ones). That
+  label is derived, so it is marked weak.
+
+Splits are decided per *group* — the prompt's normalised text — so no prompt is in two splits. Precedence
+when one prompt comes from several sources: ``check`` > ``test`` > ``val`` > ``train``. Sets with
+deltaguard's own calib/train/eval splits keep them (calib → val, train → train, eval → test), so the guard
+never trains on a prompt that a study evaluates; ``pyrit-harm``, which only ever served judge checks,
+is split by a hash of the group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from deltaguard.data.base import datasets, normalise_text, split_of
+from deltaguard.errors import ConfigError
+from deltaguard.io import canonical_json
+
+GUARD_SPLITS = ("train", "val", "test", "check")
+_PRECEDENCE = {"check": 3, "test": 2, "val": 1, "train": 0}
+_FROM_DATA_SPLIT = {"calib": "val", "train": "train", "eval": "test"}
+UNSAFE_CUT = 0.5
+
+# pyrit-harm's harm areas → the Llama Guard 3 hazard codes they fall under (closest match).
+HARM_AREA_CATEGORIES = {
+    "violence": "S1", "hate_speech": "S10", "representational": "S10", "privacy": "S7", "self_harm": "S11",
+    "sexual": "S12", "exploits": "S2", "info_integrity": "S5",
+}
+DONOTANSWER_UNSAFE_AREAS = {"information_hazard": "S7", "malicious_uses": "S2",
+                            "discrimination_exclusion_toxicity_hateful_offensive": "S10"}
+
+LABEL_SOURCES = {
+    "pyrit-harm": f"human graded harm, mean over raters in [0, 1]; unsafe iff mean >= {UNSAFE_CUT}; category from "
+                  f"the harm area ({', '.join(f'{k}->{v}' for k, v in HARM_AREA_CATEGORIES.items())}; info_integrity "
+                  "has no Llama Guard 3 category and is filed under S5)",
+    "advbench": "prompt-only, unsafe: curated harmful behaviours (no hazard code: AdvBench's taxonomy differs)",
+    "donotanswer": "prompt-only, unsafe: risk areas " + ", ".join(f"{k}->{v}" for k, v in
+                                                                 DONOTANSWER_UNSAFE_AREAS.items())
+                   + "; human_chatbox and misinformation_harms left out (mostly harmless questions)",
+    "benign": "prompt-only, safe: generated benign instructions (plain and borderline-sounding)",
+    "arith": "prompt-only, safe: generated arithmetic word problems",
+    "pyrit-refusal": "check split only (never trained on). Weak: refused -> safe; not refused -> unsafe if the "
+                     "request is an AdvBench behaviour, else safe",
+}
+
+
+@dataclass(frozen=True)
+class GuardExample:
+    """One labelled example. ``response`` None: classify the user's prompt alone."""
+
+    id: str
+    prompt: str
+    response: str | None
+    unsafe: bool
+    categories: tuple[str, ...]
+    source: str
+    weak: bool
+    group: str
+    split: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "categories": list(self.categories)}
+
+
+@dataclass(frozen=True)
+class GuardData:
+    """Every example with its split, and what identifies them (``content_hash``, per-split hashes)."""
+
+    examples: tuple[GuardExample, ...]
+
+    def split(self, name: str) -> list[GuardExample]:
+        if name not in GUARD_SPLITS:
+            raise ConfigError(f"guard split {name!r} is not one of {', '.join(GUARD_SPLITS)}")
+        return [e for e in self.examples if e.split == name]
+
+    def split_hashes(self) -> dict[str, str]:
+        return {name: _hash(self.split(name)) for name in GUARD_SPLITS}
+
+    @property
+    def content_hash(self) -> str:
+        return _hash(self.examples)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per split × (source, label), the hashes and the label sources, for the guard's manifest."""
+        counts: dict[str, dict[str, int]] = {}
+        for name in GUARD_SPLITS:
+            tally = Counter(f"{e.source}:{'unsafe' if e.unsafe else 'safe'}" for e in self.split(name))
+            counts[name] = dict(sorted(tally.items()))
+        return {"counts": counts, "split_hashes": self.split_hashes(), "content_hash": self.content_hash,
+                "label_sources": LABEL_SOURCES}
+
+
+def group_of(prompt: str) -> str:
+    """The split unit: a hash of the prompt's normalised text (one prompt, one split)."""
+    return hashlib.sha256(normalise_text(prompt).encode()).hexdigest()[:16]
+
+
+def hashed_split(group: str, *, seed: int, val: float = 0.1, test: float = 0.3) -> str:
+    """train / val / test for a group that no source assigns: a seeded hash, stable across machines."""
+    bucket = int(hashlib.sha256(f"guard:{seed}:{group}".encode()).hexdigest()[:12], 16) % 1000
+    if bucket < round(test * 1000):
+        return "test"
+    if bucket < round((test + val) * 1000):
+        return "val"
+    return "train"
+
+
+def build_examples(*, seed: int = 0, max_prompt_only: int = 200, max_response_chars: int = 2000) -> GuardData:
+    """Load every source, label it, and assign each prompt group one split (see the module docstring).
+
+    ``max_prompt_only`` caps the prompt-only examples per label within each split (seeded choice), so
+    the response task keeps most of the training signal.
+    """
+    if max_prompt_only < 0:
+        raise ConfigError(f"max_prompt_only={max_prompt_only} must be >= 0")
+    raw: list[dict[str, Any]] = []   # examples before the group's split is settled
+
+    def add(**fields: Any) -> None:
+        fields["group"] = group_of(fields["prompt"])
+        raw.append(fields)
+
+    for p in datasets.get("pyrit-harm")().load_pool():
+        area = p.meta.get("category", "")
+        unsafe = float(p.meta["harm"]) >= UNSAFE_CUT
+        add(id=p.id, prompt=p.text, response=_clip(p.meta["response"], max_response_chars), unsafe=unsafe,
+            categories=(HARM_AREA_CATEGORIES[area],) if unsafe and area in HARM_AREA_CATEGORIES else (),
+            source="pyrit-harm", weak=False, split=None)
+
+    advbench = datasets.get("advbench")()
+    advbench_pool = advbench.load_pool()
+    advbench_texts = {normalise_text(p.text) for p in advbench_pool}
+    prompt_only = [(advbench, p, True, ()) for p in advbench_pool]
+    dna = datasets.get("donotanswer")()
+    prompt_only += [(dna, p, True, (DONOTANSWER_UNSAFE_AREAS[p.meta["category"]],)) for p in dna.load_pool()
+                    if p.meta.get("category") in DONOTANSWER_UNSAFE_AREAS]
+    for name in ("benign", "arith"):
+        source = datasets.get(name)()
+        prompt_only += [(source, p, False, ()) for p in source.load_pool(seed=seed)]
+    for source, p, unsafe, categories in prompt_only:
+        add(id=p.id, prompt=p.text, response=None, unsafe=unsafe, categories=categories, source=source.name,
+            weak=False, split=_FROM_DATA_SPLIT[split_of(source.name, p.id, source.fractions)])
+
+    for p in datasets.get("pyrit-refusal")().load_pool():
+        refused = bool(p.meta["is_refusal"])
+        unsafe = not refused and normalise_text(p.text) in advbench_texts
+        add(id=p.id, prompt=p.text, response=_clip(p.meta["response"], max_response_chars), unsafe=unsafe,
+            categories=(), source="pyrit-refusal", weak=True, split="check")
+
+    return GuardData(tuple(_settle(raw, seed=seed, max_prompt_only=max_prompt_only)))
+
+
+def _settle(raw: list[dict[str, Any]], *, seed: int, max_prompt_only: int) -> list[GuardExample]:
+    """Give each group its highest-precedence split, cap prompt-only examples, drop exact duplicates."""
+    split_of_group: dict[str, str] = {}
+    for fields in raw:
+        wanted = fields["split"] or hashed_split(fields["group"], seed=seed)
+        current = split_of_group.get(fields["group"])
+        if current is None or _PRECEDENCE[wanted] > _PRECEDENCE[current]:
+            split_of_group[fields["group"]] = wanted
+    examples, seen = [], set()
+    for fields in raw:
+        key = (fields["group"], normalise_text(fields["response"] or ""))
+        if key in seen:
+            continue
+        if split_of_group[fields["group"]] == "check" and fields["split"] != "check":
+            continue  # the check split holds only its human-labelled source; the prompt just leaves training
+        seen.add(key)
+        examples.append(GuardExample(**{**fields, "split": split_of_group[fields["group"]]}))
+    return _cap_prompt_only(examples, seed=seed, limit=max_prompt_only)
+
+
+def _cap_prompt_only(examples: list[GuardExample], *, seed: int, limit: int) -> list[GuardExample]:
+    buckets: dict[tuple[str, bool], list[int]] = {}
+    for index, e in enumerate(examples):
+        if e.response is None and e.split != "check":
+            buckets.setdefault((e.split, e.unsafe), []).append(index)
+    dropped: set[int] = set()
+    for (split, unsafe), indices in sorted(buckets.items()):
+        if len(indices) > limit:
+            keep = set(random.Random(f"guard-cap:{seed}:{split}:{unsafe}").sample(indices, limit))
+            dropped.update(i for i in indices if i not in keep)
+    return [e for i, e in enumerate(examples) if i not in dropped]
+
+
+def check_disjoint(data: GuardData) -> None:
+    """Raise if a prompt group sits in two splits (``build_examples`` guarantees it; loaders re-check)."""
+    owner: dict[str, str] = {}
+    for e in data.examples:
+        if owner.setdefault(e.group, e.split) != e.split:
+            raise ConfigError(f"guard data: prompt {e.id} is in both {owner[e.group]} and {e.split}")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit]
+
+
+def _hash(examples: Iterable[GuardExample]) -> str:
+    payload = [e.to_dict() for e in examples]
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
+
+
+__all__ = ["GUARD_SPLITS", "GuardData", "GuardExample", "LABEL_SOURCES", "build_examples", "check_disjoint",
+           "group_of", "hashed_split"]
