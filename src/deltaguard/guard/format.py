@@ -27,12 +27,14 @@ GUARD_CATEGORIES = tuple(f"S{i}" for i in range(1, 14))   # Llama Guard 3's S1â€
 SAFE, UNSAFE = "safe", "unsafe"
 
 
-def guard_input(tokenizer: Any, prompt: str, response: str | None, *,
+def guard_input(tokenizer: Any, prompt: str, response: str | None, *, answer: str | None = None,
                 categories: tuple[str, ...] = GUARD_CATEGORIES, descriptions: bool = False) -> str:
-    """The full text the guard reads, ending where its answer starts (chat template applied)."""
+    """The full text the guard reads, ending where its answer starts (chat template applied); with
+    ``answer``, the answer and its end of turn follow (a training example)."""
     from deltaguard.models import chat_prompt
 
-    return chat_prompt(tokenizer, guard_prompt_body(prompt, response, categories, descriptions=descriptions))
+    body = guard_prompt_body(prompt, response, categories, descriptions=descriptions)
+    return chat_prompt(tokenizer, body, assistant=answer)
 
 
 def guard_target(unsafe: bool, categories: tuple[str, ...] = ()) -> str:

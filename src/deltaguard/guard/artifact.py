@@ -1,0 +1,164 @@
+"""The built guard on disk, and the loader that runs it.
+
+A guard directory is self-describing and holds no pickle:
+
+- ``model.safetensors`` — packed INT4 weights (``*.qweight`` uint8, two codes a byte) and their float32
+  group scales, the float norms, and the pruned output head (only the rows of the tokens it emits);
+- ``config.json`` — the pruned architecture (``guard_head_token_ids`` names the head's rows);
+- the tokenizer files;
+- ``manifest.json`` — format and version, the quantisation settings, the verdict tokens, a fingerprint
+  of the tokenizer's vocabulary, the sha256 of every other file, and the build record (label sources,
+  data and split hashes, stage records, the decision threshold and the measured metrics).
+
+``load_guard`` verifies every file before reading it and refuses one-line: a missing or edited file, an
+unknown format, or a tokenizer that is not the one the guard was built with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from deltaguard.errors import FormatError
+from deltaguard.guard.format import VerdictTokens, verdict_tokens
+from deltaguard.io import atomic_dir, read_json, sha256_file, write_json
+
+FORMAT = "deltaguard-guard"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of the vocabulary (token → id): two tokenizers that agree on it tokenise identically enough
+    for the guard's verdict tokens and prefix to mean the same thing."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]
+
+
+def save_guard(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, group_size: int, act_int8: bool,
+               tokens: VerdictTokens, record: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write a converted (INT4, head-pruned) guard atomically: the directory appears only when complete."""
+    from safetensors.torch import save_file
+
+    from deltaguard.guard.quant import packed_state
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.config.save_pretrained(tmp)
+        save_file(packed_state(model), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        tokenizer.save_pretrained(tmp)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / MANIFEST, {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "group_size": group_size, "act_int8": act_int8,
+            "verdict_tokens": tokens.to_dict(), "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            "files": files, **record,
+        })
+    return out_dir
+
+
+@dataclass
+class Guard:
+    """A loaded guard: ``score(items)`` gives P(unsafe) per (prompt, response or None)."""
+
+    model: nn.Module
+    tokenizer: Any
+    manifest: dict[str, Any]
+    path: Path
+    encoder: Any = field(repr=False)
+    tokens: VerdictTokens = field(repr=False)
+
+    @property
+    def threshold(self) -> float:
+        """P(unsafe) at or above which the guard says unsafe (chosen on the validation split)."""
+        return float(self.manifest.get("threshold", 0.5))
+
+    @property
+    def head_token_ids(self) -> Any:
+        return getattr(self.model.lm_head, "token_ids", None)
+
+    def score(self, items: Sequence[tuple[str, str | None]], *, batch_size: int = 16, progress: bool = False) -> list[float]:
+        from deltaguard.guard.train import score
+
+        return score(self.model, self.encoder, items, self.tokens, batch_size=batch_size,
+                     head_token_ids=self.head_token_ids, progress=progress, label="guard")
+
+
+def _verify(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise FormatError(f"{path} is not a guard directory (build one: deltaguard guard build -o DIR)")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise FormatError(f"{path} has no {MANIFEST}; it is not a built guard")
+    manifest = read_json(manifest_path, what="guard manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FormatError(f"{manifest_path} is not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FormatError(f"{path}: guard format version {manifest.get('format_version')!r} is not supported "
+                          f"(this deltaguard reads {FORMAT_VERSION})")
+    files = manifest.get("files")
+    group_size = manifest.get("group_size")
+    if not isinstance(files, dict) or WEIGHTS not in files or not isinstance(group_size, int) or group_size < 1:
+        raise FormatError(f"{manifest_path} lacks its file list, {WEIGHTS} or a valid group_size")
+    present = {p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST}
+    if present - set(files):
+        raise FormatError(f"{path} holds files its manifest does not list: {sorted(present - set(files))[:3]}")
+    for name, digest in files.items():
+        if not (path / name).is_file():
+            raise FormatError(f"{path} is missing {name}")
+        if sha256_file(path / name) != digest:
+            raise FormatError(f"{path / name} does not match its checksum (edited or damaged); rebuild the guard")
+    return manifest
+
+
+def load_guard(path: str | Path, *, device: str = "cpu") -> Guard:
+    """Verify and load a guard directory written by ``save_guard``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from deltaguard.guard.prune import HEAD_IDS_KEY, VerdictHead
+    from deltaguard.guard.quant import load_packed_state
+    from deltaguard.guard.train import GuardEncoder
+    from deltaguard.models import load_tokenizer, resolve_device
+    from deltaguard.modules import get_module, replace_module
+
+    path = Path(path)
+    manifest = _verify(path)
+    tokenizer = load_tokenizer(str(path))
+    if tokenizer_fingerprint(tokenizer) != manifest.get("tokenizer_fingerprint"):
+        raise FormatError(f"{path}: the tokenizer is not the one this guard was built for")
+    tokens = verdict_tokens(tokenizer)
+    if tokens.to_dict() != manifest.get("verdict_tokens"):
+        raise FormatError(f"{path}: the tokenizer's verdict tokens differ from the guard's (built for another tokenizer)")
+    try:
+        config = AutoConfig.from_pretrained(path)
+        ids = list(getattr(config, HEAD_IDS_KEY, None) or [])
+        if not ids:
+            raise FormatError(f"{path}/config.json has no {HEAD_IDS_KEY}: not a head-pruned guard")
+        model = AutoModelForCausalLM.from_config(config)
+        head = get_module(model, "lm_head")
+        replace_module(model, "lm_head", VerdictHead(head.in_features, ids, bias=head.bias is not None))
+        tensors = load_file(str(path / WEIGHTS))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise FormatError(f"{path} could not be read ({str(exc).splitlines()[0]})") from None
+    load_packed_state(model, tensors, manifest["group_size"], bool(manifest.get("act_int8", True)))
+    threshold = manifest.get("threshold", 0.5)
+    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or not 0 <= threshold <= 1:
+        raise FormatError(f"{path}: threshold {threshold!r} is not a probability")
+    encoder = GuardEncoder(tokenizer, **manifest.get("encoder", {}))
+    model = model.to(resolve_device(device)).eval()
+    return Guard(model=model, tokenizer=tokenizer, manifest=manifest, path=path, encoder=encoder, tokens=tokens)
+
+
+def size_on_disk(path: str | Path) -> int:
+    """Bytes of every file in a model or guard directory."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "Guard", "load_guard", "save_guard", "size_on_disk", "tokenizer_fingerprint"]

@@ -1,0 +1,328 @@
+"""``build_guard``: data → teacher → prune → distil → INT4 QAT → head pruning → the guard artifact.
+
+Each stage is a keyed step (``deltaguard.steps``): its output path is a hash of everything it depends
+on, written atomically, so a rerun skips finished stages and an interrupted build resumes. Layout of a
+build directory::
+
+    data-<key>.json              the labelled examples with their splits, and the label sources
+    models/teacher-<key>/        the embedded model fine-tuned as a Llama-Guard-format classifier (fp32)
+    models/pruned-<key>/         the teacher after block and MLP-neuron pruning, with the importances
+    models/student-<key>/        the pruned model trained on the labels + the teacher's logits
+    guard-<key>/                 the INT4 QAT model, head-pruned and packed (``artifact.load_guard``)
+    guard -> guard-<key>         the latest build (a symlink; copied where links are not allowed)
+
+Only the ``train`` split trains; ``val`` picks the decision threshold; ``test`` and ``check`` are never
+read here (``guard check`` measures on them).
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from deltaguard.config import Config, check_range
+from deltaguard.errors import ConfigError
+from deltaguard.guard.data import GuardData, GuardExample, build_examples, check_disjoint
+from deltaguard.guard.train import GuardEncoder, GuardTrainConfig, score, train_guard
+from deltaguard.io import atomic_dir, content_key, read_json, write_json
+from deltaguard.models import (
+    DEFAULT_MODEL, load_model, load_tokenizer, model_identity, resolve_device, resolve_model_dir,
+)
+from deltaguard.steps import Steps, release_memory
+
+PROFILES = ("default", "full")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardBuildConfig(Config):
+    """Every setting of a guard build.
+
+    Args:
+        model: the model the guard is made from (embedded name, directory or hub id).
+        seed: data selection and training order.
+        max_prompt_only: prompt-only examples per label per split (the response task keeps most signal).
+        n_train: training examples used (seeded subset; 0 = all of the train split).
+        max_prompt_tokens / max_response_tokens: each example's prompt and reply are cut to these.
+        teacher / distill / qat: the three training stages.
+        n_calib: training examples whose activations rank blocks and neurons.
+        drop_blocks: decoder blocks removed (lowest ShortGPT importance first).
+        keep_neurons: MLP neurons kept per block (0 = all).
+        group_size: INT4 weight group along the input dimension (must divide every input dim).
+        quantize_embedding: INT4 for the input embedding too.
+        act_int8: INT8 dynamic per-token activations for every quantised linear layer.
+        n_val: validation examples scored to choose the threshold (0 = all).
+    """
+
+    name: ClassVar[str] = "guard-build"
+    version: ClassVar[int] = 1
+    profile: str = "custom"
+    model: str = DEFAULT_MODEL
+    seed: int = 0
+    max_prompt_only: int = 150
+    n_train: int = 0
+    max_prompt_tokens: int = 96
+    max_response_tokens: int = 128
+    teacher: GuardTrainConfig = field(default_factory=lambda: GuardTrainConfig(epochs=1, lr=5e-5))
+    distill: GuardTrainConfig = field(default_factory=lambda: GuardTrainConfig(epochs=1, lr=5e-5))
+    qat: GuardTrainConfig = field(default_factory=lambda: GuardTrainConfig(epochs=1, lr=2e-5))
+    n_calib: int = 64
+    drop_blocks: int = 6
+    keep_neurons: int = 1280
+    group_size: int = 64
+    quantize_embedding: bool = True
+    act_int8: bool = True
+    n_val: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("guard.max_prompt_only", self.max_prompt_only, 0)
+        check_range("guard.n_train", self.n_train, 0)
+        check_range("guard.max_prompt_tokens", self.max_prompt_tokens, 1)
+        check_range("guard.max_response_tokens", self.max_response_tokens, 1)
+        check_range("guard.n_calib", self.n_calib, 1)
+        check_range("guard.drop_blocks", self.drop_blocks, 0)
+        check_range("guard.keep_neurons", self.keep_neurons, 0)
+        check_range("guard.group_size", self.group_size, 1)
+        check_range("guard.n_val", self.n_val, 0)
+
+    @property
+    def encoder_settings(self) -> dict[str, int]:
+        return {"max_prompt_tokens": self.max_prompt_tokens, "max_response_tokens": self.max_response_tokens}
+
+
+def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
+    """The named build settings (``default``: planned for a 2-core CPU; ``full``: every example, longer)."""
+    if name == "default":
+        config = GuardBuildConfig(profile="default", n_train=640, max_response_tokens=96,
+                                  teacher=GuardTrainConfig(epochs=1, lr=1e-4, batch_size=8),
+                                  distill=GuardTrainConfig(epochs=1, lr=1e-4, batch_size=8),
+                                  qat=GuardTrainConfig(epochs=1, lr=2e-5, batch_size=8, max_steps=30), n_val=200)
+    elif name == "full":
+        config = GuardBuildConfig(profile="full", max_prompt_only=400,
+                                  teacher=GuardTrainConfig(epochs=2, lr=1e-4), distill=GuardTrainConfig(epochs=2, lr=1e-4),
+                                  qat=GuardTrainConfig(epochs=1, lr=2e-5))
+    else:
+        raise ConfigError(f"guard profile {name!r} is not one of {', '.join(PROFILES)}")
+    return config.replace(**overrides) if overrides else config
+
+
+def _sample(examples: list[GuardExample], n: int, seed: int) -> list[GuardExample]:
+    if not n or n >= len(examples):
+        return list(examples)
+    return sorted(random.Random(f"guard-sample:{seed}").sample(examples, n), key=lambda e: e.id)
+
+
+def load_data(path: Path) -> GuardData:
+    """The build's examples as written by the data step (re-checked for disjoint splits)."""
+    rows = read_json(path, what="guard data")
+    try:
+        data = GuardData(tuple(GuardExample(**{**r, "categories": tuple(r["categories"])}) for r in rows["examples"]))
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not guard data ({exc})") from None
+    check_disjoint(data)
+    return data
+
+
+@dataclass
+class BuildResult:
+    """Where a build put its stages, and what each recorded."""
+
+    run_dir: Path
+    guard_dir: Path
+    stages: dict[str, Path]
+    n_steps_run: int
+
+
+def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = "cpu", progress: bool = True,
+                log: Callable[[str], None] = lambda line: None) -> BuildResult:
+    """Run (or resume) every stage of a guard build under ``run_dir``; returns the artifact's place."""
+    from deltaguard.guard.artifact import save_guard
+    from deltaguard.guard.format import verdict_tokens
+    from deltaguard.guard.prune import (
+        block_importance, choose_blocks_to_drop, neuron_importance, prune_blocks, prune_head, prune_neurons,
+    )
+    from deltaguard.guard.quant import check_group_size, convert_qat, prepare_qat
+
+    from transformers import AutoConfig
+
+    target = resolve_device(device)
+    _check_fits(config, AutoConfig.from_pretrained(resolve_model_dir(config.model)), check_group_size)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    steps = Steps(log)
+    tokenizer = load_tokenizer(config.model)
+    tokens = verdict_tokens(tokenizer)
+    encoder = GuardEncoder(tokenizer, **config.encoder_settings)
+    base_key = model_identity(config.model)
+
+    # 1. data
+    data_settings = {"seed": config.seed, "max_prompt_only": config.max_prompt_only}
+    data_path = run_dir / f"data-{content_key('guard-data', data_settings)}.json"
+
+    def make_data() -> None:
+        data = build_examples(**data_settings)
+        write_json(data_path, {"summary": data.summary(), "examples": [e.to_dict() for e in data.examples]})
+
+    steps.run("data", data_path, make_data)
+    data = load_data(data_path)
+    train = _sample(data.split("train"), config.n_train, config.seed)
+    data_key = data.content_hash
+
+    def stage_dir(name: str, payload: dict[str, Any]) -> Path:
+        return run_dir / "models" / f"{name}-{content_key(f'guard-{name}', payload)}"
+
+    def save(model: Any, out: Path, record: dict[str, Any]) -> None:
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / "guard_stage.json", record)
+
+    # 2. teacher
+    teacher_payload = {"model": base_key, "data": data_key, "n_train": config.n_train, "encoder": config.encoder_settings,
+                       "teacher": config.teacher.to_dict()}
+    teacher_dir = stage_dir("teacher", teacher_payload)
+
+    def make_teacher() -> None:
+        model = load_model(config.model, dtype="float32", device=target)
+        record = train_guard(model, encoder, train, config.teacher, label="train teacher", progress=progress)
+        save(model.to("cpu"), teacher_dir, {"stage": "teacher", **record})
+
+    steps.run("teacher", teacher_dir, make_teacher)
+
+    # 3. prune
+    prune_payload = {**teacher_payload, "n_calib": config.n_calib, "drop_blocks": config.drop_blocks,
+                     "keep_neurons": config.keep_neurons}
+    pruned_dir = stage_dir("pruned", prune_payload)
+
+    def make_pruned() -> None:
+        model = load_model(str(teacher_dir), dtype="float32", device=target)
+        batches = _calibration_batches(encoder, _sample(train, config.n_calib, config.seed + 1), target)
+        with torch.no_grad(), torch.autocast(target.type, dtype=torch.bfloat16):
+            blocks = block_importance(model, batches)
+            neurons = neuron_importance(model, batches)
+        drop = choose_blocks_to_drop(blocks, config.drop_blocks)
+        if config.keep_neurons and config.keep_neurons < model.config.intermediate_size:
+            prune_neurons(model, config.keep_neurons, neurons)
+        prune_blocks(model, drop)
+        save(model.to("cpu"), pruned_dir, {"stage": "pruned", "block_importance": blocks.tolist(), "dropped_blocks": drop,
+                                           "keep_neurons": config.keep_neurons, "n_calib": config.n_calib})
+
+    steps.run("prune", pruned_dir, make_pruned)
+
+    # 4. distil
+    distill_payload = {**prune_payload, "distill": config.distill.to_dict()}
+    student_dir = stage_dir("student", distill_payload)
+
+    def make_student() -> None:
+        student = load_model(str(pruned_dir), dtype="float32", device=target)
+        teacher = load_model(str(teacher_dir), dtype="float32", device=target)
+        record = train_guard(student, encoder, train, config.distill, teacher=teacher, label="distil student",
+                             progress=progress)
+        del teacher
+        save(student.to("cpu"), student_dir, {"stage": "student", **record})
+
+    steps.run("distill", student_dir, make_student)
+
+    # 5. INT4 QAT, head pruning, threshold on val, export
+    qat_payload = {**distill_payload, "qat": config.qat.to_dict(), "group_size": config.group_size,
+                   "quantize_embedding": config.quantize_embedding, "act_int8": config.act_int8, "n_val": config.n_val}
+    guard_dir = run_dir / f"guard-{content_key('guard-int4', qat_payload)}"
+
+    def make_guard() -> None:
+        model = load_model(str(student_dir), dtype="float32", device=target)
+        teacher = load_model(str(teacher_dir), dtype="float32", device=target) if config.qat.distill_weight else None
+        prepare_qat(model, group_size=config.group_size, quantize_embedding=config.quantize_embedding,
+                    act_int8=config.act_int8)
+        record = train_guard(model, encoder, train, config.qat, teacher=teacher, label="INT4 QAT", progress=progress)
+        del teacher
+        gc.collect()
+        convert_qat(model)
+        prune_head(model, tokens.emitted)
+        val = _sample(data.split("val"), config.n_val, config.seed + 2)
+        probs = score(model, encoder, [(e.prompt, e.response) for e in val], tokens, head_token_ids=model.lm_head.token_ids,
+                      progress=progress, label="score val")
+        threshold = choose_threshold(probs, [e.unsafe for e in val])
+        stage_records = {name: read_json(path / "guard_stage.json", what="guard stage record")
+                         for name, path in (("teacher", teacher_dir), ("pruned", pruned_dir), ("student", student_dir))}
+        save_guard(model.to("cpu"), tokenizer, guard_dir, group_size=config.group_size, act_int8=config.act_int8,
+                   tokens=tokens, record={
+                       "build": config.to_dict(), "base_model": config.model, "base_identity": base_key,
+                       "encoder": config.encoder_settings, "data": data.summary(), "threshold": threshold,
+                       "threshold_chosen_on": f"val ({len(val)} examples, max F1)",
+                       "stages": {**stage_records, "int4": {"stage": "int4", **record}},
+                       "stage_dirs": {"teacher": teacher_dir.name, "pruned": pruned_dir.name,
+                                      "student": student_dir.name},
+                   })
+
+    steps.run("int4", guard_dir, make_guard)
+    release_memory()
+    _point_latest(run_dir / "guard", guard_dir)
+    return BuildResult(run_dir, guard_dir, {"teacher": teacher_dir, "pruned": pruned_dir, "student": student_dir,
+                                            "int4": guard_dir}, steps.n_run)
+
+
+def choose_threshold(probs: list[float], labels: list[bool]) -> float:
+    """The P(unsafe) cut with the best F1 on these (validation) examples; 0.5 when they hold one class."""
+    if not probs or all(labels) or not any(labels):
+        return 0.5
+    best = (-1.0, 0.5)
+    for cut in sorted(set(probs)):
+        tp = sum(1 for p, y in zip(probs, labels) if p >= cut and y)
+        fp = sum(1 for p, y in zip(probs, labels) if p >= cut and not y)
+        fn = sum(1 for p, y in zip(probs, labels) if p < cut and y)
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        if f1 > best[0]:
+            best = (f1, cut)
+    return float(best[1])
+
+
+def _calibration_batches(encoder: GuardEncoder, examples: list[GuardExample], device: torch.device,
+                         batch_size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Whole guard inputs (prefix + example + answer), right-padded, for the importance measurements."""
+    pad_id = encoder.tokenizer.pad_token_id if encoder.tokenizer.pad_token_id is not None else 0
+    rows = [encoder.prefixes[e.task] + e.suffix_ids for e in (encoder.encode_example(x) for x in examples)]
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = max(len(r) for r in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, r in enumerate(chunk):
+            ids[i, :len(r)] = torch.tensor(r)
+            mask[i, :len(r)] = 1
+        batches.append((ids.to(device), mask.to(device)))
+    return batches
+
+
+def _check_fits(config: GuardBuildConfig, model_config: Any, check_group_size: Callable) -> None:
+    """Refuse settings the model cannot take before any work starts."""
+    if config.drop_blocks >= model_config.num_hidden_layers:
+        raise ConfigError(f"guard.drop_blocks={config.drop_blocks} would leave no block of "
+                          f"{model_config.num_hidden_layers}")
+    if config.keep_neurons > model_config.intermediate_size:
+        raise ConfigError(f"guard.keep_neurons={config.keep_neurons} exceeds the model's "
+                          f"{model_config.intermediate_size} MLP neurons")
+    neurons = config.keep_neurons or model_config.intermediate_size
+    for dim, what in ((model_config.hidden_size, "hidden size"), (neurons, "kept MLP width")):
+        check_group_size(config.group_size, dim, f" ({what})")
+
+
+def _point_latest(link: Path, target: Path) -> None:
+    """``guard`` → the newest build, as a relative symlink (a copy where symlinks fail)."""
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    try:
+        link.symlink_to(target.name, target_is_directory=True)
+    except OSError:
+        shutil.copytree(target, link)
+
+
+__all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_guard", "choose_threshold", "guard_profile",
+           "load_data"]

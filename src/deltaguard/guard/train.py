@@ -1,0 +1,300 @@
+"""Training and scoring the guard, with the policy prefix computed once per batch instead of once per example.
+
+Every guard input starts with the same ~250 tokens (system turn, task, the S1–S13 list, up to "User:");
+only the rest — the user's prompt, the reply, the answer — differs. ``shared_prefix_hidden`` runs the
+prefix once (batch 1, with gradients when training), repeats its key/value cache across the batch, and
+runs only the examples' own tokens on top of it. For the default guard data that is about 2.5× fewer
+tokens per step than running every example whole, with the same result up to float rounding (tested).
+
+Two prefixes exist — one for the response task ("…the 'Agent' message…") and one for the prompt task —
+so batches never mix the two.
+
+Losses: next-token cross-entropy on the answer tokens (``safe`` / ``unsafe`` + categories + end of turn);
+with a teacher, plus ``distill_weight`` × KL(teacher ‖ student) on the same positions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from deltaguard.config import Config, check_range
+from deltaguard.errors import ConfigError
+from deltaguard.guard.data import GuardExample
+from deltaguard.guard.format import VerdictTokens, guard_input, guard_target, unsafe_probability
+from deltaguard.progress import progress_bar
+from deltaguard.training.losses import causal_lm_parts, masked_kl
+from deltaguard.training.schedule import lr_factor
+
+_MARK = "\n\nUser:"   # where the shared prefix ends: everything after it belongs to one example
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One example as (its task's prefix, its own tokens); ``answer_mask`` marks the answer tokens."""
+
+    task: str                       # "response" or "prompt": which prefix it extends
+    suffix_ids: tuple[int, ...]
+    answer_mask: tuple[bool, ...]   # True on tokens the loss is taken on (empty answer when scoring)
+    unsafe: bool
+
+
+class GuardEncoder:
+    """Tokenises examples as prefix + suffix (always split the same way, in training and in scoring)."""
+
+    def __init__(self, tokenizer: Any, *, max_prompt_tokens: int = 96, max_response_tokens: int = 128) -> None:
+        check_range("guard.max_prompt_tokens", max_prompt_tokens, 1)
+        check_range("guard.max_response_tokens", max_response_tokens, 1)
+        self.tokenizer = tokenizer
+        self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
+        self.prefixes: dict[str, tuple[int, ...]] = {}
+        self._prefix_text: dict[str, str] = {}
+        for task, response in (("response", "x"), ("prompt", None)):
+            text = guard_input(tokenizer, "x", response)
+            cut = text.index(_MARK) + len(_MARK)
+            self._prefix_text[task] = text[:cut]
+            self.prefixes[task] = tuple(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+
+    def _clip(self, text: str, limit: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
+
+    def encode(self, prompt: str, response: str | None, *, answer: str | None = None, unsafe: bool = False) -> Encoded:
+        """The example's suffix tokens; with ``answer`` the answer (and its end of turn) is appended and masked in."""
+        task = "response" if response is not None else "prompt"
+        prompt = self._clip(prompt, self.max_prompt_tokens)
+        response = None if response is None else self._clip(response, self.max_response_tokens)
+        text = guard_input(self.tokenizer, prompt, response)
+        prefix_text = self._prefix_text[task]
+        if not text.startswith(prefix_text):
+            raise ConfigError("the guard prompt does not start with its shared prefix (chat template changed?)")
+        body_ids = self.tokenizer(text[len(prefix_text):], add_special_tokens=False)["input_ids"]
+        answer_ids: list[int] = []
+        if answer is not None:
+            full = guard_input(self.tokenizer, prompt, response, answer=answer)
+            if not full.startswith(text):
+                raise ConfigError("the chat template renders an answer that does not extend the guard prompt")
+            reply = full[len(text):]
+            eos = self.tokenizer.eos_token
+            if eos and eos in reply:
+                reply = reply[: reply.rindex(eos) + len(eos)]
+            answer_ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"]
+        ids = tuple(body_ids) + tuple(answer_ids)
+        mask = (False,) * len(body_ids) + (True,) * len(answer_ids)
+        return Encoded(task, ids, mask, unsafe)
+
+    def encode_example(self, example: GuardExample, *, with_answer: bool = True) -> Encoded:
+        answer = guard_target(example.unsafe, example.categories) if with_answer else None
+        return self.encode(example.prompt, example.response, answer=answer, unsafe=example.unsafe)
+
+
+def _pad(batch: Sequence[Encoded], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(suffix ids [B, S], real-token mask [B, S], answer mask [B, S]), right-padded."""
+    width = max(len(e.suffix_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    real = torch.zeros((len(batch), width), dtype=torch.long)
+    answer = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, e in enumerate(batch):
+        n = len(e.suffix_ids)
+        ids[row, :n] = torch.tensor(e.suffix_ids)
+        real[row, :n] = 1
+        answer[row, :n] = torch.tensor(e.answer_mask, dtype=torch.bool)
+    return ids, real, answer
+
+
+def shared_prefix_hidden(model: nn.Module, prefix: Sequence[int], suffix_ids: Tensor, suffix_mask: Tensor) -> Tensor:
+    """Final hidden states ``[B, S, d]`` of the suffix tokens, each read after ``prefix`` (run once)."""
+    decoder, _, _ = causal_lm_parts(model)
+    device = suffix_ids.device
+    batch, width = suffix_ids.shape
+    prefix_ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
+    cache = decoder(input_ids=prefix_ids, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(batch)
+    n_prefix = prefix_ids.shape[1]
+    mask = torch.cat([torch.ones((batch, n_prefix), dtype=suffix_mask.dtype, device=device), suffix_mask], dim=1)
+    positions = (n_prefix + torch.arange(width, device=device)).expand(batch, width)
+    return decoder(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True).last_hidden_state
+
+
+def full_sequence_hidden(model: nn.Module, prefix: Sequence[int], suffix_ids: Tensor, suffix_mask: Tensor) -> Tensor:
+    """The same hidden states from running every example whole (the reference ``shared_prefix_hidden`` is
+    tested against)."""
+    decoder, _, _ = causal_lm_parts(model)
+    batch = suffix_ids.shape[0]
+    prefix_ids = torch.tensor([list(prefix)], dtype=torch.long, device=suffix_ids.device).expand(batch, -1)
+    ids = torch.cat([prefix_ids, suffix_ids], dim=1)
+    mask = torch.cat([torch.ones_like(prefix_ids), suffix_mask], dim=1)
+    return decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, prefix_ids.shape[1]:]
+
+
+def _head_logits(model: nn.Module, states: Tensor) -> Tensor:
+    _, head, cap = causal_lm_parts(model)
+    logits = head(states).float()
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def answer_logits(model: nn.Module, prefix: Sequence[int], ids: Tensor, real: Tensor, answer: Tensor) -> tuple[Tensor, Tensor]:
+    """(logits predicting each answer token ``[n, vocab]``, the answer tokens ``[n]``)."""
+    hidden = shared_prefix_hidden(model, prefix, ids, real)
+    predicts = answer[:, 1:]                      # position t predicts token t + 1
+    states = hidden[:, :-1][predicts]
+    return _head_logits(model, states), ids[:, 1:][predicts]
+
+
+def verdict_logits(model: nn.Module, prefix: Sequence[int], ids: Tensor, real: Tensor) -> Tensor:
+    """Logits ``[B, vocab or k]`` at each example's last real token: where its answer would start."""
+    hidden = shared_prefix_hidden(model, prefix, ids, real)
+    last = real.sum(dim=1) - 1
+    return _head_logits(model, hidden[torch.arange(ids.shape[0]), last])
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardTrainConfig(Config):
+    """One guard training stage (teacher fine-tune, distillation, or QAT).
+
+    Args:
+        epochs: passes over the training examples.
+        max_steps: stop after this many optimizer steps (0: no cap) — bounds a stage's time.
+        lr: peak AdamW learning rate (cosine decay after ``warmup_ratio`` of the steps).
+        batch_size: examples per optimizer step (one task per batch, so one shared prefix).
+        distill_weight: weight of KL(teacher ‖ student) on the answer tokens when a teacher is given;
+            the label cross-entropy gets ``1 - distill_weight``.
+        temperature: distillation temperature.
+        seed: example order.
+    """
+
+    name: ClassVar[str] = "guard-train"
+    version: ClassVar[int] = 1
+    epochs: int = 1
+    max_steps: int = 0
+    lr: float = 5e-5
+    batch_size: int = 8
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    distill_weight: float = 0.5
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("guard-train.epochs", self.epochs, 1)
+        check_range("guard-train.max_steps", self.max_steps, 0)
+        check_range("guard-train.lr", self.lr, 0.0, 1.0, low_inclusive=False)
+        check_range("guard-train.batch_size", self.batch_size, 1)
+        check_range("guard-train.warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_inclusive=False)
+        check_range("guard-train.weight_decay", self.weight_decay, 0.0)
+        check_range("guard-train.max_grad_norm", self.max_grad_norm, 0.0)
+        check_range("guard-train.distill_weight", self.distill_weight, 0.0, 1.0)
+        check_range("guard-train.temperature", self.temperature, 0.0, low_inclusive=False)
+
+
+def _task_batches(encoded: Sequence[Encoded], batch_size: int, rng: random.Random) -> list[list[Encoded]]:
+    """Shuffled batches, each holding one task (so one prefix); the batch order is shuffled too."""
+    batches: list[list[Encoded]] = []
+    for task in ("response", "prompt"):
+        items = [e for e in encoded if e.task == task]
+        rng.shuffle(items)
+        batches += [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def train_guard(model: nn.Module, encoder: GuardEncoder, examples: Sequence[GuardExample], config: GuardTrainConfig,
+                *, teacher: nn.Module | None = None, label: str = "train guard", progress: bool = True,
+                ) -> dict[str, Any]:
+    """Train ``model`` in place on the examples' answers (plus distillation from ``teacher``); returns the record."""
+    if not examples:
+        raise ConfigError("guard training needs at least one example")
+    device = next(model.parameters()).device
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    encoded = [encoder.encode_example(e) for e in examples]
+    per_epoch = len(_task_batches(encoded, config.batch_size, random.Random(0)))
+    n_steps = per_epoch * config.epochs
+    if config.max_steps:
+        n_steps = min(n_steps, config.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    pad_id = encoder.tokenizer.pad_token_id if encoder.tokenizer.pad_token_id is not None else 0
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    model.train()
+    losses: list[float] = []
+    started = time.perf_counter()
+    with progress_bar(label, n_steps, enabled=progress) as bar:
+        for batch in _stream(encoded, config, rng):
+            if len(losses) >= n_steps:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(len(losses), n_steps, int(config.warmup_ratio * n_steps), "cosine")
+            ids, real, answer = (t.to(device) for t in _pad(batch, pad_id))
+            prefix = encoder.prefixes[batch[0].task]
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                logits, targets = answer_logits(model, prefix, ids, real, answer)
+                loss = F.cross_entropy(logits, targets)
+                if teacher is not None and config.distill_weight > 0:
+                    with torch.no_grad():
+                        reference, _ = answer_logits(teacher, prefix, ids, real, answer)
+                    ones = torch.ones(logits.shape[0], device=device)
+                    kl = masked_kl(logits, reference, ones, temperature=config.temperature)
+                    loss = (1 - config.distill_weight) * loss + config.distill_weight * kl
+            if not torch.isfinite(loss):
+                raise ConfigError(f"{label}: the loss became {float(loss)} at step {len(losses) + 1}; lower the lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            bar.advance(loss=losses[-1])
+    model.eval()
+    return {"config": config.to_dict(), "n_examples": len(examples), "n_steps": len(losses), "losses": losses,
+            "seconds": round(time.perf_counter() - started, 1), "distilled": teacher is not None}
+
+
+def _stream(encoded: Sequence[Encoded], config: GuardTrainConfig, rng: random.Random) -> Iterator[list[Encoded]]:
+    for _ in range(config.epochs):
+        yield from _task_batches(encoded, config.batch_size, rng)
+
+
+@torch.no_grad()
+def score(model: nn.Module, encoder: GuardEncoder, items: Sequence[tuple[str, str | None]], tokens: VerdictTokens, *,
+          batch_size: int = 16, head_token_ids: Tensor | None = None, progress: bool = False,
+          label: str = "score") -> list[float]:
+    """P(unsafe) for each (prompt, response or None), from one forward pass per batch (no generation)."""
+    device = next(model.parameters()).device
+    pad_id = encoder.tokenizer.pad_token_id if encoder.tokenizer.pad_token_id is not None else 0
+    encoded = [encoder.encode(p, r) for p, r in items]
+    out: list[float] = [math.nan] * len(encoded)
+    order = {"response": [], "prompt": []}  # type: dict[str, list[int]]
+    for index, e in enumerate(encoded):
+        order[e.task].append(index)
+    model.eval()
+    n_batches = sum(math.ceil(len(v) / batch_size) for v in order.values())
+    with progress_bar(label, n_batches, enabled=progress) as bar:
+        for task, indices in order.items():
+            # similar lengths together: less padding per batch
+            indices = sorted(indices, key=lambda i: len(encoded[i].suffix_ids))
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                ids, real, _ = (t.to(device) for t in _pad([encoded[i] for i in chunk], pad_id))
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    logits = verdict_logits(model, encoder.prefixes[task], ids, real)
+                probs = unsafe_probability(logits, tokens, head_token_ids)
+                for i, p in zip(chunk, probs.tolist()):
+                    out[i] = p
+                bar.advance()
+    return out
+
+
+__all__ = ["Encoded", "GuardEncoder", "GuardTrainConfig", "answer_logits", "full_sequence_hidden", "score",
+           "shared_prefix_hidden", "train_guard", "verdict_logits"]

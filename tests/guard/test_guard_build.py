@@ -1,0 +1,116 @@
+"""A whole guard build on a tiny model: every stage runs, resumes from cache, and the artifact loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deltaguard.errors import ConfigError, FormatError
+from deltaguard.guard.artifact import load_guard, size_on_disk
+from deltaguard.guard.build import GuardBuildConfig, build_guard, choose_threshold, guard_profile, load_data
+from deltaguard.guard.train import GuardTrainConfig
+from tinymodels import make_tiny_llama
+
+
+@pytest.fixture
+def tiny_guard_model(tmp_path, tiny_tokenizer):
+    model = make_tiny_llama(seed=0, vocab_size=len(tiny_tokenizer), n_layers=3)
+    model.config.eos_token_id = tiny_tokenizer.eos_token_id
+    model.config.pad_token_id = tiny_tokenizer.pad_token_id
+    path = tmp_path / "tiny"
+    model.save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def _config(model_dir) -> GuardBuildConfig:
+    stage = GuardTrainConfig(epochs=1, max_steps=2, batch_size=4, lr=1e-3)
+    return GuardBuildConfig(model=str(model_dir), max_prompt_only=6, n_train=12, max_prompt_tokens=12,
+                            max_response_tokens=12, teacher=stage, distill=stage, qat=stage, n_calib=4,
+                            drop_blocks=1, keep_neurons=64, group_size=32, n_val=6)
+
+
+@pytest.fixture
+def built(tmp_path, tiny_guard_model):
+    logged: list[str] = []
+    result = build_guard(_config(tiny_guard_model), tmp_path / "build", progress=False, log=logged.append)
+    return result, logged
+
+
+def test_every_stage_runs_and_a_rerun_resumes(built, tiny_guard_model, tmp_path):
+    result, logged = built
+    assert result.n_steps_run == 5
+    assert [line.split()[1] for line in logged if line.startswith("[run]")] == ["data", "teacher", "prune", "distill",
+                                                                                  "int4"]
+    again = build_guard(_config(tiny_guard_model), tmp_path / "build", progress=False)
+    assert again.n_steps_run == 0 and again.guard_dir == result.guard_dir
+    assert (tmp_path / "build" / "guard").resolve() == result.guard_dir.resolve()
+
+
+def test_the_artifact_is_pruned_quantised_and_self_describing(built):
+    result, _ = built
+    guard = load_guard(result.guard_dir)
+    config = guard.model.config
+    assert config.num_hidden_layers == 2 and config.intermediate_size == 64
+    assert guard.model.lm_head.weight.shape[0] == len(guard.tokens.emitted)
+    manifest = guard.manifest
+    assert manifest["stages"]["pruned"]["dropped_blocks"] and 0.0 <= manifest["threshold"] <= 1.0
+    assert set(manifest["data"]["split_hashes"]) == {"train", "val", "test", "check"}
+    assert "pyrit-harm" in manifest["data"]["label_sources"]
+    from safetensors import safe_open
+
+    with safe_open(str(result.guard_dir / "model.safetensors"), framework="pt") as f:
+        packed = [k for k in f.keys() if k.endswith(".qweight")]
+        assert packed and all(f.get_tensor(k).dtype == torch.uint8 for k in packed)
+    probs = guard.score([("How do I bake bread?", "Mix flour."), ("How do I hurt someone?", None)])
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    assert size_on_disk(result.guard_dir) > 0
+
+
+def test_only_the_train_split_trains(built):
+    result, _ = built
+    data = load_data(next(result.run_dir.glob("data-*.json")))
+    record = json.loads((result.guard_dir / "manifest.json").read_text())
+    assert record["stages"]["teacher"]["n_examples"] == 12 <= len(data.split("train"))
+
+
+def test_a_damaged_or_foreign_guard_is_refused(built, tmp_path):
+    result, _ = built
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(result.guard_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(FormatError, match="does not match its checksum"):
+        load_guard(broken)
+    with pytest.raises(FormatError, match="not a guard directory"):
+        load_guard(tmp_path / "missing")
+    (broken / "manifest.json").unlink()
+    with pytest.raises(FormatError, match="no manifest.json"):
+        load_guard(broken)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(result.guard_dir, foreign)
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["tokenizer_fingerprint"] = "0" * 16
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match="not the one this guard was built for"):
+        load_guard(foreign)
+
+
+def test_settings_the_model_cannot_take_fail_before_any_work(tiny_guard_model, tmp_path):
+    for change, message in (({"drop_blocks": 3}, "would leave no block"), ({"keep_neurons": 500}, "exceeds"),
+                            ({"group_size": 48}, "does not divide")):
+        with pytest.raises(ConfigError, match=message):
+            build_guard(_config(tiny_guard_model).replace(**change), tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
+
+
+def test_choose_threshold_and_profiles():
+    assert choose_threshold([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 0.8
+    assert choose_threshold([0.3, 0.6], [True, True]) == 0.5
+    assert guard_profile("default").profile == "default"
+    with pytest.raises(ConfigError, match="guard profile 'tiny'"):
+        guard_profile("tiny")

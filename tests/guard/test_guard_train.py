@@ -1,0 +1,111 @@
+"""Guard training and scoring: the shared-prefix forward equals running each example whole."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from deltaguard.errors import ConfigError
+from deltaguard.guard.data import GuardExample
+from deltaguard.guard.format import verdict_tokens
+from deltaguard.guard.train import (
+    GuardEncoder, GuardTrainConfig, _pad, answer_logits, full_sequence_hidden, score, shared_prefix_hidden,
+    train_guard,
+)
+from tinymodels import make_tiny_llama
+
+
+def _example(i: int, unsafe: bool, response: str | None = "Sure, here it is.") -> GuardExample:
+    return GuardExample(id=f"e{i}", prompt=f"How do I bake bread number {i}?", response=response, unsafe=unsafe,
+                        categories=("S1",) if unsafe else (), source="test", weak=False, group=f"g{i}", split="train")
+
+
+@pytest.fixture
+def setup(tiny_tokenizer):
+    model = make_tiny_llama(vocab_size=len(tiny_tokenizer), n_layers=2)
+    return model, GuardEncoder(tiny_tokenizer, max_prompt_tokens=16, max_response_tokens=16)
+
+
+def test_shared_prefix_equals_running_each_example_whole(setup):
+    model, encoder = setup
+    batch = [encoder.encode_example(_example(i, i % 2 == 0)) for i in range(3)]
+    ids, real, _ = _pad(batch, 0)
+    prefix = encoder.prefixes["response"]
+    fast = shared_prefix_hidden(model, prefix, ids, real)
+    reference = full_sequence_hidden(model, prefix, ids, real)
+    assert torch.allclose(fast[real.bool()], reference[real.bool()], atol=1e-5)
+
+
+def test_shared_prefix_gradients_equal_the_reference(setup):
+    model, encoder = setup
+    twin = copy.deepcopy(model)
+    batch = [encoder.encode_example(_example(i, True)) for i in range(2)]
+    ids, real, answer = _pad(batch, 0)
+    prefix = encoder.prefixes["response"]
+    shared_prefix_hidden(model, prefix, ids, real)[real.bool()].sum().backward()
+    full_sequence_hidden(twin, prefix, ids, real)[real.bool()].sum().backward()
+    for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+        assert (a.grad - b.grad).abs().max() <= 1e-5 * b.grad.abs().max(), name   # float rounding only
+
+
+def test_answers_are_the_only_loss_tokens(setup, tiny_tokenizer):
+    model, encoder = setup
+    encoded = encoder.encode_example(_example(0, True))
+    answer = [t for t, m in zip(encoded.suffix_ids, encoded.answer_mask) if m]
+    assert tiny_tokenizer.decode(answer).startswith("unsafe\nS1")
+    assert answer[-1] == tiny_tokenizer.eos_token_id
+    ids, real, mask = _pad([encoded], 0)
+    logits, targets = answer_logits(model, encoder.prefixes["response"], ids, real, torch.tensor(mask))
+    assert targets.tolist() == answer and logits.shape[0] == len(answer)
+
+
+def test_prompt_only_examples_use_their_own_prefix(setup):
+    _, encoder = setup
+    assert encoder.prefixes["prompt"] != encoder.prefixes["response"]
+    assert encoder.encode_example(_example(0, False, response=None)).task == "prompt"
+
+
+def test_training_learns_the_labels_and_scores_follow(setup, tiny_tokenizer):
+    model, encoder = setup
+    examples = [_example(i, i % 2 == 0, response=("Here is how to hurt them." if i % 2 == 0 else "Bread recipe."))
+                for i in range(8)]
+    tokens = verdict_tokens(tiny_tokenizer)
+    items = [(e.prompt, e.response) for e in examples]
+    record = train_guard(model, encoder, examples, GuardTrainConfig(epochs=15, lr=3e-3, batch_size=4),
+                         progress=False)
+    assert record["n_steps"] == 30 and record["losses"][-1] < record["losses"][0]
+    probs = score(model, encoder, items, tokens, batch_size=3)
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    unsafe = [p for p, e in zip(probs, examples) if e.unsafe]
+    safe = [p for p, e in zip(probs, examples) if not e.unsafe]
+    assert min(unsafe) > max(safe)
+
+
+def test_distillation_and_max_steps(setup):
+    model, encoder = setup
+    teacher = copy.deepcopy(model)
+    record = train_guard(model, encoder, [_example(i, i % 2 == 0) for i in range(6)],
+                         GuardTrainConfig(epochs=3, max_steps=2, batch_size=2), teacher=teacher, progress=False)
+    assert record["n_steps"] == 2 and record["distilled"]
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_scores_do_not_depend_on_batching(setup, tiny_tokenizer):
+    model, encoder = setup
+    tokens = verdict_tokens(tiny_tokenizer)
+    items = [(f"prompt {i} " + "word " * i, None if i % 3 == 0 else "reply " * i) for i in range(7)]
+    one = score(model, encoder, items, tokens, batch_size=1)
+    many = score(model, encoder, items, tokens, batch_size=5)
+    assert max(abs(a - b) for a, b in zip(one, many)) < 2e-2   # bf16 autocast: padding changes rounding only
+
+
+def test_errors(setup):
+    model, encoder = setup
+    with pytest.raises(ConfigError, match="at least one example"):
+        train_guard(model, encoder, [], GuardTrainConfig(), progress=False)
+    with pytest.raises(ConfigError, match="guard-train.distill_weight"):
+        GuardTrainConfig(distill_weight=1.5)
+    with pytest.raises(ConfigError, match="lr=nan is not a finite number"):
+        GuardTrainConfig(lr=float("nan"))
