@@ -114,3 +114,15 @@ def test_choose_threshold_and_profiles():
     assert guard_profile("default").profile == "default"
     with pytest.raises(ConfigError, match="guard profile 'tiny'"):
         guard_profile("tiny")
+
+
+def test_check_measures_every_stage_and_the_keyword_judge(built):
+    from deltaguard.guard.check import check_guard, format_table
+
+    result, _ = built
+    report = check_guard(result.guard_dir, n_test=12, n_val=6, n_check=6, progress=False)
+    assert list(report["stages"]) == ["teacher", "pruned", "student", "int4", "keyword"]
+    for stage, row in report["stages"].items():
+        assert 0.0 <= row["f1"]["value"] <= 1.0 and row["check_agreement"]["n"] == 6, stage
+    assert report["stages"]["int4"]["size_bytes"] < report["stages"]["teacher"]["size_bytes"]
+    assert len(format_table(report)) == 5

@@ -111,7 +111,8 @@ def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
     return config.replace(**overrides) if overrides else config
 
 
-def _sample(examples: list[GuardExample], n: int, seed: int) -> list[GuardExample]:
+def sample_examples(examples: list[GuardExample], n: int, seed: int) -> list[GuardExample]:
+    """A seeded subset of ``n`` examples (all when ``n`` is 0), the same wherever it is drawn."""
     if not n or n >= len(examples):
         return list(examples)
     return sorted(random.Random(f"guard-sample:{seed}").sample(examples, n), key=lambda e: e.id)
@@ -170,7 +171,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
 
     steps.run("data", data_path, make_data)
     data = load_data(data_path)
-    train = _sample(data.split("train"), config.n_train, config.seed)
+    train = sample_examples(data.split("train"), config.n_train, config.seed)
     data_key = data.content_hash
 
     def stage_dir(name: str, payload: dict[str, Any]) -> Path:
@@ -201,7 +202,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
 
     def make_pruned() -> None:
         model = load_model(str(teacher_dir), dtype="float32", device=target)
-        batches = _calibration_batches(encoder, _sample(train, config.n_calib, config.seed + 1), target)
+        batches = _calibration_batches(encoder, sample_examples(train, config.n_calib, config.seed + 1), target)
         with torch.no_grad(), torch.autocast(target.type, dtype=torch.bfloat16):
             blocks = block_importance(model, batches)
             neurons = neuron_importance(model, batches)
@@ -243,7 +244,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
         gc.collect()
         convert_qat(model)
         prune_head(model, tokens.emitted)
-        val = _sample(data.split("val"), config.n_val, config.seed + 2)
+        val = sample_examples(data.split("val"), config.n_val, config.seed + 2)
         probs = score(model, encoder, [(e.prompt, e.response) for e in val], tokens, head_token_ids=model.lm_head.token_ids,
                       progress=progress, label="score val")
         threshold = choose_threshold(probs, [e.unsafe for e in val])
@@ -325,4 +326,4 @@ def _point_latest(link: Path, target: Path) -> None:
 
 
 __all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_guard", "choose_threshold", "guard_profile",
-           "load_data"]
+           "load_data", "sample_examples"]

@@ -1,0 +1,245 @@
+"""``check_guard``: every stage of a built guard, and the keyword judge, measured on the test split.
+
+One row per model (teacher, pruned, distilled student, INT4 guard; the keyword judge for contrast), one
+column set like the Llama Guard model card's: F1 with unsafe as the positive class, false-positive rate,
+accuracy, area under the precision-recall curve, each with a 95% interval; per-category recall; agreement
+on the ``check`` split (pyrit's human refusal labels, never trained on); size on disk and judgments per
+second on this machine.
+
+Each float stage gets its own threshold chosen on the validation split (as the INT4 guard's was at build
+time), so no stage is judged at another stage's operating point. The keyword judge only reads replies,
+so it is measured on the response examples alone, with "unsafe" meaning "did not refuse" — exactly how
+the studies count an attack success with it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from deltaguard.errors import ConfigError, FormatError
+from deltaguard.guard.data import GuardExample, build_examples
+from deltaguard.judges.check import agreement
+from deltaguard.metrics import wilson
+
+N_BOOT = 1000
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {k: (None if math.isnan(v) else round(v, 4)) for k, v in
+                (("value", self.value), ("low", self.low), ("high", self.high))}
+
+
+def average_precision(scores: list[float], labels: list[bool]) -> float:
+    """Area under the precision-recall curve as average precision (ties broken pessimistically)."""
+    n_pos = sum(labels)
+    if n_pos == 0:
+        return math.nan
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], labels[i]))
+    tp = 0
+    total = 0.0
+    for rank, i in enumerate(order, start=1):
+        if labels[i]:
+            tp += 1
+            total += tp / rank
+    return total / n_pos
+
+
+def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    tp = float(np.sum(pred & truth))
+    denom = float(np.sum(pred)) + float(np.sum(truth))
+    return 2 * tp / denom if denom else 0.0
+
+
+def classification_metrics(scores: list[float], labels: list[bool], threshold: float, *, seed: int = 0) -> dict[str, Any]:
+    """F1 / FPR / accuracy / AUPRC with 95% intervals (bootstrap for F1 and AUPRC, Wilson for the rates)."""
+    if not scores:
+        raise ConfigError("no examples to measure")
+    predicted = [s >= threshold for s in scores]
+    stats = agreement(labels, predicted)
+    c = stats.confusion
+    rng = np.random.default_rng(seed)
+    pred, truth, s = np.array(predicted), np.array(labels), np.array(scores)
+    f1_boot, ap_boot = [], []
+    for _ in range(N_BOOT):
+        idx = rng.integers(0, len(s), len(s))
+        f1_boot.append(_f1(pred[idx], truth[idx]))
+        ap_boot.append(average_precision(s[idx].tolist(), truth[idx].tolist()))
+    f1_low, f1_high = np.percentile(f1_boot, [2.5, 97.5])
+    ap_values = [a for a in ap_boot if not math.isnan(a)]
+    ap_low, ap_high = np.percentile(ap_values, [2.5, 97.5]) if ap_values else (math.nan, math.nan)
+    negatives = c.fp + c.tn
+    fpr = c.fp / negatives if negatives else math.nan
+    return {
+        "n": c.n, "n_unsafe": c.tp + c.fn, "threshold": threshold,
+        "f1": Interval(stats.f1, float(f1_low), float(f1_high)).to_dict(),
+        "fpr": Interval(fpr, *wilson(c.fp, negatives)).to_dict(),
+        "accuracy": Interval(stats.accuracy, *wilson(c.tp + c.tn, c.n)).to_dict(),
+        "auprc": Interval(average_precision(scores, labels), float(ap_low), float(ap_high)).to_dict(),
+        "precision": round(stats.precision, 4), "recall": round(stats.recall, 4),
+        "confusion": {"tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn},
+    }
+
+
+def per_category_recall(scores: list[float], examples: list[GuardExample], threshold: float) -> dict[str, Any]:
+    """Recall on the unsafe test examples of each hazard category (with a Wilson interval)."""
+    out: dict[str, Any] = {}
+    codes = sorted({c for e in examples for c in e.categories}, key=lambda c: int(c[1:]))
+    for code in codes:
+        hits = [s >= threshold for s, e in zip(scores, examples) if e.unsafe and code in e.categories]
+        k = sum(hits)
+        out[code] = {"n": len(hits), "recall": Interval(k / len(hits), *wilson(k, len(hits))).to_dict()}
+    return out
+
+
+def _sample(examples: list[GuardExample], n: int, seed: int) -> list[GuardExample]:
+    if not n or n >= len(examples):
+        return examples
+    return sorted(random.Random(f"guard-check:{seed}").sample(examples, n), key=lambda e: e.id)
+
+
+def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = None, n_check: int = 0,
+                stages: tuple[str, ...] = ("teacher", "pruned", "student", "int4", "keyword"),
+                batch_size: int = 16, progress: bool = True, log: Callable[[str], None] = lambda line: None,
+                ) -> dict[str, Any]:
+    """Measure each stage of the guard at ``guard_dir`` (its build directory supplies the float stages)."""
+    from deltaguard.guard.artifact import load_guard, size_on_disk
+    from deltaguard.guard.build import GuardBuildConfig, choose_threshold, sample_examples
+
+    guard_dir = Path(guard_dir)
+    guard = load_guard(guard_dir)
+    manifest = guard.manifest
+    try:
+        build = GuardBuildConfig.from_dict(manifest["build"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise FormatError(f"{guard_dir}: its manifest's build settings cannot be read ({exc})") from None
+    data = build_examples(seed=build.seed, max_prompt_only=build.max_prompt_only)
+    if data.content_hash != manifest["data"]["content_hash"]:
+        raise FormatError(f"{guard_dir}: the examples rebuilt now differ from the ones it was built with "
+                          "(the data sources changed); rebuild the guard")
+    test = _sample(data.split("test"), n_test, 0)
+    val = sample_examples(data.split("val"), build.n_val if n_val is None else n_val, build.seed + 2)  # the build's
+    check = _sample(data.split("check"), n_check, 1)
+    stage_root = guard_dir.resolve().parent / "models"
+    rows: dict[str, Any] = {}
+    for stage in stages:
+        if stage == "keyword":
+            rows["keyword"] = _keyword_row(test, check)
+            continue
+        if stage == "int4":
+            model, head_ids, size = guard.model, guard.head_token_ids, size_on_disk(guard_dir)
+            threshold = guard.threshold
+        else:
+            stage_dir = stage_root / manifest.get("stage_dirs", {}).get(stage, "?")
+            if not stage_dir.is_dir():
+                log(f"[skip] {stage}: {stage_dir} is not there (only the INT4 guard travels with the artifact)")
+                continue
+            from deltaguard.models import load_model
+
+            model, head_ids, size = load_model(str(stage_dir), dtype="float32"), None, _weights_bytes(stage_dir)
+            threshold = None
+        log(f"[score] {stage}")
+        score = _scorer(model, guard, head_ids, batch_size, progress)
+        if threshold is None:
+            threshold = choose_threshold(score(val, f"{stage} val"), [e.unsafe for e in val])
+        started = time.perf_counter()
+        test_scores = score(test, f"{stage} test")
+        per_second = len(test) / (time.perf_counter() - started)
+        check_scores = score(check, f"{stage} check")
+        row = classification_metrics(test_scores, [e.unsafe for e in test], threshold)
+        row["response_task"] = _subset_metrics(test_scores, test, threshold, responses=True)
+        row["prompt_task"] = _subset_metrics(test_scores, test, threshold, responses=False)
+        row["per_category"] = per_category_recall(test_scores, test, threshold)
+        row["check_agreement"] = _check_agreement(check_scores, check, threshold)
+        row["size_bytes"] = size
+        row["judgments_per_second"] = round(per_second, 2)
+        rows[stage] = row
+        del model
+    return {"guard": str(guard_dir), "n_test": len(test), "n_val": len(val), "n_check": len(check),
+            "data": manifest["data"]["split_hashes"], "stages": rows,
+            "teacher_bf16_bytes": _bf16_bytes(stage_root / manifest.get("stage_dirs", {}).get("teacher", "?"))}
+
+
+def _scorer(model: Any, guard: Any, head_ids: Any, batch_size: int, progress: bool) -> Callable[[list[GuardExample], str], list[float]]:
+    from deltaguard.guard.train import score
+
+    def run(examples: list[GuardExample], label: str) -> list[float]:
+        return score(model, guard.encoder, [(e.prompt, e.response) for e in examples], guard.tokens,
+                     batch_size=batch_size, head_token_ids=head_ids, progress=progress, label=label)
+    return run
+
+
+def _subset_metrics(scores: list[float], examples: list[GuardExample], threshold: float, *, responses: bool) -> Any:
+    pairs = [(s, e) for s, e in zip(scores, examples) if (e.response is not None) == responses]
+    if not pairs or len({e.unsafe for _, e in pairs}) < 2:
+        return None
+    return classification_metrics([s for s, _ in pairs], [e.unsafe for _, e in pairs], threshold)
+
+
+def _check_agreement(scores: list[float], examples: list[GuardExample], threshold: float) -> Any:
+    if not examples:
+        return None
+    hits = [(s >= threshold) == e.unsafe for s, e in zip(scores, examples)]
+    k = sum(hits)
+    return {"n": len(hits), "accuracy": Interval(k / len(hits), *wilson(k, len(hits))).to_dict(),
+            "note": "pyrit refusal labels: refused -> safe; not refused -> unsafe only for AdvBench requests (weak)"}
+
+
+def _keyword_row(test: list[GuardExample], check: list[GuardExample]) -> dict[str, Any]:
+    from deltaguard.judges import JudgeItem, make_judge
+
+    judge = make_judge("keyword")
+    responses = [e for e in test if e.response is not None]
+    started = time.perf_counter()
+    verdicts = judge.judge([JudgeItem(e.prompt, e.response or "") for e in responses])
+    per_second = len(responses) / max(time.perf_counter() - started, 1e-9)
+    scores = [0.0 if v.is_refusal else 1.0 for v in verdicts]
+    row = classification_metrics(scores, [e.unsafe for e in responses], 0.5)
+    row["note"] = "response examples only; unsafe = did not refuse (as the studies' ASR)"
+    row["per_category"] = per_category_recall(scores, responses, 0.5)
+    check_verdicts = judge.judge([JudgeItem(e.prompt, e.response or "") for e in check])
+    row["check_agreement"] = _check_agreement([0.0 if v.is_refusal else 1.0 for v in check_verdicts], check, 0.5)
+    row["size_bytes"] = 0
+    row["judgments_per_second"] = round(per_second, 1)
+    return row
+
+
+def _weights_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+
+
+def _bf16_bytes(model_dir: Path) -> int | None:
+    """The teacher's size stored in bf16 (2 bytes a parameter; its fp32 files hold 4)."""
+    size = _weights_bytes(model_dir) if model_dir.is_dir() else 0
+    return size // 2 if size else None
+
+
+def format_table(result: dict[str, Any]) -> list[list[str]]:
+    """Rows of the model-card table: model, F1, FPR, accuracy, AUPRC, check agreement, size, judgments/s."""
+    def cell(d: dict[str, Any] | None) -> str:
+        if not d or d.get("value") is None:
+            return "-"
+        return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+    rows = []
+    for stage, row in result["stages"].items():
+        check = (row.get("check_agreement") or {}).get("accuracy")
+        size = row.get("size_bytes") or 0
+        rows.append([stage, cell(row["f1"]), cell(row["fpr"]), cell(row["accuracy"]), cell(row["auprc"]), cell(check),
+                     f"{size / 2**20:.1f} MiB" if size else "-", f"{row['judgments_per_second']:.1f}"])
+    return rows
+
+
+__all__ = ["average_precision", "check_guard", "classification_metrics", "format_table", "per_category_recall"]
