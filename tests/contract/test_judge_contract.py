@@ -30,7 +30,22 @@ def tiny(tmp_path_factory, tiny_tokenizer):
     return path, model, tiny_tokenizer
 
 
+def _tiny_guard(tiny) -> str:
+    """A guard built from the tiny model (once per module): every stage, two steps each."""
+    from deltaguard.guard.build import GuardBuildConfig, build_guard
+    from deltaguard.guard.train import GuardTrainConfig
+
+    run_dir = tiny[0].parent / "guard-build"
+    if not (run_dir / "guard").exists():
+        stage = GuardTrainConfig(epochs=1, max_steps=2, batch_size=4, lr=1e-3)
+        build_guard(GuardBuildConfig(model=str(tiny[0]), max_prompt_only=6, n_train=8, max_prompt_tokens=12,
+                                     max_response_tokens=12, teacher=stage, distill=stage, qat=stage, n_calib=4,
+                                     drop_blocks=1, keep_neurons=64, group_size=32, n_val=4), run_dir, progress=False)
+    return str(run_dir / "guard")
+
+
 FACTORIES = {
+    "guard": lambda tiny: make_judge("guard", path=_tiny_guard(tiny)),
     "llm": lambda tiny: make_judge("llm", backend="hf", model=str(tiny[0]), max_tokens=4),
     "llamaguard": lambda tiny: judges.get("llamaguard")(judges.get("llamaguard").config_cls(
         model="tiny", categories=("S1",), max_new_tokens=3), model=tiny[1], tokenizer=tiny[2]),

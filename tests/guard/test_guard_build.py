@@ -126,3 +126,19 @@ def test_check_measures_every_stage_and_the_keyword_judge(built):
         assert 0.0 <= row["f1"]["value"] <= 1.0 and row["check_agreement"]["n"] == 6, stage
     assert report["stages"]["int4"]["size_bytes"] < report["stages"]["teacher"]["size_bytes"]
     assert len(format_table(report)) == 5
+
+
+def test_judge_check_leaves_out_what_the_guard_trained_on(built):
+    from deltaguard.data import load_prompts
+    from deltaguard.guard.data import group_of
+    from deltaguard.judges import make_judge
+    from deltaguard.judges.check import check_on
+
+    result, _ = built
+    judge = make_judge("guard", path=str(result.guard_dir))
+    trained = judge.trained_groups()
+    prompts = load_prompts("pyrit-harm", split="eval")
+    assert any(group_of(p.text) in trained for p in prompts.prompts)
+    checked = check_on(judge, prompts, task="harm")
+    left_out = checked.dataset["n_left_out_trained_on"]
+    assert left_out > 0 and checked.agreement.n + checked.n_errors == len(prompts) - left_out

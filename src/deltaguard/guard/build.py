@@ -255,6 +255,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
                        "build": config.to_dict(), "base_model": config.model, "base_identity": base_key,
                        "encoder": config.encoder_settings, "data": data.summary(), "threshold": threshold,
                        "threshold_chosen_on": f"val ({len(val)} examples, max F1)",
+                       "trained_groups": sorted({e.group for e in data.examples if e.split in ("train", "val")}),
                        "stages": {**stage_records, "int4": {"stage": "int4", **record}},
                        "stage_dirs": {"teacher": teacher_dir.name, "pruned": pruned_dir.name,
                                       "student": student_dir.name},

@@ -1,12 +1,14 @@
 """Judges behind one protocol: ``make_judge(name, **options).judge(items) -> list[Verdict]``.
 
 Registered: ``keyword`` (GCG refusal strings), ``llm`` (1–5 harmfulness rubric, local or
-OpenAI-compatible), ``llamaguard`` (local Llama Guard checkpoint). See ``deltaguard list judges``.
+OpenAI-compatible), ``llamaguard`` (local Llama Guard checkpoint), ``guard`` (the compact guard
+``deltaguard guard build`` makes). See ``deltaguard list judges``.
 """
 
 from __future__ import annotations
 
 from deltaguard.judges import keyword as _keyword  # noqa: F401  (registers "keyword")
+from deltaguard.judges import guard as _guard  # noqa: F401  (registers "guard")
 from deltaguard.judges import llamaguard as _llamaguard  # noqa: F401  (registers "llamaguard")
 from deltaguard.judges import llm as _llm  # noqa: F401  (registers "llm")
 from deltaguard.judges.base import (

@@ -117,6 +117,11 @@ class BaseJudge(ABC):
         return Verdict(judge=self.name, judge_version=self.version, prompt_hash=self.prompt_hash, label=JUDGE_ERROR,
                        is_refusal=None, is_unsafe=None, score=None, error=error, raw=raw)
 
+    def trained_groups(self) -> frozenset[str]:
+        """Prompt groups (``guard.data.group_of``) the judge was trained or tuned on: a check against human
+        labels must leave them out. Hand-written judges were trained on nothing."""
+        return frozenset()
+
     @abstractmethod
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         """One verdict per item, same length and order."""

@@ -107,15 +107,24 @@ def check_judge(judge: BaseJudge, *, task: str | None = None, limit: int | None 
 def check_on(judge: BaseJudge, prompts: PromptSet, *, task: str) -> JudgeCheckResult:
     """Agreement on an already loaded labelled set (``meta`` holds ``response`` and the human label)."""
     _set_name, label_key, measure = TASKS[task]
-    items = [JudgeItem(prompt=p.text, response=p.meta["response"]) for p in prompts.prompts]
+    trained = judge.trained_groups()
+    kept = list(prompts.prompts)
+    if trained:
+        from deltaguard.guard.data import group_of
+
+        kept = [p for p in kept if group_of(p.text) not in trained]
+        if not kept:
+            raise JudgeError(f"judge {judge.name!r} was trained on every prompt of {prompts.name}; nothing is left to check")
+    items = [JudgeItem(prompt=p.text, response=p.meta["response"]) for p in kept]
     verdicts = judge.judge(items)
     human, predicted, n_errors = [], [], 0
-    for prompt, verdict in zip(prompts.prompts, verdicts):
+    for prompt, verdict in zip(kept, verdicts):
         value = verdict.is_refusal if measure == "refusal" else verdict.is_unsafe
         if verdict.is_error or value is None:
             n_errors += 1
             continue
         human.append(bool(prompt.meta[label_key]))
         predicted.append(bool(value))
+    dataset = {**prompts.describe(), "n_left_out_trained_on": len(prompts.prompts) - len(kept)}
     return JudgeCheckResult(judge=judge.name, judge_version=judge.version, prompt_hash=judge.prompt_hash, task=task,
-                            dataset=prompts.describe(), n_errors=n_errors, agreement=agreement(human, predicted))
+                            dataset=dataset, n_errors=n_errors, agreement=agreement(human, predicted))
