@@ -68,6 +68,12 @@ VERBS = {
     "models pull": Verb(("models", "pull", "smollm2-135m-instruct"), extra=(("nope",),)),
     "data show": Verb(("data", "show", "{prompts}"), text_files=("",), ints=("--limit",)),
     "list": Verb(("list", "compressors"), extra=(("nope",),)),
+    "guard build": Verb(("guard", "build", "--model", "{base}", "-o", "{out}", "--set", "keep_neurons=64",
+                         "--set", "group_size=32", "--set", "drop_blocks=1"), models=("--model",), float_sets=("teacher.lr", "qat.temperature"),
+                        output="-o", extra=(("--profile", "tiny"), ("--set", "group_size=48"), ("--set", "nope.lr=1"),
+                                            ("--set", "drop_blocks=2"))),
+    "guard check": Verb(("guard", "check", "{delta}"), deltas=("",), ints=("--n-test",),
+                        extra=(("--stages", "nope"), ("--n-test", "-1"))),
 }
 
 

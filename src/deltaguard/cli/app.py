@@ -19,7 +19,7 @@ except ImportError:  # older typer runs on click itself
 console = Console()
 err_console = Console(stderr=True)
 _state = {"debug": False}
-RESUMABLE_VERBS = ("eval", "audit", "demo")  # their run directories keep finished steps
+RESUMABLE_VERBS = ("eval", "audit", "demo", "build")  # their run directories keep finished steps (build: guard)
 
 
 class DeltaguardGroup(TyperGroup):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from deltaguard.errors import ConfigError
 
-RUN_DIR_MARKERS = ("results.json", "study.json", "generations", "judgments", "audits", "deltas", "summary.md")
+RUN_DIR_MARKERS = ("results.json", "study.json", "generations", "judgments", "audits", "deltas", "summary.md",
+                   "guard")
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -111,6 +111,27 @@ def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
     return config.replace(**overrides) if overrides else config
 
 
+STAGES = ("teacher", "distill", "qat")
+
+
+def with_overrides(config: GuardBuildConfig, overrides: list[str]) -> GuardBuildConfig:
+    """Apply ``field=value`` strings; ``teacher.lr=1e-4`` (or ``distill.`` / ``qat.``) sets a stage's field."""
+    top: list[str] = []
+    stages: dict[str, list[str]] = {}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        stage, dot, _ = key.partition(".")
+        if dot:
+            if stage not in STAGES:
+                raise ConfigError(f"--set {item!r}: {stage!r} is not a training stage ({', '.join(STAGES)})")
+            stages.setdefault(stage, []).append(item[len(stage) + 1:])
+        else:
+            top.append(item)
+    config = config.with_overrides(top)
+    changes = {stage: getattr(config, stage).with_overrides(items) for stage, items in stages.items()}
+    return config.replace(**changes) if changes else config
+
+
 def sample_examples(examples: list[GuardExample], n: int, seed: int) -> list[GuardExample]:
     """A seeded subset of ``n`` examples (all when ``n`` is 0), the same wherever it is drawn."""
     if not n or n >= len(examples):
@@ -147,12 +168,10 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     from deltaguard.guard.prune import (
         block_importance, choose_blocks_to_drop, neuron_importance, prune_blocks, prune_head, prune_neurons,
     )
-    from deltaguard.guard.quant import check_group_size, convert_qat, prepare_qat
-
-    from transformers import AutoConfig
+    from deltaguard.guard.quant import convert_qat, prepare_qat
 
     target = resolve_device(device)
-    _check_fits(config, AutoConfig.from_pretrained(resolve_model_dir(config.model)), check_group_size)
+    check_build(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = Steps(log)
@@ -301,8 +320,13 @@ def _calibration_batches(encoder: GuardEncoder, examples: list[GuardExample], de
     return batches
 
 
-def _check_fits(config: GuardBuildConfig, model_config: Any, check_group_size: Callable) -> None:
-    """Refuse settings the model cannot take before any work starts."""
+def check_build(config: GuardBuildConfig) -> None:
+    """Refuse settings the model cannot take (reads only its config), before any work starts."""
+    from transformers import AutoConfig
+
+    from deltaguard.guard.quant import check_group_size
+
+    model_config = AutoConfig.from_pretrained(resolve_model_dir(config.model))
     if config.drop_blocks >= model_config.num_hidden_layers:
         raise ConfigError(f"guard.drop_blocks={config.drop_blocks} would leave no block of "
                           f"{model_config.num_hidden_layers}")
@@ -326,5 +350,5 @@ def _point_latest(link: Path, target: Path) -> None:
         shutil.copytree(target, link)
 
 
-__all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_guard", "choose_threshold", "guard_profile",
-           "load_data", "sample_examples"]
+__all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_guard", "check_build", "choose_threshold", "guard_profile",
+           "load_data", "sample_examples", "with_overrides"]

@@ -1,0 +1,74 @@
+"""``deltaguard guard build|check``: make the compact guard, and measure every stage of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from deltaguard.cli.app import DEVICE_HELP, JSON_HELP, add_group, check_device, console, print_json
+from deltaguard.cli.outputs import prepare_run_dir
+
+guard_app = add_group("guard", "The compact safety guard: build it (prune, distil, INT4 QAT) and check it.")
+
+
+@guard_app.command("build")
+def build_cmd(
+    out: Path = typer.Option(..., "-o", "--out", help="build directory (cached stages; the guard lands in OUT/guard)"),
+    profile: str = typer.Option("default", "--profile", help="default (planned for a 2-core CPU) or full"),
+    model: str | None = typer.Option(None, "--model", help="the model the guard is made from (default: embedded)"),
+    overrides: list[str] = typer.Option([], "--set", help="build field=value, repeatable (teacher.lr=1e-4 sets a "
+                                                          "stage's field; stages: teacher, distill, qat)"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help="discard the build directory's cached stages and start over"),
+) -> None:
+    """Data → teacher → prune → distil → INT4 QAT → head pruning → a verified guard directory (resumable)."""
+    from deltaguard.guard.build import build_guard, check_build, guard_profile, with_overrides
+
+    config = with_overrides(guard_profile(profile), overrides)
+    if model is not None:
+        config = config.replace(model=model)
+    check_device(device)
+    check_build(config)  # a missing model or settings it cannot take fail before anything is touched
+    prepare_run_dir(out, force=force)
+    console.print(f"guard profile {config.profile}; build directory {out} (finished stages are reused)")
+    result = build_guard(config, out, device=device, log=lambda line: console.print(line, highlight=False, markup=False))
+    console.print(f"guard: {out / 'guard'} -> {result.guard_dir.name}  (measure it: deltaguard guard check {out / 'guard'})")
+
+
+@guard_app.command("check")
+def check_cmd(
+    guard_dir: Path = typer.Argument(..., help="a guard directory (OUT/guard of a build)"),
+    n_test: int = typer.Option(0, "--n-test", help="test examples measured (0 = the whole test split)"),
+    stages: str = typer.Option("teacher,pruned,student,int4,keyword", "--stages",
+                               help="comma-separated: teacher, pruned, student, int4, keyword"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """F1 / FPR / accuracy / AUPRC on the test split for every stage and the keyword judge, size, speed."""
+    from deltaguard.errors import ConfigError
+    from deltaguard.guard.check import check_guard, format_table
+    from deltaguard.io import write_json
+
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in ("teacher", "pruned", "student", "int4", "keyword")]
+    if unknown or not chosen:
+        raise ConfigError(f"--stages {stages!r}: choose from teacher, pruned, student, int4, keyword")
+    if n_test < 0:
+        raise ConfigError(f"--n-test={n_test} must be >= 0")
+    result = check_guard(guard_dir, n_test=n_test, stages=chosen, progress=not as_json,
+                         log=(lambda line: None) if as_json else (lambda line: console.print(line, highlight=False)))
+    write_json(Path(guard_dir).resolve().parent / "check.json", result)
+    if as_json:
+        print_json(result)
+        return
+    table = Table("model", "F1", "FPR", "accuracy", "AUPRC", "refusal-check agreement", "size", "judgments/s",
+                  title=f"guard check: {result['n_test']} test examples (95% intervals)")
+    for row in format_table(result):
+        table.add_row(*row)
+    console.print(table)
+    teacher_bf16 = result.get("teacher_bf16_bytes")
+    int4 = result["stages"].get("int4", {}).get("size_bytes")
+    if teacher_bf16 and int4:
+        console.print(f"INT4 guard on disk: {int4 / 2**20:.1f} MiB = 1/{teacher_bf16 / int4:.1f} of the teacher in bf16 "
+                      f"({teacher_bf16 / 2**20:.1f} MiB)")
