@@ -71,7 +71,7 @@ def test_the_artifact_is_pruned_quantised_and_self_describing(built):
 
 def test_only_the_train_split_trains(built):
     result, _ = built
-    data = load_data(next(result.run_dir.glob("data-*.json")))
+    data = load_data(next(result.run_dir.glob("guard-data-*.json")))
     record = json.loads((result.guard_dir / "manifest.json").read_text())
     assert record["stages"]["teacher"]["n_examples"] == 12 <= len(data.split("train"))
 

@@ -109,3 +109,14 @@ def test_errors(setup):
         GuardTrainConfig(distill_weight=1.5)
     with pytest.raises(ConfigError, match="lr=nan is not a finite number"):
         GuardTrainConfig(lr=float("nan"))
+
+
+def test_train_blocks_freezes_everything_below(setup):
+    model, encoder = setup
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_guard(model, encoder, [_example(i, i % 2 == 0) for i in range(4)],
+                GuardTrainConfig(epochs=1, batch_size=2, lr=1e-2, train_blocks=1), progress=False)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith(("model.layers.1.", "model.norm.")) for n in changed), changed
+    with pytest.raises(ConfigError, match="exceeds the model's 2 blocks"):
+        train_guard(model, encoder, [_example(0, True)], GuardTrainConfig(train_blocks=3), progress=False)

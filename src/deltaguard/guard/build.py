@@ -4,12 +4,12 @@ Each stage is a keyed step (``deltaguard.steps``): its output path is a hash of 
 on, written atomically, so a rerun skips finished stages and an interrupted build resumes. Layout of a
 build directory::
 
-    data-<key>.json              the labelled examples with their splits, and the label sources
-    models/teacher-<key>/        the embedded model fine-tuned as a Llama-Guard-format classifier (fp32)
-    models/pruned-<key>/         the teacher after block and MLP-neuron pruning, with the importances
-    models/student-<key>/        the pruned model trained on the labels + the teacher's logits
-    guard-<key>/                 the INT4 QAT model, head-pruned and packed (``artifact.load_guard``)
-    guard -> guard-<key>         the latest build (a symlink; copied where links are not allowed)
+    guard-data-<key>.json          the labelled examples with their splits, and the label sources
+    models/guard-teacher-<key>/    the embedded model fine-tuned as a Llama-Guard-format classifier (fp32)
+    models/guard-pruned-<key>/     the teacher after block and MLP-neuron pruning, with the importances
+    models/guard-student-<key>/    the pruned model trained on the labels + the teacher's logits
+    guard-int4-<key>/              the INT4 QAT model, head-pruned and packed (``artifact.load_guard``)
+    guard -> guard-int4-<key>      the latest build (a symlink; copied where links are not allowed)
 
 Only the ``train`` split trains; ``val`` picks the decision threshold; ``test`` and ``check`` are never
 read here (``guard check`` measures on them).
@@ -182,7 +182,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
 
     # 1. data
     data_settings = {"seed": config.seed, "max_prompt_only": config.max_prompt_only}
-    data_path = run_dir / f"data-{content_key('guard-data', data_settings)}.json"
+    data_path = run_dir / f"{content_key('guard-data', data_settings)}.json"
 
     def make_data() -> None:
         data = build_examples(**data_settings)
@@ -194,7 +194,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     data_key = data.content_hash
 
     def stage_dir(name: str, payload: dict[str, Any]) -> Path:
-        return run_dir / "models" / f"{name}-{content_key(f'guard-{name}', payload)}"
+        return run_dir / "models" / content_key(f"guard-{name}", payload)
 
     def save(model: Any, out: Path, record: dict[str, Any]) -> None:
         with atomic_dir(out) as tmp:
@@ -251,7 +251,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     # 5. INT4 QAT, head pruning, threshold on val, export
     qat_payload = {**distill_payload, "qat": config.qat.to_dict(), "group_size": config.group_size,
                    "quantize_embedding": config.quantize_embedding, "act_int8": config.act_int8, "n_val": config.n_val}
-    guard_dir = run_dir / f"guard-{content_key('guard-int4', qat_payload)}"
+    guard_dir = run_dir / content_key("guard-int4", qat_payload)
 
     def make_guard() -> None:
         model = load_model(str(student_dir), dtype="float32", device=target)
