@@ -32,7 +32,7 @@ from deltaguard.config import Config, check_range
 from deltaguard.data import PromptSet
 from deltaguard.errors import ConfigError, FormatError, ModelOutputError
 from deltaguard.io import read_jsonl, write_jsonl
-from deltaguard.models import chat_prompt
+from deltaguard.models import cache_kwargs, chat_prompt, output_cache
 from deltaguard.progress import progress_bar
 from deltaguard.registry import Registry
 from deltaguard.sampling import pick_tokens, row_is_sampleable
@@ -183,7 +183,7 @@ def decode_batch(model: Any, sequences: list[list[int]], *, config: GenerationCo
     if seeds is not None:
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = output_cache(out)
     if on_first_logits is not None:
         on_first_logits(out.logits[:, -1, :].detach())
     next_pos = positions[:, -1:] + 1
@@ -198,9 +198,9 @@ def decode_batch(model: Any, sequences: list[list[int]], *, config: GenerationCo
         if bool(finished.all()) or step == config.max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, **cache_kwargs(model, cache),
                     use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         next_pos = next_pos + 1
     tokens = torch.stack(steps, dim=1).tolist()  # [batch, steps]
     results = []

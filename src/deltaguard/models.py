@@ -377,6 +377,25 @@ def chat_prompt(tokenizer: Any, user: str, *, system: str | None = None, assista
     return text if assistant is not None else text + "assistant:"
 
 
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The forward keyword that passes a KV cache: ``cache`` in transformers 5.x (where the old name
+    ``past_key_values`` warns and is going away), ``past_key_values`` before it."""
+    import inspect
+
+    forward = getattr(type(model), "forward", None)
+    try:
+        names = inspect.signature(forward).parameters if forward is not None else {}
+    except (TypeError, ValueError):
+        names = {}
+    return {"cache": cache} if "cache" in names else {"past_key_values": cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned (``output.cache`` in transformers 5.x, ``past_key_values`` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def model_identity(spec: str | Path) -> str:
     """A cheap identity of a model spec for cache keys: its resolved directory plus the name, size and
     mtime of each weights file, so a model rewritten in place gets a new key (and no stale cache)."""

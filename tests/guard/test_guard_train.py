@@ -57,7 +57,7 @@ def test_answers_are_the_only_loss_tokens(setup, tiny_tokenizer):
     assert tiny_tokenizer.decode(answer).startswith("unsafe\nS1")
     assert answer[-1] == tiny_tokenizer.eos_token_id
     ids, real, mask = _pad([encoded], 0)
-    logits, targets = answer_logits(model, encoder.prefixes["response"], ids, real, torch.tensor(mask))
+    logits, targets = answer_logits(model, encoder.prefixes["response"], ids, real, mask)
     assert targets.tolist() == answer and logits.shape[0] == len(answer)
 
 

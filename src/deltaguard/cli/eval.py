@@ -70,7 +70,7 @@ def eval_(
 
 @app.command("judge-check")
 def judge_check(
-    judge: str = typer.Option(..., "--judge", help="judge name: keyword, llm, llamaguard"),
+    judge: str = typer.Option(..., "--judge", help="judge name: keyword, llm, llamaguard, guard"),
     task: str | None = typer.Option(None, "--task", help="refusal or harm (default: refusal if the judge judges refusals)"),
     limit: int | None = typer.Option(None, "--limit", help="at most N labelled responses (seeded subset)"),
     seed: int = typer.Option(0, "--seed", help="subset seed"),
@@ -95,8 +95,11 @@ def judge_check(
     a = result.agreement
     c = a.confusion
     positive = "refusal" if result.task == "refusal" else "unsafe"
+    left_out = result.dataset.get("n_left_out_trained_on", 0)
     table = Table("statistic", "value", title=f"{judge} v{result.judge_version} vs humans ({result.task}, "
-                                              f"{result.dataset['name']}, n={a.n}, judge errors={result.n_errors})")
+                                              f"{result.dataset['name']}, n={a.n}, judge errors={result.n_errors}"
+                                              + (f", {left_out} left out: the judge trained on them" if left_out else "")
+                                              + ")")
     for name, value in (("accuracy", a.accuracy), ("precision", a.precision), ("recall", a.recall), ("F1", a.f1),
                         ("Cohen's kappa", a.kappa)):
         table.add_row(name, f"{value:.3f}")

@@ -30,6 +30,7 @@ from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import GuardExample
 from deltaguard.guard.format import VerdictTokens, guard_input, guard_target, unsafe_probability
+from deltaguard.models import cache_kwargs, output_cache
 from deltaguard.progress import progress_bar
 from deltaguard.training.losses import causal_lm_parts, masked_kl
 from deltaguard.training.schedule import lr_factor
@@ -116,12 +117,12 @@ def shared_prefix_hidden(model: nn.Module, prefix: Sequence[int], suffix_ids: Te
     device = suffix_ids.device
     batch, width = suffix_ids.shape
     prefix_ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
-    cache = decoder(input_ids=prefix_ids, use_cache=True).past_key_values
+    cache = output_cache(decoder(input_ids=prefix_ids, use_cache=True))
     cache.batch_repeat_interleave(batch)
     n_prefix = prefix_ids.shape[1]
     mask = torch.cat([torch.ones((batch, n_prefix), dtype=suffix_mask.dtype, device=device), suffix_mask], dim=1)
     positions = (n_prefix + torch.arange(width, device=device)).expand(batch, width)
-    return decoder(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+    return decoder(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, **cache_kwargs(decoder, cache),
                    use_cache=True).last_hidden_state
 
 

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError, DeltaguardError
 from deltaguard.generation import left_pad, stop_token_ids
+from deltaguard.models import cache_kwargs, output_cache
 from deltaguard.sampling import pick_token, row_is_sampleable
 from deltaguard.serve.layers import MultiTenantModel
 from deltaguard.serve.requests import (
@@ -255,7 +256,7 @@ class Engine:
         ids, mask = (t.to(self.device) for t in left_pad([h.prompt_ids for h in handles], pad_id=0))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.mt(tenants=[h.tenant for h in handles], input_ids=ids, attention_mask=mask, position_ids=positions,
-                      past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+                      **cache_kwargs(getattr(self.mt, "model", self.mt), DynamicCache()), use_cache=True, logits_to_keep=1)
         generators: list[torch.Generator | None] = []
         for handle in handles:
             generator = None
@@ -267,7 +268,7 @@ class Engine:
         joining = [_Sequence(handle, token if token is not None else 0, len(handle.prompt_ids), generator,
                              stop_ids=frozenset() if handle.params.ignore_eos else self.stop_ids)
                    for handle, token, generator in zip(handles, tokens, generators)]
-        self._join(joining, _cache_tensors(out.past_key_values), mask)
+        self._join(joining, _cache_tensors(output_cache(out)), mask)
         # Only once the rows have joined are tokens streamed: a failure above leaves nothing half-sent.
         for seq, token in zip(joining, tokens):
             self._accept(seq, token)
@@ -311,8 +312,8 @@ class Engine:
         positions = torch.tensor([[s.position] for s in batch], dtype=torch.long, device=self.device)
         self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
         out = self.mt(tenants=[s.handle.tenant for s in batch], input_ids=input_ids, attention_mask=self._mask,
-                      position_ids=positions, past_key_values=self._cache, use_cache=True)
-        self._cache = out.past_key_values
+                      position_ids=positions, **cache_kwargs(getattr(self.mt, "model", self.mt), self._cache), use_cache=True)
+        self._cache = output_cache(out)
         tokens = _sample(out.logits[:, -1, :], [s.handle.params for s in batch], [s.generator for s in batch])
         self.n_steps += 1
         self.n_decoded_tokens += len(batch)
