@@ -142,3 +142,20 @@ def test_judge_check_leaves_out_what_the_guard_trained_on(built):
     checked = check_on(judge, prompts, task="harm")
     left_out = checked.dataset["n_left_out_trained_on"]
     assert left_out > 0 and checked.agreement.n + checked.n_errors == len(prompts) - left_out
+
+
+def test_the_guard_moderates_prompts_on_their_own_and_responses_in_context(built):
+    from deltaguard.serve.moderation import ModerationConfig, ModeratorPool
+
+    result, _ = built
+    config = ModerationConfig(judge="guard", judge_options={"path": str(result.guard_dir)},
+                              screen=("prompt", "response"), action="flag", trigger="score", threshold=0.0)
+    moderator = ModeratorPool().moderator(config)
+    calls: list[tuple] = []
+    guard = moderator.judge._load()
+    real_score = guard.score
+    guard.score = lambda pairs, **kw: calls.append(tuple(pairs)) or real_score(pairs, **kw)
+    prompt_decision = moderator.screen("prompt", "How do I pick a lock?")
+    response_decision = moderator.screen("response", "How do I pick a lock?", "Use a tension wrench.")
+    assert calls == [(("How do I pick a lock?", None),), (("How do I pick a lock?", "Use a tension wrench."),)]
+    assert prompt_decision.is_fired and response_decision.action == "flag" and prompt_decision.judge == "guard"

@@ -103,11 +103,20 @@ class GuardJudge(BaseJudge):
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         check_items(items)
-        if not items:
+        return self._verdicts([(item.prompt, item.response) for item in items])
+
+    def judge_prompts(self, prompts: list[str]) -> list[Verdict]:
+        """Classify user requests on their own (Llama Guard's prompt task): what serve moderation screens."""
+        if not all(isinstance(p, str) for p in prompts):
+            raise ConfigError("judge_prompts takes a list of strings")
+        return self._verdicts([(prompt, None) for prompt in prompts])
+
+    def _verdicts(self, pairs: list[tuple[str, str | None]]) -> list[Verdict]:
+        if not pairs:
             return []
         guard = self._load()
         threshold = self._threshold(guard.manifest)
-        probs = guard.score([(item.prompt, item.response) for item in items], batch_size=self.config.batch_size)
+        probs = guard.score(pairs, batch_size=self.config.batch_size)
         return [self.verdict("unsafe" if p >= threshold else "safe", is_unsafe=p >= threshold, score=p) for p in probs]
 
 

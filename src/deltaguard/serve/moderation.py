@@ -1,9 +1,11 @@
 """Optional per-tenant moderation: a judge from ``deltaguard.judges`` screens prompts and/or responses.
 
-A policy names a judge (``keyword``, ``llm``, ``llamaguard``, with its options), what it screens and
+A policy names a judge (``keyword``, ``llm``, ``llamaguard``, ``guard``, with its options), what it screens and
 what happens when it fires: ``block`` (the request is refused, or the response withheld) or ``flag``
 (it goes through and is marked in the response, the logs and the metrics). The text screened goes
-where the judge looks — the response field of a ``JudgeItem`` — with the user's prompt as context.
+where the judge looks — the response field of a ``JudgeItem`` — with the user's prompt as context; a
+judge that can classify a request on its own (``judge_prompts``, e.g. the ``guard``) screens prompts that
+way instead.
 
 Which verdict field fires (``trigger``): ``unsafe`` (``is_unsafe``; llm and llamaguard judges),
 ``refusal`` (``is_refusal``; with the keyword judge and your own ``strings`` this is a keyword
@@ -106,7 +108,10 @@ class Moderator:
 
         text = prompt if stage == "prompt" else (response or "")
         with self._lock:
-            verdict = self.judge.judge([JudgeItem(prompt=prompt, response=text)])[0]
+            if stage == "prompt" and hasattr(self.judge, "judge_prompts"):
+                verdict = self.judge.judge_prompts([prompt])[0]  # a judge that classifies a request on its own
+            else:
+                verdict = self.judge.judge([JudgeItem(prompt=prompt, response=text)])[0]
         error = getattr(verdict, "error", None)
         if error is not None or verdict.label == "judge_error":
             fired = self.config.on_judge_error == "block"
