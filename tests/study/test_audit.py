@@ -160,3 +160,27 @@ def test_degenerate_bootstrap_is_widened_to_the_binomial_interval():
     full = with_comparisons([rows[0], rows[1], _row("finetuned", "compressed", [True] * 29 + [False] * 3,
                                                     [True] * 10 + [False] * 22)], n_boot=300, seed=0)[2]
     assert (full.mitigation.low, full.mitigation.high) == (0.0, 0.0)
+
+
+def test_no_evaluated_model_is_held_while_a_delta_is_compressed(tmp_path, tiny_pair_dirs, monkeypatch):
+    """Scale distillation loads two models of its own: the runner's last one must be gone by then."""
+    import deltaguard.delta as delta_api
+    from deltaguard.eval.runner import Runner
+
+    held: list[bool] = []
+    runners: list[Runner] = []
+    real_init, real_compress = Runner.__init__, delta_api.compress
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        runners.append(self)
+
+    def compress(*args, **kwargs):
+        held.append(runners[-1]._loaded is not None)
+        return real_compress(*args, **kwargs)
+
+    monkeypatch.setattr(Runner, "__init__", init)
+    monkeypatch.setattr(delta_api, "compress", compress)
+    base, finetuned = tiny_pair_dirs
+    audit(base, finetuned, HarmfulFinetuneConfig(), small_config(), run_dir=tmp_path / "run", progress=False)
+    assert held == [False, False, False]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from deltaguard.audit.compare import recommend, with_comparisons
 from deltaguard.audit.config import FULL, UNCOMPRESSED, AuditConfig
@@ -46,9 +46,10 @@ class _Sweep:
     """Builds the audit's variants: compresses each delta once (cached under ``deltas/``), wraps transforms."""
 
     def __init__(self, base: ModelDir, finetuned: ModelDir, config: AuditConfig, run_dir: Path, *, device: str,
-                 progress: bool, steps: Steps) -> None:
+                 progress: bool, steps: Steps, before_compress: Callable[[], None] = lambda: None) -> None:
         self.base, self.finetuned, self.config, self.run_dir = base, finetuned, config, run_dir
         self.device, self.progress, self.steps = device, progress, steps
+        self.before_compress = before_compress
         self._delta: Any = None
         self._calib: list[str] | None = None
 
@@ -84,6 +85,7 @@ class _Sweep:
         def work() -> None:
             from deltaguard.delta import Calibration, compress, extract_delta
 
+            self.before_compress()  # the last evaluated model goes first: distillation loads two of its own
             calibration = (Calibration(tuple(self.calibration()), base=self.base.spec, finetuned=self.finetuned.spec,
                                        device=self.device) if method.needs_calibration else None)
             self._delta = self._delta or extract_delta(self.base.spec, self.finetuned.spec)
@@ -123,7 +125,8 @@ def audit(base: str | Path, finetuned: str | Path, threat: ThreatConfig, config:
     gen_configs = generation_configs(config, sets)
     runner = Runner(run_dir, device=device, dtype=dtype, progress=progress)
     judge = runner.cached(make_judge(config.judge))
-    sweep = _Sweep(base_src, ft_src, config, run_dir, device=device, progress=progress, steps=Steps())
+    sweep = _Sweep(base_src, ft_src, config, run_dir, device=device, progress=progress, steps=Steps(),
+                   before_compress=runner.release)
 
     def row(variant: Variant) -> ModelRow:
         outputs = {name: runner.responses(variant, prompts, gen_configs[name]) for name, prompts in sets.items()}
