@@ -14,12 +14,12 @@ from deltaguard.guard.train import GuardTrainConfig
 from tinymodels import make_tiny_llama
 
 
-@pytest.fixture
-def tiny_guard_model(tmp_path, tiny_tokenizer):
+@pytest.fixture(scope="module")
+def tiny_guard_model(tmp_path_factory, tiny_tokenizer):
     model = make_tiny_llama(seed=0, vocab_size=len(tiny_tokenizer), n_layers=3)
     model.config.eos_token_id = tiny_tokenizer.eos_token_id
     model.config.pad_token_id = tiny_tokenizer.pad_token_id
-    path = tmp_path / "tiny"
+    path = tmp_path_factory.mktemp("guard-model") / "tiny"
     model.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer.save_pretrained(path)
     return path
@@ -32,21 +32,22 @@ def _config(model_dir) -> GuardBuildConfig:
                             drop_blocks=1, keep_neurons=64, group_size=32, n_val=6)
 
 
-@pytest.fixture
-def built(tmp_path, tiny_guard_model):
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_guard_model):
     logged: list[str] = []
-    result = build_guard(_config(tiny_guard_model), tmp_path / "build", progress=False, log=logged.append)
+    run_dir = tmp_path_factory.mktemp("guard-build") / "build"
+    result = build_guard(_config(tiny_guard_model), run_dir, progress=False, log=logged.append)
     return result, logged
 
 
-def test_every_stage_runs_and_a_rerun_resumes(built, tiny_guard_model, tmp_path):
+def test_every_stage_runs_and_a_rerun_resumes(built, tiny_guard_model):
     result, logged = built
     assert result.n_steps_run == 5
     assert [line.split()[1] for line in logged if line.startswith("[run]")] == ["data", "teacher", "prune", "distill",
                                                                                   "int4"]
-    again = build_guard(_config(tiny_guard_model), tmp_path / "build", progress=False)
+    again = build_guard(_config(tiny_guard_model), result.run_dir, progress=False)
     assert again.n_steps_run == 0 and again.guard_dir == result.guard_dir
-    assert (tmp_path / "build" / "guard").resolve() == result.guard_dir.resolve()
+    assert (result.run_dir / "guard").resolve() == result.guard_dir.resolve()
 
 
 def test_the_artifact_is_pruned_quantised_and_self_describing(built):
