@@ -45,7 +45,8 @@ def check_cmd(
                                help="comma-separated: teacher, pruned, student, int4, keyword"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """F1 / FPR / accuracy / AUPRC on the test split for every stage and the keyword judge, size, speed."""
+    """F1 / FPR / accuracy / AUPRC on the test split for every stage and the keyword judge, size, speed
+    (also written to check.json in the build directory)."""
     from deltaguard.errors import ConfigError
     from deltaguard.guard.check import check_guard, format_table
     from deltaguard.io import write_json
