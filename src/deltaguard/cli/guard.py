@@ -58,7 +58,7 @@ def check_cmd(
     if n_test < 0:
         raise ConfigError(f"--n-test={n_test} must be >= 0")
     result = check_guard(guard_dir, n_test=n_test, stages=chosen, progress=not as_json,
-                         log=(lambda line: None) if as_json else (lambda line: console.print(line, highlight=False)))
+                         log=(lambda line: None) if as_json else (lambda line: console.print(line, highlight=False, markup=False)))
     write_json(Path(guard_dir).resolve().parent / "check.json", result)
     if as_json:
         print_json(result)
