@@ -57,8 +57,11 @@ def check_cmd(
         raise ConfigError(f"--stages {stages!r}: choose from teacher, pruned, student, int4, keyword")
     if n_test < 0:
         raise ConfigError(f"--n-test={n_test} must be >= 0")
-    result = check_guard(guard_dir, n_test=n_test, stages=chosen, progress=not as_json,
-                         log=(lambda line: None) if as_json else (lambda line: console.print(line, highlight=False, markup=False)))
+    def log(line: str) -> None:
+        if not as_json:
+            console.print(line, highlight=False, markup=False)
+
+    result = check_guard(guard_dir, n_test=n_test, stages=chosen, progress=not as_json, log=log)
     write_json(Path(guard_dir).resolve().parent / "check.json", result)
     if as_json:
         print_json(result)

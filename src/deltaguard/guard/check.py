@@ -172,7 +172,8 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
             "teacher_bf16_bytes": _bf16_bytes(stage_root / manifest.get("stage_dirs", {}).get("teacher", "?"))}
 
 
-def _scorer(model: Any, guard: Any, head_ids: Any, batch_size: int, progress: bool) -> Callable[[list[GuardExample], str], list[float]]:
+def _scorer(model: Any, guard: Any, head_ids: Any, batch_size: int,
+            progress: bool) -> Callable[[list[GuardExample], str], list[float]]:
     from deltaguard.guard.train import score
 
     def run(examples: list[GuardExample], label: str) -> list[float]:
