@@ -22,6 +22,19 @@ from deltaguard.errors import ConfigError
 from deltaguard.judges.base import Verdict
 
 Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a 95% interval (``nan`` when undefined); JSON writes ``nan`` as null."""
+
+    value: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {k: (None if math.isnan(v) else round(v, 4)) for k, v in
+                (("value", self.value), ("low", self.low), ("high", self.high))}
 MIN_BOOTSTRAP_N = 30
 
 

@@ -7,6 +7,7 @@ embedded default, SmolLM2-135M-Instruct) are dequantised once into such a direct
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -380,14 +381,20 @@ def chat_prompt(tokenizer: Any, user: str, *, system: str | None = None, assista
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     """The forward keyword that passes a KV cache: ``cache`` in transformers 5.x (where the old name
     ``past_key_values`` warns and is going away), ``past_key_values`` before it."""
+    return {_cache_keyword(type(model)): cache}
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_keyword(model_class: type) -> str:
+    """Read once per class: generation asks on every decode step."""
     import inspect
 
-    forward = getattr(type(model), "forward", None)
+    forward = getattr(model_class, "forward", None)
     try:
         names = inspect.signature(forward).parameters if forward is not None else {}
     except (TypeError, ValueError):
         names = {}
-    return {"cache": cache} if "cache" in names else {"past_key_values": cache}
+    return "cache" if "cache" in names else "past_key_values"
 
 
 def output_cache(output: Any) -> Any:

@@ -68,14 +68,22 @@ def test_evaluate_writes_run_dir_and_rerun_skips_finished_work(tiny_lm, tmp_path
     assert counting.calls == [3, 3, 3]
 
 
-def test_a_model_rewritten_in_place_is_never_served_stale_generations(tiny_lm, tmp_path, counting):
-    """Issue 17.3: the cache was keyed by the --model string; now by the model's identity (weights files)."""
-    import torch
-
+@pytest.fixture
+def tiny_lm_dir(tiny_lm, tmp_path):
+    """The tiny model and tokenizer saved as a directory (what ``ModelDir`` evaluates)."""
     model, tok = tiny_lm
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
     tok.save_pretrained(model_dir)
+    return model_dir
+
+
+def test_a_model_rewritten_in_place_is_never_served_stale_generations(tiny_lm, tiny_lm_dir, tmp_path, counting):
+    """Issue 17.3: the cache was keyed by the --model string; now by the model's identity (weights files)."""
+    import torch
+
+    model, tok = tiny_lm
+    model_dir = tiny_lm_dir
     config = CONFIG.replace(suites=("safety",))
     evaluate(ModelDir(model_dir), config, out_dir=tmp_path / "run")
     counting.calls = []
@@ -145,12 +153,9 @@ def test_eval_config_validation_and_overrides():
         CONFIG.with_overrides(["generation.batch_size=0"])
 
 
-def test_the_evaluation_precision_keys_the_cached_replies(tiny_lm, tmp_path, counting):
+def test_the_evaluation_precision_keys_the_cached_replies(tiny_lm_dir, tmp_path, counting):
     """Replies of a bfloat16 model are not the float32 model's: another dtype never reuses them."""
-    model, tok = tiny_lm
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir, safe_serialization=True)
-    tok.save_pretrained(model_dir)
+    model_dir = tiny_lm_dir
     config = CONFIG.replace(suites=("safety",))
     evaluate(ModelDir(model_dir), config, out_dir=tmp_path / "run")
     counting.calls = []

@@ -11,7 +11,7 @@ from deltaguard.errors import ConfigError
 from deltaguard.guard.data import GuardExample
 from deltaguard.guard.format import verdict_tokens
 from deltaguard.guard.train import (
-    GuardEncoder, GuardTrainConfig, _pad, answer_logits, full_sequence_hidden, score, shared_prefix_hidden,
+    GuardEncoder, GuardTrainConfig, pad_batch, answer_logits, full_sequence_hidden, score, shared_prefix_hidden,
     train_guard,
 )
 from tinymodels import make_tiny_llama
@@ -31,7 +31,7 @@ def setup(tiny_tokenizer):
 def test_shared_prefix_equals_running_each_example_whole(setup):
     model, encoder = setup
     batch = [encoder.encode_example(_example(i, i % 2 == 0)) for i in range(3)]
-    ids, real, _ = _pad(batch, 0)
+    ids, real, _ = pad_batch(batch, 0)
     prefix = encoder.prefixes["response"]
     fast = shared_prefix_hidden(model, prefix, ids, real)
     reference = full_sequence_hidden(model, prefix, ids, real)
@@ -42,7 +42,7 @@ def test_shared_prefix_gradients_equal_the_reference(setup):
     model, encoder = setup
     twin = copy.deepcopy(model)
     batch = [encoder.encode_example(_example(i, True)) for i in range(2)]
-    ids, real, answer = _pad(batch, 0)
+    ids, real, answer = pad_batch(batch, 0)
     prefix = encoder.prefixes["response"]
     shared_prefix_hidden(model, prefix, ids, real)[real.bool()].sum().backward()
     full_sequence_hidden(twin, prefix, ids, real)[real.bool()].sum().backward()
@@ -56,7 +56,7 @@ def test_answers_are_the_only_loss_tokens(setup, tiny_tokenizer):
     answer = [t for t, m in zip(encoded.suffix_ids, encoded.answer_mask) if m]
     assert tiny_tokenizer.decode(answer).startswith("unsafe\nS1")
     assert answer[-1] == tiny_tokenizer.eos_token_id
-    ids, real, mask = _pad([encoded], 0)
+    ids, real, mask = pad_batch([encoded], 0)
     logits, targets = answer_logits(model, encoder.prefixes["response"], ids, real, mask)
     assert targets.tolist() == answer and logits.shape[0] == len(answer)
 

@@ -8,20 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from deltaguard.audit.config import AuditConfig
+from deltaguard.metrics import Interval
 from deltaguard.threats.base import ThreatScore
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate with a 95% bootstrap interval (``nan`` when undefined)."""
-
-    value: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float | None]:
-        return {k: (None if math.isnan(v) else round(v, 4)) for k, v in
-                (("value", self.value), ("low", self.low), ("high", self.high))}
 
 
 @dataclass(frozen=True)

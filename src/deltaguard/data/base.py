@@ -86,6 +86,12 @@ def normalise_text(text: str) -> str:
     return _SPACE.sub(" ", text).strip().rstrip(".?!").strip()
 
 
+def group_of(text: str) -> str:
+    """A prompt's group: a hash of its normalised text. Splits that must never share a prompt (the guard's)
+    and checks that must leave out what a judge trained on compare groups."""
+    return hashlib.sha256(normalise_text(text).encode()).hexdigest()[:16]
+
+
 def dedupe(prompts: Iterable[Prompt], *, keys: tuple[str, ...] = ()) -> list[Prompt]:
     """Keep the first of prompts whose normalised text (plus ``meta[k]`` for ``k`` in ``keys``) repeat."""
     seen: set[tuple[str, ...]] = set()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -305,18 +305,16 @@ def choose_threshold(probs: list[float], labels: list[bool]) -> float:
 def _calibration_batches(encoder: GuardEncoder, examples: list[GuardExample], device: torch.device,
                          batch_size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Whole guard inputs (prefix + example + answer), right-padded, for the importance measurements."""
-    pad_id = encoder.tokenizer.pad_token_id if encoder.tokenizer.pad_token_id is not None else 0
-    rows = [encoder.prefixes[e.task] + e.suffix_ids for e in (encoder.encode_example(x) for x in examples)]
+    from deltaguard.guard.train import pad_batch
+
+    whole = []
+    for e in (encoder.encode_example(x) for x in examples):
+        prefix = encoder.prefixes[e.task]
+        whole.append(replace(e, suffix_ids=prefix + e.suffix_ids, answer_mask=(False,) * len(prefix) + e.answer_mask))
     batches = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, r in enumerate(chunk):
-            ids[i, :len(r)] = torch.tensor(r)
-            mask[i, :len(r)] = 1
-        batches.append((ids.to(device), mask.to(device)))
+    for start in range(0, len(whole), batch_size):
+        ids, real, _ = pad_batch(whole[start:start + batch_size], encoder.pad_id)
+        batches.append((ids.to(device), real.to(device)))
     return batches
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,20 +25,9 @@ import numpy as np
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.data import GuardExample, build_examples
 from deltaguard.judges.check import agreement
-from deltaguard.metrics import wilson
+from deltaguard.metrics import Interval, wilson
 
 N_BOOT = 1000
-
-
-@dataclass(frozen=True)
-class Interval:
-    value: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float | None]:
-        return {k: (None if math.isnan(v) else round(v, 4)) for k, v in
-                (("value", self.value), ("low", self.low), ("high", self.high))}
 
 
 def average_precision(scores: list[float], labels: list[bool]) -> float:

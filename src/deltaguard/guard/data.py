@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
-from deltaguard.data.base import datasets, normalise_text, split_of
+from deltaguard.data.base import datasets, group_of, normalise_text, split_of
 from deltaguard.errors import ConfigError
 from deltaguard.io import canonical_json
 
@@ -106,11 +106,6 @@ class GuardData:
             counts[name] = dict(sorted(tally.items()))
         return {"counts": counts, "split_hashes": self.split_hashes(), "content_hash": self.content_hash,
                 "label_sources": LABEL_SOURCES}
-
-
-def group_of(prompt: str) -> str:
-    """The split unit: a hash of the prompt's normalised text (one prompt, one split)."""
-    return hashlib.sha256(normalise_text(prompt).encode()).hexdigest()[:16]
 
 
 def hashed_split(group: str, *, seed: int, val: float = 0.1, test: float = 0.3) -> str:

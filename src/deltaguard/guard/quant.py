@@ -216,6 +216,16 @@ def prepare_qat(model: nn.Module, *, group_size: int, quantize_embedding: bool =
     return sorted((name for name, _ in plan), key=order.__getitem__)
 
 
+def _check_packed(qweight: Tensor, scales: Tensor, n_cols: int, group_size: int, what: str) -> None:
+    """Refuse packed codes and scales that do not describe ``[rows, n_cols]`` in groups of ``group_size``."""
+    check_group_size(group_size, n_cols)
+    rows = qweight.shape[0]
+    expected = (rows, (n_cols + 1) // 2), (rows, n_cols // group_size)
+    if (tuple(qweight.shape), tuple(scales.shape)) != expected:
+        raise FormatError(f"INT4 {what} {tuple(qweight.shape)} / scales {tuple(scales.shape)} do not fit "
+                          f"[{rows}, {n_cols}] in groups of {group_size}")
+
+
 class Int4Linear(nn.Module):
     """Inference linear layer over packed INT4 weights; matches its ``QATLinear`` bit for bit.
 
@@ -226,12 +236,8 @@ class Int4Linear(nn.Module):
     def __init__(self, qweight: Tensor, scales: Tensor, bias: Tensor | None, *, in_features: int, group_size: int,
                  act_int8: bool = True, cache: bool = True) -> None:
         super().__init__()
-        check_group_size(group_size, in_features)
+        _check_packed(qweight, scales, in_features, group_size, "weight")
         out_features = qweight.shape[0]
-        expected = (out_features, (in_features + 1) // 2), (out_features, in_features // group_size)
-        if (tuple(qweight.shape), tuple(scales.shape)) != expected:
-            raise FormatError(f"INT4 weight {tuple(qweight.shape)} / scales {tuple(scales.shape)} do not fit "
-                              f"[{out_features}, {in_features}] in groups of {group_size}")
         self.in_features, self.out_features = in_features, out_features
         self.group_size, self.act_int8, self.cache = group_size, act_int8, cache
         self.register_buffer("qweight", qweight.to(torch.uint8).contiguous())
@@ -276,13 +282,8 @@ class Int4Embedding(nn.Module):
     def __init__(self, qweight: Tensor, scales: Tensor, *, embedding_dim: int, group_size: int,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        check_group_size(group_size, embedding_dim)
-        rows = qweight.shape[0]
-        expected = (rows, (embedding_dim + 1) // 2), (rows, embedding_dim // group_size)
-        if (tuple(qweight.shape), tuple(scales.shape)) != expected:
-            raise FormatError(f"INT4 embedding {tuple(qweight.shape)} / scales {tuple(scales.shape)} do not fit "
-                              f"[{rows}, {embedding_dim}] in groups of {group_size}")
-        self.num_embeddings, self.embedding_dim = rows, embedding_dim
+        _check_packed(qweight, scales, embedding_dim, group_size, "embedding")
+        self.num_embeddings, self.embedding_dim = qweight.shape[0], embedding_dim
         self.group_size, self.dtype = group_size, dtype
         self.register_buffer("qweight", qweight.to(torch.uint8).contiguous())
         self.register_buffer("scales", scales.float().contiguous())

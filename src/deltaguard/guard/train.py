@@ -64,6 +64,10 @@ class GuardEncoder:
             self._prefix_text[task] = text[:cut]
             self.prefixes[task] = tuple(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
 
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
     def _clip(self, text: str, limit: int) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
@@ -97,7 +101,7 @@ class GuardEncoder:
         return self.encode(example.prompt, example.response, answer=answer, unsafe=example.unsafe)
 
 
-def _pad(batch: Sequence[Encoded], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+def pad_batch(batch: Sequence[Encoded], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """(suffix ids [B, S], real-token mask [B, S], answer mask [B, S]), right-padded."""
     width = max(len(e.suffix_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -232,7 +236,7 @@ def train_guard(model: nn.Module, encoder: GuardEncoder, examples: Sequence[Guar
         freeze_below(model, config.train_blocks)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    pad_id = encoder.tokenizer.pad_token_id if encoder.tokenizer.pad_token_id is not None else 0
+    pad_id = encoder.pad_id
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     model.train()
@@ -244,7 +248,7 @@ def train_guard(model: nn.Module, encoder: GuardEncoder, examples: Sequence[Guar
                 break
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_factor(len(losses), n_steps, int(config.warmup_ratio * n_steps), "cosine")
-            ids, real, answer = (t.to(device) for t in _pad(batch, pad_id))
+            ids, real, answer = (t.to(device) for t in pad_batch(batch, pad_id))
             prefix = encoder.prefixes[batch[0].task]
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 logits, targets = answer_logits(model, prefix, ids, real, answer)
@@ -293,7 +297,7 @@ def score(model: nn.Module, encoder: GuardEncoder, items: Sequence[tuple[str, st
           label: str = "score") -> list[float]:
     """P(unsafe) for each (prompt, response or None), from one forward pass per batch (no generation)."""
     device = next(model.parameters()).device
-    pad_id = encoder.tokenizer.pad_token_id if encoder.tokenizer.pad_token_id is not None else 0
+    pad_id = encoder.pad_id
     encoded = [encoder.encode(p, r) for p, r in items]
     out: list[float] = [math.nan] * len(encoded)
     order = {"response": [], "prompt": []}  # type: dict[str, list[int]]
@@ -307,7 +311,7 @@ def score(model: nn.Module, encoder: GuardEncoder, items: Sequence[tuple[str, st
             indices = sorted(indices, key=lambda i: len(encoded[i].suffix_ids))
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
-                ids, real, _ = (t.to(device) for t in _pad([encoded[i] for i in chunk], pad_id))
+                ids, real, _ = (t.to(device) for t in pad_batch([encoded[i] for i in chunk], pad_id))
                 with torch.autocast(device.type, dtype=torch.bfloat16):
                     logits = verdict_logits(model, encoder.prefixes[task], ids, real)
                 probs = unsafe_probability(logits, tokens, head_token_ids)
@@ -317,5 +321,5 @@ def score(model: nn.Module, encoder: GuardEncoder, items: Sequence[tuple[str, st
     return out
 
 
-__all__ = ["Encoded", "GuardEncoder", "GuardTrainConfig", "answer_logits", "full_sequence_hidden", "score",
-           "freeze_below", "shared_prefix_hidden", "train_guard", "verdict_logits"]
+__all__ = ["Encoded", "GuardEncoder", "GuardTrainConfig", "answer_logits", "freeze_below", "full_sequence_hidden",
+           "pad_batch", "score", "shared_prefix_hidden", "train_guard", "verdict_logits"]

@@ -118,7 +118,7 @@ class BaseJudge(ABC):
                        is_refusal=None, is_unsafe=None, score=None, error=error, raw=raw)
 
     def trained_groups(self) -> frozenset[str]:
-        """Prompt groups (``guard.data.group_of``) the judge was trained or tuned on: a check against human
+        """Prompt groups (``data.base.group_of``) the judge was trained or tuned on: a check against human
         labels must leave them out. Hand-written judges were trained on nothing."""
         return frozenset()
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from deltaguard.data import PromptSet, load_prompts
+from deltaguard.data.base import group_of
 from deltaguard.errors import ConfigError, JudgeError
 from deltaguard.judges.base import BaseJudge, JudgeItem
 
@@ -110,8 +111,6 @@ def check_on(judge: BaseJudge, prompts: PromptSet, *, task: str) -> JudgeCheckRe
     trained = judge.trained_groups()
     kept = list(prompts.prompts)
     if trained:
-        from deltaguard.guard.data import group_of
-
         kept = [p for p in kept if group_of(p.text) not in trained]
         if not kept:
             raise JudgeError(f"judge {judge.name!r} was trained on every prompt of {prompts.name}; nothing is left to check")

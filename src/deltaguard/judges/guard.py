@@ -62,21 +62,25 @@ class GuardJudge(BaseJudge):
     def __init__(self, config: GuardJudgeConfig = GuardJudgeConfig(), *, guard: Any = None) -> None:
         super().__init__(config)
         self._guard = guard
+        self._manifest_read: dict[str, Any] | None = None
 
     @property
     def guard_dir(self) -> Path:
         return Path(self.config.path) if self.config.path else default_guard_dir()
 
     def _manifest(self) -> dict[str, Any]:
+        """The guard's manifest, read once (every verdict's ``prompt_hash`` asks for it)."""
         if self._guard is not None:
             return self._guard.manifest
-        from deltaguard.io import read_json
+        if self._manifest_read is None:
+            from deltaguard.io import read_json
 
-        manifest_path = self.guard_dir / "manifest.json"
-        if not manifest_path.is_file():
-            raise ConfigError(f"no guard at {self.guard_dir}: build one with `deltaguard guard build -o DIR` "
-                              "and pass path=DIR/guard (or run `deltaguard demo`, which builds the default)")
-        return read_json(manifest_path, what="guard manifest")
+            manifest_path = self.guard_dir / "manifest.json"
+            if not manifest_path.is_file():
+                raise ConfigError(f"no guard at {self.guard_dir}: build one with `deltaguard guard build -o DIR` "
+                                  "and pass path=DIR/guard (or run `deltaguard demo`, which builds the default)")
+            self._manifest_read = read_json(manifest_path, what="guard manifest")
+        return self._manifest_read
 
     def identity(self) -> dict[str, Any]:
         manifest = self._manifest()
