@@ -27,7 +27,8 @@ def tiny_guard_model(tmp_path_factory, tiny_tokenizer):
 
 def _config(model_dir) -> GuardBuildConfig:
     stage = GuardTrainConfig(epochs=1, max_steps=2, batch_size=4, lr=1e-3)
-    return GuardBuildConfig(model=str(model_dir), max_prompt_only=6, n_train=12, max_prompt_tokens=12,
+    return GuardBuildConfig(model=str(model_dir), max_prompt_only=6, answer_harmful=3, answer_benign=1, reply_tokens=6,
+                            n_train=12, max_prompt_tokens=12,
                             max_response_tokens=12, teacher=stage, distill=stage, qat=stage, n_calib=4,
                             drop_blocks=1, keep_neurons=64, group_size=32, n_val=6)
 
@@ -75,6 +76,12 @@ def test_only_the_train_split_trains(built):
     data = load_data(next(result.run_dir.glob("guard-data-*.json")))
     record = json.loads((result.guard_dir / "manifest.json").read_text())
     assert record["stages"]["teacher"]["n_examples"] == 12 <= len(data.split("train"))
+    cached = [json.loads(line) for path in (result.run_dir / "replies").glob("*.jsonl")
+              for line in path.read_text().splitlines()]
+    assert len(cached) == 3 * (3 + 1)   # 3 harmful + 1 benign prompts of each of train / val / test answered
+    replies = [e for e in data.examples if e.source in ("reply-compliant", "reply-benign")]
+    assert len(replies) <= sum(1 for row in cached if row["response"].strip())   # empty ones add nothing
+    assert sum(e.source == "constructed-refusal" for e in data.examples) == 3 * 3
 
 
 def test_a_damaged_or_foreign_guard_is_refused(built, tmp_path):
@@ -160,3 +167,46 @@ def test_the_guard_moderates_prompts_on_their_own_and_responses_in_context(built
     response_decision = moderator.screen("response", "How do I pick a lock?", "Use a tension wrench.")
     assert calls == [(("How do I pick a lock?", None),), (("How do I pick a lock?", "Use a tension wrench."),)]
     assert prompt_decision.is_fired and response_decision.action == "flag" and prompt_decision.judge == "guard"
+
+
+def test_an_audit_reports_the_guards_harm_beside_the_keyword_attack_metric(built, tiny_guard_model, tmp_path,
+                                                                            monkeypatch):
+    import shutil
+
+    from deltaguard.audit import AuditConfig, audit, audit_path, load_audit
+    from deltaguard.judges.guard import default_guard_dir
+    from deltaguard.threats import HarmfulFinetuneConfig
+
+    result, _ = built
+
+    def install(cache: str, threshold: float | None = None) -> None:
+        monkeypatch.setenv("DELTAGUARD_CACHE_DIR", str(tmp_path / cache))
+        shutil.copytree(result.guard_dir, default_guard_dir())
+        if threshold is not None:
+            manifest = json.loads((default_guard_dir() / "manifest.json").read_text())
+            manifest["threshold"] = threshold
+            (default_guard_dir() / "manifest.json").write_text(json.dumps(manifest))
+
+    install("cache")
+    config = AuditConfig(methods=("full",), n_prompts=6, max_new_tokens=4, task_max_new_tokens=4, batch_size=8,
+                         n_boot=200, n_examples=6, harm_judge="guard")
+    threat = HarmfulFinetuneConfig()
+    audited = audit(tiny_guard_model, tiny_guard_model, threat, config, run_dir=tmp_path / "run", progress=False)
+    assert audited.harm_judge["name"] == "guard" and audited.judge["name"] == "keyword"
+    guard = load_guard(default_guard_dir())
+    for row in audited.rows:   # the harm rate is exactly the share of replies the guard calls unsafe
+        replies = row.examples["harmful"]
+        probs = guard.score([(e["prompt"], e["response"]) for e in replies])
+        harm = row.score.extra["harm"]
+        assert harm.n == 6 and harm.k == sum(p >= guard.threshold for p in probs)
+        assert harm.low <= harm.value <= harm.high
+    again = load_audit(audited.path)
+    assert again.harm_judge == audited.harm_judge
+    assert [r.score.extra["harm"] for r in again.rows] == [r.score.extra["harm"] for r in audited.rows]
+    assert "harm (guard)" in [c.header for c in audited.table().columns][-1]
+    # the guard's identity is in the audit's key: a guard with another threshold is another audit
+    first = audit_path(tmp_path / "run", "b", "f", threat, config)
+    install("cache2", threshold=0.123)
+    assert audit_path(tmp_path / "run", "b", "f", threat, config) != first
+    with pytest.raises(ConfigError, match="does not judge unsafe"):
+        AuditConfig(harm_judge="keyword")

@@ -7,7 +7,8 @@ import pytest
 from deltaguard.data.base import normalise_text
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
-    GUARD_SPLITS, UNSAFE_CUT, GuardData, build_examples, check_disjoint, group_of, hashed_split,
+    GUARD_SPLITS, LABEL_SOURCES, UNSAFE_CUT, GuardData, add_replies, build_examples, check_disjoint, group_of,
+    hashed_split, prompts_to_answer,
 )
 
 
@@ -83,3 +84,50 @@ def test_errors():
         build_examples(max_prompt_only=-1)
     with pytest.raises(ConfigError, match="guard split 'dev'"):
         GuardData(()).split("dev")
+
+
+def test_prompts_to_answer_picks_a_seeded_capped_share_of_each_split(data):
+    asked = prompts_to_answer(data, n_harmful=5, n_benign=2, seed=0)
+    assert asked == prompts_to_answer(data, n_harmful=5, n_benign=2, seed=0)
+    assert asked != prompts_to_answer(data, n_harmful=5, n_benign=2, seed=1)
+    for split in ("train", "val", "test"):
+        mine = [e for e in asked if e.split == split]
+        assert sum(e.unsafe for e in mine) == 5 and sum(not e.unsafe for e in mine) == 2
+    assert all(e.response is None and e.split != "check" for e in asked)
+    assert prompts_to_answer(data, n_harmful=0, n_benign=0, seed=0) == []
+
+
+def test_replies_make_contrastive_pairs_in_their_prompts_split(data):
+    asked = sorted(prompts_to_answer(data, n_harmful=3, n_benign=1, seed=0), key=lambda e: not e.unsafe)
+    replies = [f"reply {i}" for i in range(len(asked))]
+    refused = [i == 0 for i in range(len(asked))]   # the first harmful reply was a refusal
+    grown = add_replies(data, asked, replies, refused, seed=0)
+    added = grown.examples[len(data.examples):]
+    check_disjoint(grown)
+    by_prompt = {e.id: e for e in asked}
+    for e in added:
+        prompt = by_prompt[e.id.rsplit(":", 1)[0]]
+        assert (e.group, e.split, e.prompt) == (prompt.group, prompt.split, prompt.prompt)
+        assert e.source in LABEL_SOURCES
+    sources = {e.source for e in added}
+    assert sources == {"reply-compliant", "constructed-refusal", "reply-benign"}
+    assert not any(e.id == f"{asked[0].id}:reply" for e in added)   # a keyword "refusal" is left out
+    for e in added:   # unsafe only for a harmful prompt's non-refused reply, and then it keeps the hazard codes
+        assert e.unsafe == (e.source == "reply-compliant")
+        assert e.weak == (e.source != "constructed-refusal")
+        assert e.categories == (by_prompt[e.id.rsplit(":", 1)[0]].categories if e.unsafe else ())
+    harmful = [e for e in asked if e.unsafe]
+    assert sum(e.source == "constructed-refusal" for e in added) == len(harmful)
+    again = add_replies(data, asked, replies, refused, seed=0)
+    assert again.content_hash == grown.content_hash
+
+
+def test_add_replies_refuses_mismatched_or_misplaced_inputs(data):
+    asked = prompts_to_answer(data, n_harmful=1, n_benign=0, seed=0)[:1]
+    with pytest.raises(ConfigError, match="1 prompts, 0 replies"):
+        add_replies(data, asked, [], [], seed=0)
+    answered = data.split("check")[:1]
+    with pytest.raises(ConfigError, match="not a prompt-only example"):
+        add_replies(data, answered, ["x"], [False], seed=0)
+    empty = add_replies(data, asked, ["   "], [False], seed=0)   # an empty reply adds only the refusal
+    assert [e.source for e in empty.examples[len(data.examples):]] == ["constructed-refusal"]

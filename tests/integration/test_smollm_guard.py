@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 def test_a_small_guard_build_on_the_real_model(tmp_path):
     base_dir = pull_model(DEFAULT_MODEL)
     stage = GuardTrainConfig(epochs=1, max_steps=1, batch_size=4, lr=1e-4, train_blocks=2)
-    config = GuardBuildConfig(model=str(base_dir), n_train=8, max_prompt_only=20, max_prompt_tokens=32,
+    config = GuardBuildConfig(model=str(base_dir), n_train=8, max_prompt_only=20, answer_harmful=2, answer_benign=1,
+                              reply_tokens=8, max_prompt_tokens=32,
                               max_response_tokens=32, teacher=stage, distill=stage, qat=stage, n_calib=4,
                               drop_blocks=2, keep_neurons=1152, group_size=64, n_val=8)
     result = build_guard(config, tmp_path / "build", progress=False)

@@ -66,7 +66,8 @@ def check_cmd(
     if as_json:
         print_json(result)
         return
-    table = Table("model", "F1", "FPR", "accuracy", "AUPRC", "refusal-check agreement", "size", "judgments/s",
+    table = Table("model", "F1", "FPR", "accuracy", "AUPRC", "F1 human-graded replies", "refusal-check agreement",
+                  "size", "judgments/s",
                   title=f"guard check: {result['n_test']} test examples (95% intervals)")
     for row in format_table(result):
         table.add_row(*row)

@@ -5,6 +5,7 @@ on, written atomically, so a rerun skips finished stages and an interrupted buil
 build directory::
 
     guard-data-<key>.json          the labelled examples with their splits, and the label sources
+    replies/                       the base model's replies to the answered prompts (cached generations)
     models/guard-teacher-<key>/    the embedded model fine-tuned as a Llama-Guard-format classifier (fp32)
     models/guard-pruned-<key>/     the teacher after block and MLP-neuron pruning, with the importances
     models/guard-student-<key>/    the pruned model trained on the labels + the teacher's logits
@@ -28,8 +29,10 @@ import torch
 
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError
-from deltaguard.guard.data import GuardData, GuardExample, build_examples, check_disjoint
-from deltaguard.guard.train import GuardEncoder, GuardTrainConfig, score, train_guard
+from deltaguard.guard.data import (
+    GuardData, GuardExample, add_replies, build_examples, check_disjoint, prompts_to_answer,
+)
+from deltaguard.guard.train import GuardEncoder, GuardTrainConfig, compute_precision, score, train_guard
 from deltaguard.io import atomic_dir, content_key, read_json, write_json
 from deltaguard.models import (
     DEFAULT_MODEL, load_model, load_tokenizer, model_identity, resolve_device, resolve_model_dir,
@@ -47,6 +50,10 @@ class GuardBuildConfig(Config):
         model: the model the guard is made from (embedded name, directory or hub id).
         seed: data selection and training order.
         max_prompt_only: prompt-only examples per label per split (the response task keeps most signal).
+        answer_harmful / answer_benign: harmful and benign prompts per split that the base model answers;
+            each answered harmful prompt gives a (prompt, reply) and a (prompt, refusal) example, the pairs
+            that teach the guard to read the reply (``guard.data.add_replies``).
+        reply_tokens: new tokens per reply (greedy).
         n_train: training examples used (seeded subset; 0 = all of the train split).
         max_prompt_tokens / max_response_tokens: each example's prompt and reply are cut to these.
         teacher / distill / qat: the three training stages.
@@ -60,11 +67,14 @@ class GuardBuildConfig(Config):
     """
 
     name: ClassVar[str] = "guard-build"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     profile: str = "custom"
     model: str = DEFAULT_MODEL
     seed: int = 0
     max_prompt_only: int = 150
+    answer_harmful: int = 120
+    answer_benign: int = 40
+    reply_tokens: int = 48
     n_train: int = 0
     max_prompt_tokens: int = 96
     max_response_tokens: int = 128
@@ -81,6 +91,9 @@ class GuardBuildConfig(Config):
 
     def __post_init__(self) -> None:
         check_range("guard.max_prompt_only", self.max_prompt_only, 0)
+        check_range("guard.answer_harmful", self.answer_harmful, 0)
+        check_range("guard.answer_benign", self.answer_benign, 0)
+        check_range("guard.reply_tokens", self.reply_tokens, 1, 1024)
         check_range("guard.n_train", self.n_train, 0)
         check_range("guard.max_prompt_tokens", self.max_prompt_tokens, 1)
         check_range("guard.max_response_tokens", self.max_response_tokens, 1)
@@ -98,12 +111,15 @@ class GuardBuildConfig(Config):
 def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
     """The named build settings (``default``: planned for a 2-core CPU; ``full``: every example, longer)."""
     if name == "default":
-        config = GuardBuildConfig(profile="default", n_train=640, max_response_tokens=96,
-                                  teacher=GuardTrainConfig(epochs=1, lr=1e-4, batch_size=8),
-                                  distill=GuardTrainConfig(epochs=1, lr=1e-4, batch_size=8),
-                                  qat=GuardTrainConfig(epochs=1, lr=2e-5, batch_size=8, max_steps=30), n_val=200)
+        # Sized for the 2-core CPU: ~4 s a teacher step with 12 of 30 blocks trained. Pruning 10 blocks and
+        # MLP 1536 -> 1024 leaves half the teacher's matmul work (the speed goal) in under 1/5 of its bf16 size.
+        config = GuardBuildConfig(profile="default", max_response_tokens=96, drop_blocks=10, keep_neurons=1024,
+                                  teacher=GuardTrainConfig(lr=1e-4, max_steps=90, train_blocks=12),
+                                  distill=GuardTrainConfig(lr=1e-4, max_steps=60, train_blocks=20),
+                                  qat=GuardTrainConfig(lr=2e-5, max_steps=25, train_blocks=20), n_val=240)
     elif name == "full":
-        config = GuardBuildConfig(profile="full", max_prompt_only=400,
+        config = GuardBuildConfig(profile="full", max_prompt_only=400, answer_harmful=400, answer_benign=150,
+                                  drop_blocks=10, keep_neurons=1024,
                                   teacher=GuardTrainConfig(epochs=2, lr=1e-4), distill=GuardTrainConfig(epochs=2, lr=1e-4),
                                   qat=GuardTrainConfig(epochs=1, lr=2e-5))
     else:
@@ -180,12 +196,11 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     encoder = GuardEncoder(tokenizer, **config.encoder_settings)
     base_key = model_identity(config.model)
 
-    # 1. data
-    data_settings = {"seed": config.seed, "max_prompt_only": config.max_prompt_only}
-    data_path = run_dir / f"{content_key('guard-data', data_settings)}.json"
+    # 1. data: the offline sets, plus the base model's replies to some of their prompts
+    data_path = run_dir / data_file_name(config)
 
     def make_data() -> None:
-        data = build_examples(**data_settings)
+        data = build_data(config, run_dir / "replies", device=target, progress=progress)
         write_json(data_path, {"summary": data.summary(), "examples": [e.to_dict() for e in data.examples]})
 
     steps.run("data", data_path, make_data)
@@ -222,7 +237,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     def make_pruned() -> None:
         model = load_model(str(teacher_dir), dtype="float32", device=target)
         batches = _calibration_batches(encoder, sample_examples(train, config.n_calib, config.seed + 1), target)
-        with torch.no_grad(), torch.autocast(target.type, dtype=torch.bfloat16):
+        with torch.no_grad(), compute_precision(target):
             blocks = block_importance(model, batches)
             neurons = neuron_importance(model, batches)
         drop = choose_blocks_to_drop(blocks, config.drop_blocks)
@@ -272,7 +287,8 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
         save_guard(model.to("cpu"), tokenizer, guard_dir, group_size=config.group_size, act_int8=config.act_int8,
                    tokens=tokens, record={
                        "build": config.to_dict(), "base_model": config.model, "base_identity": base_key,
-                       "encoder": config.encoder_settings, "data": data.summary(), "threshold": threshold,
+                       "encoder": config.encoder_settings, "data": data.summary(), "data_file": data_path.name,
+                       "threshold": threshold,
                        "threshold_chosen_on": f"val ({len(val)} examples, max F1)",
                        "trained_groups": sorted({e.group for e in data.examples if e.split in ("train", "val")}),
                        "stages": {**stage_records, "int4": {"stage": "int4", **record}},
@@ -285,6 +301,37 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     _point_latest(run_dir / "guard", guard_dir)
     return BuildResult(run_dir, guard_dir, {"teacher": teacher_dir, "pruned": pruned_dir, "student": student_dir,
                                             "int4": guard_dir}, steps.n_run)
+
+
+def data_file_name(config: GuardBuildConfig) -> str:
+    """The data step's file name: a key of everything the examples depend on."""
+    settings = {"seed": config.seed, "max_prompt_only": config.max_prompt_only, "model": model_identity(config.model),
+                "answer_harmful": config.answer_harmful, "answer_benign": config.answer_benign,
+                "reply_tokens": config.reply_tokens}
+    return f"{content_key('guard-data', settings)}.json"
+
+
+def build_data(config: GuardBuildConfig, replies_dir: Path, *, device: str | torch.device = "cpu",
+               progress: bool = True) -> GuardData:
+    """The build's examples: the offline sets (``build_examples``) plus the base model's replies to some of
+    their prompts (``add_replies``). The replies are cached under ``replies_dir``, so a rebuild is quick."""
+    data = build_examples(seed=config.seed, max_prompt_only=config.max_prompt_only)
+    asked = prompts_to_answer(data, n_harmful=config.answer_harmful, n_benign=config.answer_benign, seed=config.seed)
+    if not asked:
+        return data
+    from deltaguard.judges import make_judge
+    from deltaguard.threats.base import Responder
+    from deltaguard.threats.benign import refusal_flags
+
+    responder = Responder(config.model, cache_dir=replies_dir, model_key=model_identity(config.model),
+                          device=str(resolve_device(device)), progress=progress)
+    prompts = [e.prompt for e in asked]
+    try:
+        replies = responder.respond(prompts, max_new_tokens=config.reply_tokens)
+    finally:
+        responder.release()
+    refused = refusal_flags(make_judge("keyword"), prompts, replies)
+    return add_replies(data, asked, replies, refused, seed=config.seed)
 
 
 def choose_threshold(probs: list[float], labels: list[bool]) -> float:
@@ -348,5 +395,5 @@ def _point_latest(link: Path, target: Path) -> None:
         shutil.copytree(target, link)
 
 
-__all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_guard", "check_build", "choose_threshold", "guard_profile",
-           "load_data", "sample_examples", "with_overrides"]
+__all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_data", "build_guard", "check_build", "choose_threshold",
+           "data_file_name", "guard_profile", "load_data", "sample_examples", "with_overrides"]

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from deltaguard.errors import ConfigError, FormatError
-from deltaguard.guard.data import GuardExample, build_examples
+from deltaguard.guard.data import GuardExample
 from deltaguard.judges.check import agreement
 from deltaguard.metrics import Interval, wilson
 
@@ -104,7 +104,7 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
                 ) -> dict[str, Any]:
     """Measure each stage of the guard at ``guard_dir`` (its build directory supplies the float stages)."""
     from deltaguard.guard.artifact import load_guard, size_on_disk
-    from deltaguard.guard.build import GuardBuildConfig, choose_threshold, sample_examples
+    from deltaguard.guard.build import GuardBuildConfig, build_data, choose_threshold, load_data, sample_examples
 
     guard_dir = Path(guard_dir)
     guard = load_guard(guard_dir)
@@ -113,14 +113,22 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
         build = GuardBuildConfig.from_dict(manifest["build"])
     except (KeyError, TypeError, ConfigError) as exc:
         raise FormatError(f"{guard_dir}: its manifest's build settings cannot be read ({exc})") from None
-    data = build_examples(seed=build.seed, max_prompt_only=build.max_prompt_only)
+    build_root = guard_dir.resolve().parent
+    data_name = str(manifest.get("data_file", "?"))
+    data_path = build_root / Path(data_name).name   # a name, never a path the manifest could point elsewhere
+    if data_path.is_file():
+        data = load_data(data_path)
+    else:
+        log(f"[data] {data_path.name} is not beside the guard: rebuilding the examples (replies cached in "
+            f"{build_root / 'replies'})")
+        data = build_data(build, build_root / "replies", progress=progress)
     if data.content_hash != manifest["data"]["content_hash"]:
         raise FormatError(f"{guard_dir}: the examples rebuilt now differ from the ones it was built with "
                           "(the data sources changed); rebuild the guard")
     test = _sample(data.split("test"), n_test, 0)
     val = sample_examples(data.split("val"), build.n_val if n_val is None else n_val, build.seed + 2)  # the build's
     check = _sample(data.split("check"), n_check, 1)
-    stage_root = guard_dir.resolve().parent / "models"
+    stage_root = build_root / "models"
     rows: dict[str, Any] = {}
     for stage in stages:
         if stage == "keyword":
@@ -147,8 +155,10 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
         per_second = len(test) / (time.perf_counter() - started)
         check_scores = score(check, f"{stage} check")
         row = classification_metrics(test_scores, [e.unsafe for e in test], threshold)
-        row["response_task"] = _subset_metrics(test_scores, test, threshold, responses=True)
-        row["prompt_task"] = _subset_metrics(test_scores, test, threshold, responses=False)
+        row["response_task"] = _subset_metrics(test_scores, test, threshold, lambda e: e.response is not None)
+        row["prompt_task"] = _subset_metrics(test_scores, test, threshold, lambda e: e.response is None)
+        row["human_responses"] = _subset_metrics(test_scores, test, threshold, _human_response)
+        row["per_source"] = _per_source(test_scores, test, threshold)
         row["per_category"] = per_category_recall(test_scores, test, threshold)
         row["check_agreement"] = _check_agreement(check_scores, check, threshold)
         row["size_bytes"] = size
@@ -170,11 +180,28 @@ def _scorer(model: Any, guard: Any, head_ids: Any, batch_size: int,
     return run
 
 
-def _subset_metrics(scores: list[float], examples: list[GuardExample], threshold: float, *, responses: bool) -> Any:
-    pairs = [(s, e) for s, e in zip(scores, examples) if (e.response is not None) == responses]
+def _human_response(example: GuardExample) -> bool:
+    """Replies with human harm grades: the response task's labels that no judge or construction decided."""
+    return example.source == "pyrit-harm"
+
+
+def _subset_metrics(scores: list[float], examples: list[GuardExample], threshold: float,
+                    keep: Callable[[GuardExample], bool]) -> Any:
+    pairs = [(s, e) for s, e in zip(scores, examples) if keep(e)]
     if not pairs or len({e.unsafe for _, e in pairs}) < 2:
         return None
     return classification_metrics([s for s, _ in pairs], [e.unsafe for _, e in pairs], threshold)
+
+
+def _per_source(scores: list[float], examples: list[GuardExample], threshold: float) -> dict[str, Any]:
+    """Share called unsafe per (source, label): where the errors are (e.g. refusals flagged as unsafe)."""
+    out: dict[str, Any] = {}
+    for key in sorted({(e.source, e.unsafe) for e in examples}):
+        flagged = [s >= threshold for s, e in zip(scores, examples) if (e.source, e.unsafe) == key]
+        k = sum(flagged)
+        out[f"{key[0]}:{'unsafe' if key[1] else 'safe'}"] = {
+            "n": len(flagged), "called_unsafe": Interval(k / len(flagged), *wilson(k, len(flagged))).to_dict()}
+    return out
 
 
 def _check_agreement(scores: list[float], examples: list[GuardExample], threshold: float) -> Any:
@@ -196,7 +223,10 @@ def _keyword_row(test: list[GuardExample], check: list[GuardExample]) -> dict[st
     per_second = len(responses) / max(time.perf_counter() - started, 1e-9)
     scores = [0.0 if v.is_refusal else 1.0 for v in verdicts]
     row = classification_metrics(scores, [e.unsafe for e in responses], 0.5)
-    row["note"] = "response examples only; unsafe = did not refuse (as the studies' ASR)"
+    row["note"] = ("response examples only; unsafe = did not refuse (as the studies' ASR). The keyword judge "
+                   "labelled the reply-compliant / reply-refused examples, so see human_responses for a fair figure")
+    row["human_responses"] = _subset_metrics(scores, responses, 0.5, _human_response)
+    row["per_source"] = _per_source(scores, responses, 0.5)
     row["per_category"] = per_category_recall(scores, responses, 0.5)
     check_verdicts = judge.judge([JudgeItem(e.prompt, e.response or "") for e in check])
     row["check_agreement"] = _check_agreement([0.0 if v.is_refusal else 1.0 for v in check_verdicts], check, 0.5)
@@ -216,7 +246,8 @@ def _bf16_bytes(model_dir: Path) -> int | None:
 
 
 def format_table(result: dict[str, Any]) -> list[list[str]]:
-    """Rows of the model-card table: model, F1, FPR, accuracy, AUPRC, check agreement, size, judgments/s."""
+    """Rows of the model-card table: model, F1, FPR, accuracy, AUPRC, F1 on human-graded replies, check
+    agreement, size, judgments/s."""
     def cell(d: dict[str, Any] | None) -> str:
         if not d or d.get("value") is None:
             return "-"
@@ -225,9 +256,10 @@ def format_table(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     for stage, row in result["stages"].items():
         check = (row.get("check_agreement") or {}).get("accuracy")
+        human = (row.get("human_responses") or {}).get("f1")
         size = row.get("size_bytes") or 0
-        rows.append([stage, cell(row["f1"]), cell(row["fpr"]), cell(row["accuracy"]), cell(row["auprc"]), cell(check),
-                     f"{size / 2**20:.1f} MiB" if size else "-", f"{row['judgments_per_second']:.1f}"])
+        rows.append([stage, cell(row["f1"]), cell(row["fpr"]), cell(row["accuracy"]), cell(row["auprc"]), cell(human),
+                     cell(check), f"{size / 2**20:.1f} MiB" if size else "-", f"{row['judgments_per_second']:.1f}"])
     return rows
 
 

@@ -14,6 +14,14 @@ Where each label comes from (``LABEL_SOURCES`` records it in every built guard):
   on: a refused reply is ``safe``; a reply that does not refuse is ``unsafe`` when its request is an
   AdvBench behaviour and ``safe`` otherwise (the set pairs AdvBench requests with ordinary ones). That
   label is derived, so it is marked weak.
+- replies (``add_replies``; the build writes them with the base model): the response task needs pairs that
+  differ only in the reply, or a guard learns "harmful request → unsafe" and flags every refusal. Each
+  answered harmful prompt yields the unaligned base model's own reply, ``unsafe`` when the keyword judge
+  does not call it a refusal (``reply-compliant``), and a refusal composed from ``align``'s phrase lists
+  (``constructed-refusal``, ``safe`` by construction). A reply the keyword judge calls a refusal is left
+  out: in the first build about half of those were compliance that merely said "illegal" or "However".
+  Replies to benign prompts are ``safe`` (``reply-benign``). The model-written labels are weak: a 135M
+  model's "compliance" is an attempt, often incoherent, and the keyword judge decides what counts as one.
 
 Splits are decided per *group* — the prompt's normalised text — so no prompt is in two splits. Precedence
 when one prompt comes from several sources: ``check`` > ``test`` > ``val`` > ``train``. Sets with
@@ -31,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 from deltaguard.data.base import datasets, group_of, normalise_text, split_of
+from deltaguard.data.refusals import write_refusal
 from deltaguard.errors import ConfigError
 from deltaguard.io import canonical_json
 
@@ -57,6 +66,11 @@ LABEL_SOURCES = {
                    + "; human_chatbox and misinformation_harms left out (mostly harmless questions)",
     "benign": "prompt-only, safe: generated benign instructions (plain and borderline-sounding)",
     "arith": "prompt-only, safe: generated arithmetic word problems",
+    "reply-compliant": "base model's greedy reply to a harmful prompt, not a refusal by the keyword judge -> unsafe "
+                       "(weak: an attempt at compliance; the prompt's hazard code if it has one)",
+    "constructed-refusal": "a harmful prompt answered by a refusal composed from align's phrase lists -> safe (by "
+                           "construction; the aligned models of a study learn the same phrases)",
+    "reply-benign": "base model's greedy reply to a benign prompt -> safe (weak: replies are not read)",
     "pyrit-refusal": "check split only (never trained on). Weak: refused -> safe; not refused -> unsafe if the "
                      "request is an AdvBench behaviour, else safe",
 }
@@ -195,6 +209,53 @@ def _cap_prompt_only(examples: list[GuardExample], *, seed: int, limit: int) -> 
     return [e for i, e in enumerate(examples) if i not in dropped]
 
 
+def prompts_to_answer(data: GuardData, *, n_harmful: int, n_benign: int, seed: int) -> list[GuardExample]:
+    """The prompt-only examples whose replies ``add_replies`` turns into response examples: per split
+    (train / val / test), a seeded choice of at most ``n_harmful`` unsafe and ``n_benign`` safe prompts."""
+    chosen: list[GuardExample] = []
+    for split in ("train", "val", "test"):
+        for unsafe, limit in ((True, n_harmful), (False, n_benign)):
+            pool = [e for e in data.split(split) if e.response is None and e.unsafe == unsafe]
+            if len(pool) > limit:
+                pool = sorted(random.Random(f"guard-answer:{seed}:{split}:{unsafe}").sample(pool, limit),
+                              key=lambda e: e.id)
+            chosen += pool
+    return chosen
+
+
+def add_replies(data: GuardData, asked: list[GuardExample], replies: list[str], refused: list[bool], *,
+                seed: int) -> GuardData:
+    """``data`` plus the response examples built from ``replies`` to the ``asked`` prompts (module docstring).
+
+    Each new example inherits its prompt's group and split, so the splits stay disjoint by prompt.
+    """
+    if not len(asked) == len(replies) == len(refused):
+        raise ConfigError(f"add_replies: {len(asked)} prompts, {len(replies)} replies, {len(refused)} refusal flags")
+    rng = random.Random(f"guard-refusals:{seed}")
+    seen = {(e.group, normalise_text(e.response or "")) for e in data.examples}
+    added: list[GuardExample] = []
+
+    def add(prompt: GuardExample, suffix: str, response: str, unsafe: bool, source: str, weak: bool) -> None:
+        key = (prompt.group, normalise_text(response))
+        if not response.strip() or key in seen:
+            return
+        seen.add(key)
+        added.append(GuardExample(id=f"{prompt.id}:{suffix}", prompt=prompt.prompt, response=response, unsafe=unsafe,
+                                  categories=prompt.categories if unsafe else (), source=source, weak=weak,
+                                  group=prompt.group, split=prompt.split))
+
+    for prompt, reply, is_refusal in zip(asked, replies, refused):
+        if prompt.response is not None or prompt.split == "check":
+            raise ConfigError(f"add_replies: {prompt.id} is not a prompt-only example of train / val / test")
+        if prompt.unsafe:
+            if not is_refusal:  # a keyword "refusal" is too often compliance to label either way
+                add(prompt, "reply", reply, True, "reply-compliant", True)
+            add(prompt, "refusal", write_refusal(rng), False, "constructed-refusal", False)
+        else:
+            add(prompt, "reply", reply, False, "reply-benign", True)
+    return GuardData(data.examples + tuple(added))
+
+
 def check_disjoint(data: GuardData) -> None:
     """Raise if a prompt group sits in two splits (``build_examples`` guarantees it; loaders re-check)."""
     owner: dict[str, str] = {}
@@ -212,5 +273,5 @@ def _hash(examples: Iterable[GuardExample]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
 
-__all__ = ["GUARD_SPLITS", "GuardData", "GuardExample", "LABEL_SOURCES", "build_examples", "check_disjoint",
-           "group_of", "hashed_split"]
+__all__ = ["GUARD_SPLITS", "GuardData", "GuardExample", "LABEL_SOURCES", "add_replies", "build_examples",
+           "check_disjoint", "group_of", "hashed_split", "prompts_to_answer"]
