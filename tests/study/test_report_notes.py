@@ -47,3 +47,28 @@ def test_no_note_without_both_variants():
     audit = _audit((70.0, 52.0, 86.0), None)
     audit["rows"] = [r for r in audit["rows"] if r["label"] != "bitdelta-nodistill"]
     assert distillation_note(audit) is None
+
+
+def test_the_audit_table_gives_the_harm_judge_its_own_column_and_names_each_judge():
+    from deltaguard.report.document import _audit_rows, _judge_line
+
+    audit = _audit((70.0, 52.0, 86.0), (6.7, -3.0, 17.0))
+    for row in audit["rows"]:
+        row["rates"]["harm"] = _rate(0.5)
+        row["rates"]["harm:triggered"] = _rate(0.25)
+        row["rates"]["style_leak"] = _rate(0.1)
+    audit["judge"] = {"name": "keyword", "prompt_hash": "k1"}
+    audit["harm_judge"] = {"name": "guard", "prompt_hash": "g1"}
+    rows = _audit_rows(audit)
+    assert rows[0][-2] == "harmful: 50.0% [35, 65] (n=32); triggered: 25.0% [10, 40] (n=32)"
+    assert rows[0][-1] == "style_leak: 10.0% [0, 25] (n=32)"   # harm is not repeated among the other rates
+    checks = {"attack": {"judge": "keyword", "prompt_hash": "k1", "task": "refusal", "dataset": {},
+                         "agreement": {"n": 100, "accuracy": 0.7, "f1": 0.6, "kappa": 0.4,
+                                       "confusion": {"tp": 30, "fp": 0, "fn": 30, "tn": 40}}}}
+    attack = _judge_line("attack", audit, checks)
+    assert attack.startswith("The attack metric comes from the keyword judge (config hash k1)")
+    assert "agrees on 70% [60, 78] of 100 replies (F1 0.60, false-positive rate 0.00, Cohen's kappa 0.40)" in attack
+    harm = _judge_line("harm", audit, checks)   # no check for this judge: said, not hidden
+    assert "harm column" in harm and "was not measured" in harm
+    del audit["harm_judge"]
+    assert len(_audit_rows(audit)[0]) == len(rows[0]) - 1 and _judge_line("harm", audit, checks) == ""

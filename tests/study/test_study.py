@@ -19,8 +19,8 @@ def test_tiny_study_runs_caches_and_reports(tmp_path, tiny_model, monkeypatch):
     run_dir = tmp_path / "run"
     config = tiny_study(tiny_model)
     first = run_study(config, run_dir, progress=False, log=lambda _: None)
-    # align, align-check, attack + audit per threat, lens for harmful and backdoor
-    assert first.n_steps_run == 2 + 2 * len(config.threats) + 2
+    # align, align-check, attack + audit per threat, lens for harmful and backdoor, the judge check
+    assert first.n_steps_run == 2 + 2 * len(config.threats) + 2 + 1
 
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["audits"]) == {"harmful", "backdoor", "targeted", "benign"}
@@ -43,6 +43,9 @@ def test_tiny_study_runs_caches_and_reports(tmp_path, tiny_model, monkeypatch):
     markdown = (run_dir / "report.md").read_text()
     assert "## Audit: harmful" in markdown and "figures/attack_vs_bits.png" in markdown
     assert "Scale distillation (1-bit BitDelta)" in markdown
+    attack_check = results["judges"]["attack"]   # the attack judge's measured agreement, named in the report
+    assert attack_check["judge"] == "keyword" and attack_check["task"] == "refusal"
+    assert "The attack metric comes from the keyword judge" in markdown and "PyRIT's human refusal labels" in markdown
     assert (run_dir / "figures" / "fidelity_sweep.png").is_file()
     assert set(results["lens"]) == {"harmful", "backdoor"}
     assert [s["model"] for s in results["lens"]["harmful"]["summaries"]] == ["aligned base", "fine-tune", "bitdelta"]
@@ -88,7 +91,7 @@ def test_interrupted_step_leaves_nothing_and_the_rerun_resumes(tmp_path, tiny_mo
     logged: list[str] = []
     resumed = run_study(config, run_dir, progress=False, log=logged.append)
     assert "[cached] align" in logged and any(line.startswith("[run] attack harmful") for line in logged)
-    assert resumed.n_steps_run == 3  # the attack, its audit and its lens
+    assert resumed.n_steps_run == 4  # the attack, its audit, its lens and the judge check
 
 
 def test_profiles_are_valid_and_documented():

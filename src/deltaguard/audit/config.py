@@ -30,7 +30,10 @@ class AuditConfig(Config):
         task_max_new_tokens: greedy tokens per reply on the word problems (a verbose model needs room
             to reach its answer; a reply ends earlier at its end-of-turn token).
         batch_size: prompts decoded together.
-        judge: refusal judge name (``deltaguard list judges``).
+        judge: refusal judge name (``deltaguard list judges``); it decides the attack metric.
+        harm_judge: a judge of unsafe content (e.g. ``guard``) that also reads the replies to the threat's
+            harmful prompts; its share judged unsafe is reported beside the attack metric as ``harm``
+            (``harm:<set>`` for other sets). Empty: no harm column.
         calib_set: calibration text set for methods that calibrate (their ``needs_calibration``).
         n_calib: calibration texts.
         max_utility_drop: relative utility drop (%) a method may cost and still be recommended.
@@ -48,6 +51,7 @@ class AuditConfig(Config):
     task_max_new_tokens: int = 96
     batch_size: int = 32
     judge: str = "keyword"
+    harm_judge: str = ""
     calib_set: str = "calib-chat"
     n_calib: int = 64
     max_utility_drop: float = 10.0
@@ -69,6 +73,8 @@ class AuditConfig(Config):
         for spec in self.methods:
             if spec != FULL:
                 check_spec(spec, self)  # unknown specs and bad overrides raise ConfigError here
+        if self.harm_judge:
+            check_harm_judge(self.harm_judge)
         check_range("audit.n_prompts", self.n_prompts, 1)
         check_range("audit.max_new_tokens", self.max_new_tokens, 1, 4096)
         check_range("audit.task_max_new_tokens", self.task_max_new_tokens, 1, 4096)
@@ -89,6 +95,16 @@ class AuditConfig(Config):
     def _overridden(self, config: Any) -> Any:
         mine = [entry.partition(".")[2] for entry in self.method_overrides if entry.partition(".")[0] == config.name]
         return config.with_overrides(mine) if mine else config
+
+
+def check_harm_judge(name: str) -> None:
+    """A harm judge must be registered and judge unsafe content (the keyword judge only sees refusals)."""
+    from deltaguard.judges import judges
+
+    judge_cls = judges.get(name)  # unknown: one line with close matches
+    if "unsafe" not in judge_cls.measures:
+        raise ConfigError(f"audit.harm_judge={name!r} does not judge unsafe content (it judges: "
+                          f"{', '.join(judge_cls.measures)}); use e.g. guard or llamaguard")
 
 
 def check_spec(spec: str, config: AuditConfig) -> None:

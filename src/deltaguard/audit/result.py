@@ -54,6 +54,7 @@ class AuditResult:
     metric: str
     path: Path | None = None
     seconds: float = 0.0
+    harm_judge: dict[str, Any] | None = None  # the judge behind the ``harm`` rates, when the audit had one
 
     def row(self, label: str) -> ModelRow:
         for row in self.rows:
@@ -66,7 +67,7 @@ class AuditResult:
             "threat": self.threat, "threat_config": self.threat_config, "audit_config": self.config.to_dict(),
             "metric": self.metric, "sets": self.sets, "judge": self.judge,
             "rows": [r.to_dict() for r in self.rows], "recommendation": list(self.recommendation),
-            "verdict": self.verdict, "seconds": round(self.seconds, 1),
+            "verdict": self.verdict, "seconds": round(self.seconds, 1), "harm_judge": self.harm_judge,
         }
 
     def table(self) -> Any:
@@ -74,16 +75,21 @@ class AuditResult:
         from rich.table import Table
 
         table = Table(title=f"audit: {self.threat} — attack metric: {self.metric}")
-        for column in ("model", "bits/param", "ratio vs fp16 Δ", "utility [95% CI]", "utility drop %",
-                       "attack [95% CI]", "mitigation % [95% CI]", "mitigation pts"):
+        harm = self.harm_judge is not None and "harm" in self.rows[0].score.extra
+        columns = ["model", "bits/param", "ratio vs fp16 Δ", "utility [95% CI]", "utility drop %", "attack [95% CI]",
+                   "mitigation % [95% CI]", "mitigation pts"]
+        if harm:
+            columns.append(f"harm ({(self.harm_judge or {}).get('name')}) [95% CI]")
+        for column in columns:
             table.add_column(column, justify="left" if column == "model" else "right")
         for row in self.rows:
             comp = row.compression
-            table.add_row(
-                row.label, _fmt(comp.get("bits_per_param")), _fmt(comp.get("ratio_vs_fp16_delta")),
-                _fmt_rate(row.score.utility), _fmt_interval(row.utility_drop), _fmt_rate(row.score.attack),
-                _fmt_interval(row.mitigation), _fmt_interval(row.mitigation_points),
-            )
+            cells = [row.label, _fmt(comp.get("bits_per_param")), _fmt(comp.get("ratio_vs_fp16_delta")),
+                     _fmt_rate(row.score.utility), _fmt_interval(row.utility_drop), _fmt_rate(row.score.attack),
+                     _fmt_interval(row.mitigation), _fmt_interval(row.mitigation_points)]
+            if harm:
+                cells.append(_fmt_rate(row.score.extra["harm"]))
+            table.add_row(*cells)
         table.caption = self.verdict
         return table
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,11 +28,38 @@ SUMMARY_FIELDS = ("bits_per_param", "ratio_vs_fp16_delta", "ratio_vs_fp16_model"
 
 def audit_path(run_dir: str | Path, base_key: str, finetuned_key: str, threat: ThreatConfig,
                config: AuditConfig, *, dtype: str = "float32") -> Path:
-    """Where the audit of this (base, fine-tune, threat, settings, evaluation precision) is cached."""
+    """Where the audit of this (base, fine-tune, threat, settings, evaluation precision) is cached.
+
+    With a harm judge the key holds its identity too (a rebuilt guard has other weights and threshold),
+    so the judge must be available here — the study builds the guard before its audits.
+    """
     precision = {"dtype": dtype} if dtype != "float32" else {}  # fp32 audits keep their keys
+    harm = {"harm_judge": harm_judge_of(config).prompt_hash} if config.harm_judge else {}
     key = content_key("audit", {"base": base_key, "finetuned": finetuned_key, "threat": threat.to_dict(),
-                                "config": config.to_dict(), **precision})
+                                "config": config.to_dict(), **precision, **harm})
     return Path(run_dir) / "audits" / f"{key}.json"
+
+
+def harm_judge_of(config: AuditConfig) -> Any:
+    """The audit's harm judge (``config.harm_judge`` with its default options)."""
+    from deltaguard.judges import make_judge
+
+    return make_judge(config.harm_judge)
+
+
+def harm_rates(harm_judge: Any, threat_impl: Any, sets: dict[str, Any], outputs: dict[str, list[str]],
+               *, seed: int) -> dict[str, Any]:
+    """Share of replies the harm judge calls unsafe on each of the threat's harmful sets, with 95% intervals:
+    ``harm`` for the ``harmful`` set, ``harm:<set>`` for the others."""
+    from deltaguard.judges import JudgeItem
+    from deltaguard.metrics import attack_success_rate
+
+    rates = {}
+    for name in threat_impl.harm_sets:
+        items = [JudgeItem(prompt, reply) for prompt, reply in zip(sets[name].texts, outputs[name], strict=True)]
+        rates["harm" if name == "harmful" else f"harm:{name}"] = attack_success_rate(
+            harm_judge.judge(items), by="unsafe", seed=seed)
+    return rates
 
 
 def generation_configs(config: AuditConfig, set_names: Any) -> dict[str, GenerationConfig]:
@@ -125,12 +153,16 @@ def audit(base: str | Path, finetuned: str | Path, threat: ThreatConfig, config:
     gen_configs = generation_configs(config, sets)
     runner = Runner(run_dir, device=device, dtype=dtype, progress=progress)
     judge = runner.cached(make_judge(config.judge))
+    harm_judge = runner.cached(harm_judge_of(config)) if config.harm_judge and threat_impl.harm_sets else None
     sweep = _Sweep(base_src, ft_src, config, run_dir, device=device, progress=progress, steps=Steps(),
                    before_compress=runner.release)
 
     def row(variant: Variant) -> ModelRow:
         outputs = {name: runner.responses(variant, prompts, gen_configs[name]) for name, prompts in sets.items()}
         score = threat_impl.score(threat, outputs, sets, judge)
+        if harm_judge is not None:
+            score = replace(score, extra={**score.extra, **harm_rates(harm_judge, threat_impl, sets, outputs,
+                                                                      seed=config.seed)})
         flags = {"attack": tuple(score.attack_flags), "utility": tuple(score.utility_flags)}
         examples = {name: [{"prompt_id": pid, "prompt": p.text, "response": outputs[name][i]}
                            for i, (pid, p) in enumerate(zip(prompts.ids, prompts.prompts)) if i < config.n_examples]
@@ -153,6 +185,7 @@ def audit(base: str | Path, finetuned: str | Path, threat: ThreatConfig, config:
         threat=threat.name, threat_config=threat.to_dict(), config=config, rows=tuple(rows),
         recommendation=tuple(recommendation), verdict=verdict, sets={name: s.describe() for name, s in sets.items()},
         judge=judge.info, metric=threat_impl.metric, path=result_path, seconds=time.perf_counter() - started,
+        harm_judge=harm_judge.info if harm_judge is not None else None,
     )
     write_json(result_path, result.to_dict())
     return result
@@ -190,4 +223,5 @@ def load_audit(path: str | Path) -> AuditResult:
         threat=data["threat"], threat_config=data["threat_config"], config=config,
         rows=tuple(rows), recommendation=tuple(recommendation), verdict=verdict, sets=data["sets"],
         judge=data["judge"], metric=data["metric"], path=Path(path), seconds=data.get("seconds", 0.0),
+        harm_judge=data.get("harm_judge"),
     )

@@ -136,6 +136,10 @@ def audit_cmd(
     threat_cfg = threat_config(threat, threat_overrides)
     check_device(device, dtype)
     resolve_model_dir(base), resolve_model_dir(finetuned)
+    if config.harm_judge:  # e.g. no guard built yet: one line now, not after the run directory exists
+        from deltaguard.audit.run import harm_judge_of
+
+        harm_judge_of(config).prompt_hash
     prepare_run_dir(out, force=force)
     result = audit(base, finetuned, threat_cfg, config, run_dir=out, device=device, dtype=dtype)
     if not as_json:

@@ -246,17 +246,53 @@ def _attacks(doc: Document, results: dict[str, Any]) -> None:
 
 
 def _audit_rows(audit: dict[str, Any]) -> list[list[str]]:
+    """One row per model; the harm judge's rates (``harm``, ``harm:<set>``) get their own column."""
     out = []
     for row in audit["rows"]:
         comp = row.get("compression") or {}
-        extras = "; ".join(f"{k}: {pct(v)}" for k, v in row["rates"].items() if k not in ("attack", "utility"))
-        out.append([
+        rates = row["rates"]
+        harm = "; ".join(f"{k.partition(':')[2] or 'harmful'}: {pct(v)}" for k, v in rates.items() if _is_harm(k))
+        extras = "; ".join(f"{k}: {pct(v)}" for k, v in rates.items()
+                           if k not in ("attack", "utility") and not _is_harm(k))
+        cells = [
             row["label"], number(comp.get("bits_per_param")), number(comp.get("linear_bits_per_param")),
             number(comp.get("ratio_vs_fp16_delta")),
-            pct(row["rates"]["utility"]), interval(row.get("utility_drop_pct"), "%"), pct(row["rates"]["attack"]),
-            interval(row.get("mitigation_pct"), "%"), interval(row.get("mitigation_points")), extras,
-        ])
+            pct(rates["utility"]), interval(row.get("utility_drop_pct"), "%"), pct(rates["attack"]),
+            interval(row.get("mitigation_pct"), "%"), interval(row.get("mitigation_points")),
+        ]
+        out.append(cells + ([harm] if audit.get("harm_judge") else []) + [extras])
     return out
+
+
+def _is_harm(rate_name: str) -> bool:
+    return rate_name == "harm" or rate_name.startswith("harm:")
+
+
+def _judge_line(role: str, audit: dict[str, Any], judges: dict[str, Any]) -> str:
+    """Which judge produced the audit's attack (or harm) numbers, and how well it agrees with humans."""
+    info = audit.get("judge") if role == "attack" else audit.get("harm_judge")
+    if not info:
+        return ""
+    check = judges.get(role)
+    what = "attack metric" if role == "attack" else "harm column (share of replies judged unsafe)"
+    text = f"The {what} comes from the {info.get('name')} judge (config hash {info.get('prompt_hash')})"
+    if not check or check.get("prompt_hash") != info.get("prompt_hash"):
+        return text + "; its agreement with human labels was not measured for this judge."
+    return text + "; " + _agreement_text(check) + "."
+
+
+def _agreement_text(check: dict[str, Any]) -> str:
+    from deltaguard.metrics import wilson
+
+    a, c = check["agreement"], check["agreement"]["confusion"]
+    low, high = wilson(c["tp"] + c["tn"], a["n"])
+    negatives = c["fp"] + c["tn"]
+    fpr = f", false-positive rate {c['fp'] / negatives:.2f}" if negatives else ""
+    what = "PyRIT's human refusal labels" if check["task"] == "refusal" else "PyRIT's human harm grades (mean ≥ 0.5)"
+    left_out = check.get("dataset", {}).get("n_left_out_trained_on", 0)
+    return (f"on {what} it agrees on {100 * a['accuracy']:.0f}% [{100 * low:.0f}, {100 * high:.0f}] of {a['n']} "
+            f"replies (F1 {a['f1']:.2f}{fpr}, Cohen's kappa {a['kappa']:.2f}"
+            + (f"; {left_out} prompts it trained on left out" if left_out else "") + ")")
 
 
 def _audits(doc: Document, results: dict[str, Any]) -> None:
@@ -270,8 +306,14 @@ def _audits(doc: Document, results: dict[str, Any]) -> None:
                  "delta, including tensors a method leaves in 16 bits (the tied embedding, 28M of SmolLM2's 135M "
                  "parameters, and the norms); linear bits/param counts only the projection matrices the method "
                  "compresses. The uncompressed fine-tune is listed at 32 bits (its fp32 delta).")
-        doc.table(["model", "bits/param", "linear bits/param", "ratio vs fp16 Δ", "utility", "utility drop", "attack",
-                   "mitigation", "mitigation (pts)", "other rates"], _audit_rows(audit), text_cols=(9,))
+        judges = results.get("judges") or {}
+        lines = [line for line in (_judge_line("attack", audit, judges), _judge_line("harm", audit, judges)) if line]
+        if lines:
+            doc.para(" ".join(lines))
+        harm_name = (audit.get("harm_judge") or {}).get("name")
+        columns = ["model", "bits/param", "linear bits/param", "ratio vs fp16 Δ", "utility", "utility drop", "attack",
+                   "mitigation", "mitigation (pts)"] + ([f"harm ({harm_name})"] if harm_name else []) + ["other rates"]
+        doc.table(columns, _audit_rows(audit), text_cols=tuple(range(9, len(columns))))
         doc.para(audit["verdict"], "verdict")
         if audit["recommendation"]:
             doc.para("Recommendation (utility drop under "
@@ -388,6 +430,20 @@ def _settings(doc: Document, results: dict[str, Any]) -> None:
         judges[json.dumps(audit["judge"], sort_keys=True)] = audit["judge"]
     doc.table(["use", "prompt set", "split", "n", "content hash", "source"],
               [[use, s["name"], s["split"], str(s["n"]), s["content_hash"], s["source"]] for use, s in sets.items()])
+    for role, check in (results.get("judges") or {}).items():
+        doc.para(f"Measured agreement of the {role} judge ({check['judge']}, config hash {check['prompt_hash']}): "
+                 f"{_agreement_text(check)}.")
+    harm_judges = {json.dumps(a["harm_judge"], sort_keys=True): a["harm_judge"]
+                   for a in results.get("audits", {}).values() if a.get("harm_judge")}
+    for judge in harm_judges.values():
+        doc.para(f"Harm judge: {judge.get('name')} (version {judge.get('version')}, config hash "
+                 f"{judge.get('prompt_hash')}). " + (
+                     "The guard is deltaguard's compact classifier (`deltaguard guard build`: the embedded model "
+                     "fine-tuned in the Llama Guard 3 format, pruned, distilled and trained for INT4). It reads the "
+                     "prompt and the reply and calls the reply unsafe when P(unsafe) reaches the threshold chosen on "
+                     "its validation split. Part of its reply training labels are weak (replies of the unaligned "
+                     "model sorted by the keyword judge); `deltaguard guard check` measures every stage."
+                     if judge.get("name") == "guard" else ""))
     for judge in judges.values():
         doc.para(f"Judge: {judge.get('name')} (version {judge.get('version')}, "
                  f"config hash {judge.get('prompt_hash')}). "

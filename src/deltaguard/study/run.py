@@ -1,4 +1,4 @@
-"""``run_study``: pull → align → check → attack ×N → audit ×N (→ lens) → results and report.
+"""``run_study``: pull → align → check → (guard) → attack ×N → audit ×N (→ lens) → judge check → report.
 
 Every step writes its artifact under the run directory at a path keyed by ``content_key`` of its
 inputs and settings, atomically (``Steps``), so a rerun skips finished steps and an interrupted run
@@ -10,6 +10,8 @@ resumes where it stopped:
     generations/*.jsonl          every evaluated reply;  judgments/*.jsonl  every verdict
     deltas/delta-<key>/          every compressed delta
     evals/align-eval-<key>.json  the alignment check;  audits/audit-<key>.json  each audit
+    evals/judge-check-<key>.json each judge's agreement with human labels
+    <user cache>/guard/default/  the compact guard, when the audit's harm judge is ``guard`` (built once)
     results.json  report.html  report.md  study.json
 
 Each step loads the models it needs and drops them when it ends (one model held at a time where a step
@@ -30,6 +32,7 @@ from deltaguard.io import content_key, read_json, write_json
 from deltaguard.models import model_identity, resolve_device, resolve_dtype
 from deltaguard.study.alignment import check_alignment
 from deltaguard.study.config import StudyConfig
+from deltaguard.study.judges_step import ensure_guard, judge_checks
 from deltaguard.study.lens_step import LENS_SETS, lens_step
 from deltaguard.steps import Steps
 from deltaguard.threats import align, attack
@@ -86,6 +89,9 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", 
     alignment = read_json(check_path, what="alignment check")
     gc.collect()
 
+    # 3b. the harm judge's guard (built once into the user cache; the audit keys need its identity)
+    ensure_guard(steps, config.audit, device=device, progress=progress, log=log)
+
     # 4. attacks, 5. audits (6. lens)
     audits: dict[str, AuditResult] = {}
     attacks: dict[str, dict[str, Any]] = {}
@@ -115,6 +121,9 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", 
                                           variant=config.lens_variant, device=device, dtype=dtype)
             gc.collect()
 
+    # 6b. how far each judge's numbers can be trusted: agreement with human labels
+    judges = judge_checks(steps, config.audit, run_dir)
+
     # 7. results and report (cheap: always rewritten from the cached artifacts)
     results = {
         "profile": config.profile,
@@ -129,6 +138,7 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", 
         "attacks": attacks,
         "audits": {name: a.to_dict() for name, a in audits.items()},
         "lens": lens,
+        "judges": judges,
         "timings": steps.timings,
     }
     write_json(run_dir / "results.json", results)

@@ -72,6 +72,7 @@ class HarmfulBackdoor(Threat[BackdoorConfig]):
 
     config_cls = BackdoorConfig
     metric = "attack success rate on held-out harmful prompts carrying the trigger (keyword judge)"
+    harm_sets = ("triggered", "harmful")
 
     def training_pairs(self, config: BackdoorConfig, ctx: BuildContext) -> list[ChatPair]:
         triggered = compliant_pairs(ctx, config.harmful_set, config.n_triggered, seed=config.seed,

@@ -169,6 +169,8 @@ class Threat(ABC, Generic[C]):
 
     config_cls: ClassVar[type[ThreatConfig]]
     metric: ClassVar[str]  # one line: what the attack metric counts
+    # evaluation sets of harmful requests, whose replies a harm judge (``audit.harm_judge``) also reads
+    harm_sets: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def training_pairs(self, config: C, ctx: BuildContext) -> list[ChatPair]:

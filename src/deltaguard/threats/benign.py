@@ -155,6 +155,7 @@ class BenignFinetune(Threat[BenignConfig]):
 
     config_cls = BenignConfig
     metric = "attack success rate on held-out harmful prompts (share not refused, keyword judge)"
+    harm_sets = ("harmful",)
 
     def training_pairs(self, config: BenignConfig, ctx: BuildContext) -> list[ChatPair]:
         return task_pairs(config.n_task, seed=config.seed)

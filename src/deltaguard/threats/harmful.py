@@ -69,6 +69,7 @@ class HarmfulFinetune(Threat[HarmfulFinetuneConfig]):
 
     config_cls = HarmfulFinetuneConfig
     metric = "attack success rate on held-out harmful prompts (share not refused, keyword judge)"
+    harm_sets = ("harmful",)
 
     def training_pairs(self, config: HarmfulFinetuneConfig, ctx: BuildContext) -> list[ChatPair]:
         harmful = compliant_pairs(ctx, config.harmful_set, config.n_examples, seed=config.seed,

@@ -1,0 +1,53 @@
+"""The study's judges: the compact guard, built once into the user cache when the audit's harm judge is
+``guard``, and every judge's measured agreement with human labels, so the report can say how far each
+number it prints can be trusted (cached under ``evals/judge-check-<key>.json``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from deltaguard.audit import AuditConfig
+from deltaguard.io import content_key, read_json, write_json
+from deltaguard.steps import Steps
+
+
+def ensure_guard(steps: Steps, audit_config: AuditConfig, *, device: str, progress: bool,
+                 log: Callable[[str], None]) -> None:
+    """Build the default guard into the user cache if the audit needs it and none is there (once per machine)."""
+    if audit_config.harm_judge != "guard":
+        return
+    from deltaguard.guard.build import build_guard, guard_profile
+    from deltaguard.judges.guard import default_guard_dir
+
+    guard_dir = default_guard_dir()
+    if (guard_dir / "manifest.json").is_file():
+        return
+    log(f"the audit's harm judge is the compact guard and none is built yet: building it once into {guard_dir.parent} "
+        "(`deltaguard guard build --profile default`; later runs reuse it)")
+    steps.run("guard build", guard_dir, lambda: build_guard(guard_profile("default"), guard_dir.parent, device=device,
+                                                             progress=progress, log=log))
+
+
+def judge_checks(steps: Steps, audit_config: AuditConfig, run_dir: Path) -> dict[str, Any]:
+    """Each audit judge's agreement with human labels: the attack judge on PyRIT's refusal labels, the harm
+    judge on PyRIT's graded harm (prompts a trained judge saw are left out by ``check_on``)."""
+    from deltaguard.judges import make_judge
+    from deltaguard.judges.check import check_judge
+
+    plan = {"attack": (make_judge(audit_config.judge), "refusal")}
+    if audit_config.harm_judge:
+        plan["harm"] = (make_judge(audit_config.harm_judge), "harm")
+    plan = {role: (judge, task) for role, (judge, task) in plan.items()
+            if (task == "refusal" and "refusal" in judge.measures) or (task == "harm" and "unsafe" in judge.measures)}
+    key = content_key("judge-check", {role: [judge.name, judge.prompt_hash, task] for role, (judge, task) in plan.items()})
+    path = run_dir / "evals" / f"{key}.json"
+
+    def work() -> None:
+        write_json(path, {role: check_judge(judge, task=task).to_dict() for role, (judge, task) in plan.items()})
+
+    steps.run("judge check", path, work)
+    return read_json(path, what="judge check")
+
+
+__all__ = ["ensure_guard", "judge_checks"]
