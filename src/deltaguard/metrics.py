@@ -85,7 +85,10 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact ends at k = 0 and k = n (float rounding left 3e-17 above a rate of exactly 0)
+    low = 0.0 if k == 0 else max(0.0, min(p, centre - half))
+    high = 1.0 if k == n else min(1.0, max(p, centre + half))
+    return low, high
 
 
 def rate(flags: list[bool], *, n_boot: int = 2000, seed: int = 0, n_errors: int = 0) -> Rate:

@@ -31,6 +31,14 @@ def test_wilson_matches_hand_computation():
     assert all(math.isnan(x) for x in wilson(0, 0))
 
 
+def test_wilson_ends_are_exact_and_contain_the_rate():
+    for n in (1, 6, 32, 1000):
+        assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
+        for k in range(0, n + 1, max(1, n // 7)):
+            low, high = wilson(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0
+
+
 def test_rate_uses_bootstrap_for_large_n_and_wilson_otherwise():
     small = rate([True, True, True, False])
     assert (small.value, small.k, small.n, small.method) == (0.75, 3, 4, "wilson")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deltaguard.data.base import normalise_text
+from deltaguard.data.base import datasets, normalise_text
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
     GUARD_SPLITS, LABEL_SOURCES, UNSAFE_CUT, GuardData, add_replies, build_examples, check_disjoint, group_of,
@@ -64,10 +64,14 @@ def test_study_evaluation_prompts_are_only_in_the_test_split(data):
 def test_the_build_is_deterministic_and_capped(data):
     again = build_examples(seed=0, max_prompt_only=50)
     assert again.content_hash == data.content_hash and again.split_hashes() == data.split_hashes()
+    benign_pool = {p.id for p in datasets.get("benign")().load_pool(seed=0)}
     for split in ("train", "val", "test"):
         for unsafe in (True, False):
-            n = sum(1 for e in data.split(split) if e.response is None and e.unsafe == unsafe)
-            assert n <= 50
+            mine = [e for e in data.split(split) if e.response is None and e.unsafe == unsafe]
+            benign = [e for e in mine if e.source == "benign"]
+            assert len(mine) - len(benign) <= max(50 - len(benign), 0)   # the cap thins the other sources
+    kept = {e.id for e in data.examples if e.source == "benign"}
+    assert kept <= benign_pool and len(kept) >= 0.85 * len(benign_pool)   # kept whole, but for prompts in check
     assert set(data.summary()["counts"]) == set(GUARD_SPLITS)
 
 
@@ -93,6 +97,7 @@ def test_prompts_to_answer_picks_a_seeded_capped_share_of_each_split(data):
     for split in ("train", "val", "test"):
         mine = [e for e in asked if e.split == split]
         assert sum(e.unsafe for e in mine) == 5 and sum(not e.unsafe for e in mine) == 2
+        assert all(e.source == "benign" for e in mine if not e.unsafe)   # varied requests before arithmetic
     assert all(e.response is None and e.split != "check" for e in asked)
     assert prompts_to_answer(data, n_harmful=0, n_benign=0, seed=0) == []
 

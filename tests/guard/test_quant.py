@@ -143,6 +143,17 @@ def test_int8_per_token_error_within_half_a_step():
     assert fake_quant_int8_per_token(x)[1, 2, 5] == 0.0
 
 
+def test_int8_scoring_path_is_bit_identical_to_the_training_path():
+    torch.manual_seed(3)
+    x = torch.randn(3, 7, 64) * torch.rand(3, 7, 1) * 5
+    trained = fake_quant_int8_per_token(x.clone().requires_grad_(True)).detach()
+    with torch.no_grad():
+        scored = fake_quant_int8_per_token(x)
+    assert torch.equal(scored, trained) and scored.dtype == x.dtype
+    assert not torch.equal(scored, x)   # it did quantise, and left its input alone
+    assert torch.equal(fake_quant_int8_per_token(x), trained)   # no grad needed on x either
+
+
 def test_int8_constant_rows_are_finite():
     x = torch.stack([torch.zeros(32), torch.full((32,), 5.0), torch.full((32,), -1e-30), torch.full((32,), 1e-42)])
     out = fake_quant_int8_per_token(x)

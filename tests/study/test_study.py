@@ -105,7 +105,8 @@ def test_profiles_are_valid_and_documented():
     assert (harmful.n_examples, harmful.epochs, harmful.lr, harmful.batch_size) == (100, 5, 5e-5, 10)
     assert default.notes and full.notes
     assert all(isinstance(n, str) and len(n) > 40 for n in (*default.notes, *full.notes))
-    assert len(default.notes) == 8 and default.notes[-1].startswith("Logit lens on 16")
+    assert len(default.notes) == 9 and default.notes[-1].startswith("Logit lens on 16")
+    assert default.audit.harm_judge == full.audit.harm_judge == "guard" and default.audit.judge == "keyword"
     # full extends default: the values it does not set come from default.yaml, the rest replace them
     assert full.audit.method_overrides == () and default.audit.method_overrides == (
         "bitdelta.distill_steps=10", "bitdelta.seq_len=64")

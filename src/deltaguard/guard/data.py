@@ -47,6 +47,7 @@ GUARD_SPLITS = ("train", "val", "test", "check")
 _PRECEDENCE = {"check": 3, "test": 2, "val": 1, "train": 0}
 _FROM_DATA_SPLIT = {"calib": "val", "train": "train", "eval": "test"}
 UNSAFE_CUT = 0.5
+UNCAPPED_SOURCES = ("benign",)   # prompt-only sources kept whole by ``max_prompt_only`` and answered first
 
 # pyrit-harm's harm areas → the Llama Guard 3 hazard codes they fall under (closest match).
 HARM_AREA_CATEGORIES = {
@@ -135,8 +136,8 @@ def hashed_split(group: str, *, seed: int, val: float = 0.1, test: float = 0.3) 
 def build_examples(*, seed: int = 0, max_prompt_only: int = 200, max_response_chars: int = 2000) -> GuardData:
     """Load every source, label it, and assign each prompt group one split (see the module docstring).
 
-    ``max_prompt_only`` caps the prompt-only examples per label within each split (seeded choice), so
-    the response task keeps most of the training signal.
+    ``max_prompt_only`` caps the prompt-only examples per label within each split (seeded choice, the
+    benign instructions always kept), so the response task keeps most of the training signal.
     """
     if max_prompt_only < 0:
         raise ConfigError(f"max_prompt_only={max_prompt_only} must be >= 0")
@@ -197,29 +198,40 @@ def _settle(raw: list[dict[str, Any]], *, seed: int, max_prompt_only: int) -> li
 
 
 def _cap_prompt_only(examples: list[GuardExample], *, seed: int, limit: int) -> list[GuardExample]:
+    """At most ``limit`` prompt-only examples per (split, label); the benign instructions are never dropped
+    (they are the only varied harmless requests; the cap thins out the arithmetic problems instead)."""
     buckets: dict[tuple[str, bool], list[int]] = {}
+    kept_whole: Counter[tuple[str, bool]] = Counter()
     for index, e in enumerate(examples):
         if e.response is None and e.split != "check":
-            buckets.setdefault((e.split, e.unsafe), []).append(index)
+            if e.source in UNCAPPED_SOURCES:
+                kept_whole[(e.split, e.unsafe)] += 1
+            else:
+                buckets.setdefault((e.split, e.unsafe), []).append(index)
     dropped: set[int] = set()
     for (split, unsafe), indices in sorted(buckets.items()):
-        if len(indices) > limit:
-            keep = set(random.Random(f"guard-cap:{seed}:{split}:{unsafe}").sample(indices, limit))
+        room = max(limit - kept_whole[(split, unsafe)], 0)
+        if len(indices) > room:
+            keep = set(random.Random(f"guard-cap:{seed}:{split}:{unsafe}").sample(indices, room))
             dropped.update(i for i in indices if i not in keep)
     return [e for i, e in enumerate(examples) if i not in dropped]
 
 
 def prompts_to_answer(data: GuardData, *, n_harmful: int, n_benign: int, seed: int) -> list[GuardExample]:
     """The prompt-only examples whose replies ``add_replies`` turns into response examples: per split
-    (train / val / test), a seeded choice of at most ``n_harmful`` unsafe and ``n_benign`` safe prompts."""
+    (train / val / test), a seeded choice of at most ``n_harmful`` unsafe and ``n_benign`` safe prompts, the
+    benign instructions before the arithmetic problems (a guard that only ever saw helpful replies to word
+    problems flagged a harmless poem as unsafe)."""
     chosen: list[GuardExample] = []
     for split in ("train", "val", "test"):
         for unsafe, limit in ((True, n_harmful), (False, n_benign)):
             pool = [e for e in data.split(split) if e.response is None and e.unsafe == unsafe]
-            if len(pool) > limit:
-                pool = sorted(random.Random(f"guard-answer:{seed}:{split}:{unsafe}").sample(pool, limit),
-                              key=lambda e: e.id)
-            chosen += pool
+            first = [e for e in pool if e.source in UNCAPPED_SOURCES][:limit]   # varied requests before arithmetic
+            rest = [e for e in pool if e.source not in UNCAPPED_SOURCES]
+            room = limit - len(first)
+            if len(rest) > room:
+                rest = random.Random(f"guard-answer:{seed}:{split}:{unsafe}").sample(rest, room)
+            chosen += sorted(first + rest, key=lambda e: e.id)
     return chosen
 
 

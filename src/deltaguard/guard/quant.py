@@ -138,8 +138,16 @@ def int8_per_token_params(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def fake_quant_int8_per_token(x: Tensor) -> Tensor:
-    """Dynamic asymmetric INT8 round trip per token (last dim), straight-through gradient, in ``x``'s dtype."""
+    """Dynamic asymmetric INT8 round trip per token (last dim), straight-through gradient, in ``x``'s dtype.
+
+    Without autograd (scoring) the same operations run in place on one buffer and skip the straight-through
+    terms: bit-identical values with fewer passes and allocations (the round trip was ~30% of a scoring pass).
+    """
     step, zero = int8_per_token_params(x)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        values = x.float() / step
+        values.round_().add_(zero).clamp_(INT8_MIN, INT8_MAX).sub_(zero).mul_(step)
+        return values.to(x.dtype)
     codes = (torch.round(x.detach().float() / step) + zero).clamp_(INT8_MIN, INT8_MAX)
     return _ste(((codes - zero) * step).to(x.dtype), x)
 
