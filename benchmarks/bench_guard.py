@@ -4,7 +4,8 @@ Both are scored the same way — one forward pass per batch, the verdict read at
 position, the shared policy prefix run once per batch — on the same examples of the guard's test split,
 after a warm-up batch. The teacher is measured in fp32 (how it is stored) and in bf16 weights; the guard
 runs its INT4 weights dequantised once into a float cache and INT8-fake-quantised activations (no INT4
-kernel on this CPU).
+kernel on this CPU). On a CPU every model computes in fp32 (bf16 autocast was slower here; see
+``guard.train.compute_precision``).
 
 Goals (issue 12): size ≤ 1/5 of the teacher in bf16; judgments per second ≥ 2× the teacher's.
 
@@ -45,13 +46,12 @@ def main() -> None:
 
     from deltaguard.guard.artifact import load_guard, size_on_disk
     from deltaguard.guard.build import GuardBuildConfig, sample_examples
-    from deltaguard.guard.data import build_examples
+    from deltaguard.guard.check import build_data_of
     from deltaguard.models import load_model
 
     guard = load_guard(args.guard)
     build = GuardBuildConfig.from_dict(guard.manifest["build"])
-    test = sample_examples(build_examples(seed=build.seed, max_prompt_only=build.max_prompt_only).split("test"),
-                           args.n, 7)
+    test = sample_examples(build_data_of(args.guard, build, guard.manifest).split("test"), args.n, 7)
     teacher_dir = args.guard.resolve().parent / "models" / guard.manifest["stage_dirs"]["teacher"]
     if not teacher_dir.is_dir():
         parser.error(f"the teacher is not at {teacher_dir}; run the benchmark inside the build directory")

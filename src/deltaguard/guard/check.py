@@ -104,7 +104,7 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
                 ) -> dict[str, Any]:
     """Measure each stage of the guard at ``guard_dir`` (its build directory supplies the float stages)."""
     from deltaguard.guard.artifact import load_guard, size_on_disk
-    from deltaguard.guard.build import GuardBuildConfig, build_data, choose_threshold, load_data, sample_examples
+    from deltaguard.guard.build import GuardBuildConfig, choose_threshold, sample_examples
 
     guard_dir = Path(guard_dir)
     guard = load_guard(guard_dir)
@@ -114,17 +114,7 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
     except (KeyError, TypeError, ConfigError) as exc:
         raise FormatError(f"{guard_dir}: its manifest's build settings cannot be read ({exc})") from None
     build_root = guard_dir.resolve().parent
-    data_name = str(manifest.get("data_file", "?"))
-    data_path = build_root / Path(data_name).name   # a name, never a path the manifest could point elsewhere
-    if data_path.is_file():
-        data = load_data(data_path)
-    else:
-        log(f"[data] {data_path.name} is not beside the guard: rebuilding the examples (replies cached in "
-            f"{build_root / 'replies'})")
-        data = build_data(build, build_root / "replies", progress=progress)
-    if data.content_hash != manifest["data"]["content_hash"]:
-        raise FormatError(f"{guard_dir}: the examples rebuilt now differ from the ones it was built with "
-                          "(the data sources changed); rebuild the guard")
+    data = build_data_of(guard_dir, build, manifest, progress=progress, log=log)
     test = _sample(data.split("test"), n_test, 0)
     val = sample_examples(data.split("val"), build.n_val if n_val is None else n_val, build.seed + 2)  # the build's
     check = _sample(data.split("check"), n_check, 1)
@@ -168,6 +158,26 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
     return {"guard": str(guard_dir), "n_test": len(test), "n_val": len(val), "n_check": len(check),
             "data": manifest["data"]["split_hashes"], "stages": rows,
             "teacher_bf16_bytes": _bf16_bytes(stage_root / manifest.get("stage_dirs", {}).get("teacher", "?"))}
+
+
+def build_data_of(guard_dir: Path, build: Any, manifest: dict[str, Any], *, progress: bool = True,
+                  log: Callable[[str], None] = lambda line: None) -> Any:
+    """The examples a guard was built with: its build's data file, else rebuilt (replies cached beside it);
+    a FormatError when they no longer match the manifest's hash."""
+    from deltaguard.guard.build import build_data, load_data
+
+    build_root = Path(guard_dir).resolve().parent
+    data_path = build_root / Path(str(manifest.get("data_file", "?"))).name   # a name, never a path elsewhere
+    if data_path.is_file():
+        data = load_data(data_path)
+    else:
+        log(f"[data] {data_path.name} is not beside the guard: rebuilding the examples (replies cached in "
+            f"{build_root / 'replies'})")
+        data = build_data(build, build_root / "replies", progress=progress)
+    if data.content_hash != manifest["data"]["content_hash"]:
+        raise FormatError(f"{guard_dir}: the examples rebuilt now differ from the ones it was built with "
+                          "(the data sources changed); rebuild the guard")
+    return data
 
 
 def _scorer(model: Any, guard: Any, head_ids: Any, batch_size: int,
@@ -263,4 +273,4 @@ def format_table(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-__all__ = ["average_precision", "check_guard", "classification_metrics", "format_table", "per_category_recall"]
+__all__ = ["average_precision", "build_data_of", "check_guard", "classification_metrics", "format_table", "per_category_recall"]
