@@ -30,7 +30,7 @@ import torch
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
-    GuardData, GuardExample, add_replies, build_examples, check_disjoint, prompts_to_answer,
+    DATA_VERSION, GuardData, GuardExample, add_replies, build_examples, check_disjoint, prompts_to_answer,
 )
 from deltaguard.guard.train import GuardEncoder, GuardTrainConfig, compute_precision, score, train_guard
 from deltaguard.io import atomic_dir, content_key, read_json, write_json
@@ -111,7 +111,7 @@ class GuardBuildConfig(Config):
 def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
     """The named build settings (``default``: planned for a 2-core CPU; ``full``: every example, longer)."""
     if name == "default":
-        # Sized for the 2-core CPU (about 18 minutes, 5 GB peak): ~4.5 s a teacher step with 12 of 30 blocks
+        # Sized for the 2-core CPU (19.7 minutes and 4.7 GB peak, measured): ~4.5 s a teacher step with 12 of 30 blocks
         # trained. Pruning 10 blocks and MLP 1536 -> 1024 halves the teacher's matmul work in under 1/5 of its
         # bf16 size. QAT trains the top 10 blocks only: all 20 with the fake-quant graph peaked at 7.6 GB.
         config = GuardBuildConfig(profile="default", max_response_tokens=96, drop_blocks=10, keep_neurons=1024,
@@ -307,7 +307,8 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
 
 def data_file_name(config: GuardBuildConfig) -> str:
     """The data step's file name: a key of everything the examples depend on."""
-    settings = {"seed": config.seed, "max_prompt_only": config.max_prompt_only, "model": model_identity(config.model),
+    settings = {"version": DATA_VERSION, "seed": config.seed, "max_prompt_only": config.max_prompt_only,
+                "model": model_identity(config.model),
                 "answer_harmful": config.answer_harmful, "answer_benign": config.answer_benign,
                 "reply_tokens": config.reply_tokens}
     return f"{content_key('guard-data', settings)}.json"

@@ -47,6 +47,7 @@ GUARD_SPLITS = ("train", "val", "test", "check")
 _PRECEDENCE = {"check": 3, "test": 2, "val": 1, "train": 0}
 _FROM_DATA_SPLIT = {"calib": "val", "train": "train", "eval": "test"}
 UNSAFE_CUT = 0.5
+DATA_VERSION = 2   # raise when the labelling or the split rules change: it keys the build's data file
 UNCAPPED_SOURCES = ("benign",)   # prompt-only sources kept whole by ``max_prompt_only`` and answered first
 
 # pyrit-harm's harm areas → the Llama Guard 3 hazard codes they fall under (closest match).
@@ -285,5 +286,5 @@ def _hash(examples: Iterable[GuardExample]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
 
-__all__ = ["GUARD_SPLITS", "GuardData", "GuardExample", "LABEL_SOURCES", "add_replies", "build_examples",
-           "check_disjoint", "group_of", "hashed_split", "prompts_to_answer"]
+__all__ = ["DATA_VERSION", "GUARD_SPLITS", "GuardData", "GuardExample", "LABEL_SOURCES", "add_replies",
+           "build_examples", "check_disjoint", "group_of", "hashed_split", "prompts_to_answer"]
