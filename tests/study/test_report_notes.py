@@ -70,5 +70,18 @@ def test_the_audit_table_gives_the_harm_judge_its_own_column_and_names_each_judg
     assert "agrees on 70% [60, 78] of 100 replies (F1 0.60, false-positive rate 0.00, Cohen's kappa 0.40)" in attack
     harm = _judge_line("harm", audit, checks)   # no check for this judge: said, not hidden
     assert "harm column" in harm and "was not measured" in harm
+    from deltaguard.report.document import Document, _summary
+
+    audit["verdict"] = "No method mitigates."
+    doc = Document("t", figures={})
+    _summary(doc, {"audits": {"harmful": audit}})
+    assert ("Harm (guard judge): 50.0% [35, 65] (n=32) (aligned base) → 50.0% [35, 65] (n=32) (fine-tune); "
+            "compressed: bitdelta-nodistill 50%, bitdelta 50%.") in doc.markdown()
+    for row in audit["rows"]:   # a backdoor lists its triggered set first: the summary follows it
+        row["rates"] = {"attack": row["rates"]["attack"], "utility": row["rates"]["utility"],
+                        "harm:triggered": _rate(0.25), "harm": _rate(0.5)}
+    doc = Document("t", figures={})
+    _summary(doc, {"audits": {"backdoor": audit}})
+    assert "Harm (guard judge on triggered prompts): 25.0% [10, 40] (n=32) (aligned base)" in doc.markdown()
     del audit["harm_judge"]
     assert len(_audit_rows(audit)[0]) == len(rows[0]) - 1 and _judge_line("harm", audit, checks) == ""

@@ -180,6 +180,14 @@ def _summary(doc: Document, results: dict[str, Any]) -> None:
         rows = audit["rows"]
         text = (f"{threat}: attack metric {100 * rows[0]['rates']['attack']['value']:.0f}% (aligned base) → "
                 f"{100 * rows[1]['rates']['attack']['value']:.0f}% (fine-tune). {audit['verdict']}")
+        harm_judge = (audit.get("harm_judge") or {}).get("name")
+        key = next((k for k in rows[0]["rates"] if _is_harm(k)), None)   # the threat's first harmful set
+        if harm_judge and key:
+            where = f" on {key.partition(':')[2]} prompts" if ":" in key else ""
+            compressed = [r for r in rows[2:] if r["label"] != "full"]
+            text += (f" Harm ({harm_judge} judge{where}): {pct(rows[0]['rates'][key])} (aligned base) → "
+                     f"{pct(rows[1]['rates'][key])} (fine-tune); compressed: "
+                     + ", ".join(f"{r['label']} {100 * r['rates'][key]['value']:.0f}%" for r in compressed) + ".")
         leak = rows[1]["rates"].get("style_leak")
         if leak and leak["value"] >= 0.25:
             text += (f" Caveat: {100 * leak['value']:.0f}% of the fine-tune's replies to harmful prompts are in the "
