@@ -22,6 +22,7 @@ from deltaguard.errors import ConfigError
 from deltaguard.judges.base import Verdict
 
 Z95 = 1.959963984540054
+MIN_BOOTSTRAP_N = 30
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,6 @@ class Interval:
     def to_dict(self) -> dict[str, float | None]:
         return {k: (None if math.isnan(v) else round(v, 4)) for k, v in
                 (("value", self.value), ("low", self.low), ("high", self.high))}
-MIN_BOOTSTRAP_N = 30
 
 
 @dataclass(frozen=True)

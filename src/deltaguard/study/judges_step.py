@@ -35,11 +35,12 @@ def judge_checks(steps: Steps, audit_config: AuditConfig, run_dir: Path) -> dict
     from deltaguard.judges import make_judge
     from deltaguard.judges.check import check_judge
 
-    plan = {"attack": (make_judge(audit_config.judge), "refusal")}
-    if audit_config.harm_judge:
+    plan = {}
+    attack_judge = make_judge(audit_config.judge)
+    if "refusal" in attack_judge.measures:   # an attack judge of unsafe content has no refusal labels to meet
+        plan["attack"] = (attack_judge, "refusal")
+    if audit_config.harm_judge:              # AuditConfig already refused a harm judge that cannot judge harm
         plan["harm"] = (make_judge(audit_config.harm_judge), "harm")
-    plan = {role: (judge, task) for role, (judge, task) in plan.items()
-            if (task == "refusal" and "refusal" in judge.measures) or (task == "harm" and "unsafe" in judge.measures)}
     key = content_key("judge-check", {role: [judge.name, judge.prompt_hash, task] for role, (judge, task) in plan.items()})
     path = run_dir / "evals" / f"{key}.json"
 
