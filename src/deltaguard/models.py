@@ -332,6 +332,10 @@ def load_model(spec: str | Path, *, dtype: str | torch.dtype = "float32", device
     _quiet_transformers()
     target = resolve_device(device)      # before loading: a missing GPU fails in a second, not after a minute
     model_dir = resolve_model_dir(spec)
+    from deltaguard.quant.artifact import is_quantized_dir, load_quantized
+
+    if is_quantized_dir(model_dir):   # packed integer weights: from_pretrained cannot read them
+        return load_quantized(model_dir, device=target, dtype=resolve_dtype(dtype))
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # truncated weights included

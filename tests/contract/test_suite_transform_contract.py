@@ -55,15 +55,23 @@ def test_every_transform_parses_its_label_and_rewrites_a_model_deterministically
     assert transform_from_spec(name) == config and transform_from_spec(config.label) == config
     assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config
     model, tok = tiny_lm
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     source = InMemory(model, tok, key="base")
-    variant = Transformed(source, config)
+    reference = InMemory(model, tok, key="reference") if config.needs_reference else None
+    variant = Transformed(source, config, reference=reference)
     first, _ = variant.load()
-    second, _ = Transformed(source, config).load()
+    second, _ = Transformed(source, config, reference=reference).load()
     assert first is not model  # the caller's model is never changed
-    for (n1, p1), (_, p2), (_, p0) in zip(first.named_parameters(), second.named_parameters(), model.named_parameters()):
-        assert torch.equal(p1, p2), n1
-        assert p1.shape == p0.shape
-    assert variant.key != source.key and variant.key == Transformed(source, config).key
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    one, two = first.state_dict(), second.state_dict()
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one), "not deterministic"
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        assert first(input_ids=ids).logits.shape == model(input_ids=ids).logits.shape  # still a working model
+    assert variant.key != source.key and variant.key == Transformed(source, config, reference=reference).key
+    if config.needs_reference:
+        other = Transformed(source, config, reference=InMemory(model, tok, key="another")).key
+        assert other != variant.key   # the reference is part of the identity
     assert "method" in cls().record(config)
 
 

@@ -8,6 +8,7 @@ threat's own metric through the one ``Runner`` cache.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -100,8 +101,35 @@ class _Sweep:
             transform = self.config.transform_config(spec)
             calib = self.calibration() if transform.needs_calibration else None
             record = transforms.get(transform.name)().record(transform)
-            return Variant(spec, "transformed", Transformed(self.finetuned, transform, calib=calib), record)
+            source = Transformed(self.finetuned, transform, calib=calib,
+                                 reference=self.base if transform.needs_reference else None)
+            if transform.saves_model:
+                return self._saved(spec, source, record)
+            return Variant(spec, "transformed", source, record)
         return self._compressed(spec)
+
+    def _saved(self, spec: str, source: Transformed, record: dict[str, Any]) -> Variant:
+        """A transform worth doing once (calibrated quantization): applied and saved under ``quantized/``, then
+        evaluated from disk like any model; its record gains the stored bits and the calibration's time."""
+        from deltaguard.quant.artifact import read_manifest, save_quantized, stored_bits
+
+        out = self.run_dir / "quantized" / source.key
+        source.workdir = out.with_name(f"{out.name}.partial")   # finished blocks survive an interruption
+
+        def work() -> None:
+            self.before_compress()
+            model, tokenizer = source.load(device=self.device)
+            summary = {**stored_bits(model), "seconds": getattr(model, "deltaguard_quant_record", {}).get("seconds_total")}
+            probes = getattr(model, "deltaguard_probes", None)
+            save_quantized(model, tokenizer, out, overwrite=True,
+                           record={**summary, "calibration": getattr(model, "deltaguard_quant_record", {})},
+                           extra=probes.write if probes is not None else None)
+            shutil.rmtree(source.workdir, ignore_errors=True)
+
+        self.steps.run(f"quantize {spec}", out, work)
+        saved = read_manifest(out)["record"]
+        record = {**record, **{k: saved.get(k) for k in ("bits_per_param", "linear_bits_per_param", "seconds")}}
+        return Variant(spec, "transformed", ModelDir(out, key=source.key), record)
 
     def _compressed(self, spec: str) -> Variant:
         method = self.config.method_config(spec)

@@ -114,28 +114,45 @@ class BasePlusDelta(ModelSource):
 
 
 class Transformed(ModelSource):
-    """A whole-model transform (``deltaguard.transforms``) applied to another source."""
+    """A whole-model transform (``deltaguard.transforms``) applied to another source; ``reference`` is the
+    second model a transform may need (Q-realign's aligned model)."""
 
-    def __init__(self, source: ModelSource | str | Path, config: Any, *, calib: list[str] | None = None) -> None:
+    def __init__(self, source: ModelSource | str | Path, config: Any, *, calib: list[str] | None = None,
+                 reference: ModelSource | str | Path | None = None, workdir: Path | None = None) -> None:
+        self.workdir = workdir   # resumable state of a long transform (not part of the identity)
         self.source = source if isinstance(source, ModelSource) else ModelDir(source)
         self.config = config
         self.calib = calib
+        self.reference = reference if reference is None or isinstance(reference, ModelSource) else ModelDir(reference)
 
     @cached_property
     def key(self) -> str:  # type: ignore[override]
         calib = content_key("calib", self.calib) if self.calib else None
-        return content_key("transform", {"model": self.source.key, "transform": self.config.to_dict(), "calib": calib})
+        reference = {"reference": self.reference.key} if self.reference is not None else {}
+        return content_key("transform", {"model": self.source.key, "transform": self.config.to_dict(), "calib": calib,
+                                         **reference})
 
     def load(self, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+        from deltaguard.errors import ConfigError
         from deltaguard.transforms import transforms
 
+        reference = None
+        if getattr(self.config, "needs_reference", False):
+            if self.reference is None:
+                raise ConfigError(f"transform {self.config.label} needs a reference model")
+            reference, _ = self.reference.load(device=device, dtype=dtype)
         model, tokenizer = self.source.load(device=device, dtype=dtype)
         if isinstance(self.source, InMemory):
             model = copy.deepcopy(model)
-        return transforms.get(self.config.name)().apply_(model, self.config, calib=self.calib, tokenizer=tokenizer), tokenizer
+        transform = transforms.get(self.config.name)()
+        return transform.apply_(model, self.config, calib=self.calib, tokenizer=tokenizer, reference=reference,
+                                workdir=self.workdir), tokenizer
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "transform", "model": self.source.describe(), "transform": self.config.to_dict(), "key": self.key}
+        described = {"kind": "transform", "model": self.source.describe(), "transform": self.config.to_dict(), "key": self.key}
+        if self.reference is not None:
+            described["reference"] = self.reference.describe()
+        return described
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ model"), so a transform is one file with a config and an ``apply_`` method, regi
 ``transforms``, and it appears in ``audit --methods`` and in ``deltaguard list transforms``.
 
 A transform's config owns its short label and parser, as compressors' do; a transform that needs
-calibration data says so (``needs_calibration``) and receives the texts.
+calibration data says so (``needs_calibration``) and receives the texts; one that needs a second model (the
+aligned reference Q-realign restores) says ``needs_reference`` and receives it loaded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from deltaguard.config import Config
@@ -40,6 +42,16 @@ class TransformConfig(Config):
     def needs_calibration(self) -> bool:
         return False
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether ``apply_`` needs a reference model (Q-realign's aligned model)."""
+        return False
+
+    @property
+    def saves_model(self) -> bool:
+        """Whether the result is worth saving once (expensive calibration) rather than redone on each load."""
+        return False
+
 
 C = TypeVar("C", bound=TransformConfig)
 
@@ -50,8 +62,10 @@ class Transform(ABC, Generic[C]):
     config_cls: ClassVar[type[TransformConfig]]
 
     @abstractmethod
-    def apply_(self, model: Any, config: C, *, calib: list[str] | None = None, tokenizer: Any = None) -> Any:
-        """Transform ``model`` in place and return it."""
+    def apply_(self, model: Any, config: C, *, calib: list[str] | None = None, tokenizer: Any = None,
+               reference: Any = None, workdir: Path | None = None) -> Any:
+        """Transform ``model`` in place and return it (``reference``: a second model, when the config needs one;
+        ``workdir``: where a long transform may keep state to resume from after an interruption)."""
 
     def record(self, config: C) -> dict[str, Any]:
         """What to report about the transformed model (bits per parameter, sparsity, ...)."""

@@ -51,7 +51,8 @@ class Precision(Transform[PrecisionConfig]):
     config_cls = PrecisionConfig
 
     @torch.no_grad()
-    def apply_(self, model: Any, config: PrecisionConfig, *, calib: list[str] | None = None, tokenizer: Any = None) -> Any:
+    def apply_(self, model: Any, config: PrecisionConfig, *, calib: list[str] | None = None, tokenizer: Any = None,
+               reference: Any = None, workdir: Any = None) -> Any:
         dtype = getattr(torch, config.dtype)
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.is_floating_point() and tensor.dtype != dtype:

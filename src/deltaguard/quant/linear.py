@@ -1,0 +1,102 @@
+"""``QuantLinear``: a linear layer whose weight is stored quantized for real (codes + per-row grids).
+
+Storage per layer: ``codes`` (uint8; two 4-bit codes a byte when ``w_bits`` ≤ 4, the even column in the
+low nibble), ``step`` (float32) and the integer ``zero`` code (uint8), both ``[out, n_groups]``, and the
+float bias if any. The forward
+pass fake-quantizes the input per token (when ``a_bits`` < 16) and multiplies by the dequantized weight,
+which is cached after first use. The dequantized values are exactly the fake-quantized ones calibration
+optimised, so a converted model reproduces its calibrated self.
+
+Why no integer GEMM: the point of this runtime is faithful numbers and real on-disk size; the W8A8
+product computed in float over integer-valued grids gives the same result as an int8 kernel up to float
+rounding, and CPU int8 matmul in PyTorch is not faster than float at this model size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deltaguard.errors import FormatError
+from deltaguard.quant.fake import fake_quant_tokens, grouped, qmax_of, quant_codes, weight_grid
+
+
+def pack_nibbles(codes: Tensor) -> Tensor:
+    """uint8 codes in [0, 15] → two per byte along the last dim (the even column in the low nibble)."""
+    if codes.shape[-1] % 2:
+        codes = F.pad(codes, (0, 1))
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_nibbles(packed: Tensor, n_cols: int) -> Tensor:
+    low, high = packed & 0x0F, packed >> 4
+    return torch.stack([low, high], dim=-1).reshape(*packed.shape[:-1], -1)[..., :n_cols]
+
+
+class QuantLinear(nn.Module):
+    """A packed ``w_bits`` weight with per-row (or per-group) asymmetric grids; see the module docstring."""
+
+    def __init__(self, codes: Tensor, step: Tensor, zero: Tensor, bias: Tensor | None, *, in_features: int,
+                 w_bits: int, a_bits: int, group_size: int) -> None:
+        super().__init__()
+        qmax_of(w_bits)
+        self.in_features, self.out_features = in_features, int(step.shape[0])
+        self.w_bits, self.a_bits, self.group_size = w_bits, a_bits, group_size
+        size = group_size or in_features
+        expected_cols = (in_features + 1) // 2 if w_bits <= 4 else in_features
+        if in_features % size or tuple(codes.shape) != (self.out_features, expected_cols) \
+                or tuple(step.shape) != (self.out_features, in_features // size) or step.shape != zero.shape:
+            raise FormatError(f"quantized linear tensors do not fit {self.out_features}x{in_features} "
+                              f"(codes {tuple(codes.shape)}, step {tuple(step.shape)}, zero {tuple(zero.shape)})")
+        self.register_buffer("codes", codes.to(torch.uint8))
+        self.register_buffer("step", step.float())
+        self.register_buffer("zero", zero.round().to(torch.uint8))   # an integer code in [0, 2**bits - 1]
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self._weight: Tensor | None = None
+
+    @classmethod
+    @torch.no_grad()
+    def quantize(cls, weight: Tensor, bias: Tensor | None, *, w_bits: int, a_bits: int, group_size: int,
+                 upper: Tensor | None = None, lower: Tensor | None = None) -> "QuantLinear":
+        """Round ``weight`` to its grid (clip factors applied) and store the codes."""
+        weight = weight.detach().float()
+        step, zero = weight_grid(weight, w_bits, group_size, upper=upper, lower=lower)
+        codes = quant_codes(grouped(weight, group_size), step, zero, w_bits).reshape(weight.shape)
+        if w_bits <= 4:
+            codes = pack_nibbles(codes)
+        return cls(codes, step.squeeze(-1), zero.squeeze(-1), bias, in_features=weight.shape[1], w_bits=w_bits,
+                   a_bits=a_bits, group_size=group_size)
+
+    def dequantized_weight(self) -> Tensor:
+        codes = unpack_nibbles(self.codes, self.in_features) if self.w_bits <= 4 else self.codes
+        size = self.group_size or self.in_features
+        values = codes.float().reshape(self.out_features, self.in_features // size, size)
+        zero = self.zero.float()[..., None]
+        return ((values - zero) * self.step[..., None]).reshape(self.out_features, self.in_features)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._weight = None   # new codes: the cached dequantized weight is stale
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._weight is None or self._weight.device != x.device:
+            self._weight = self.dequantized_weight().to(x.device)
+        if self.a_bits < 16:
+            x = fake_quant_tokens(x, self.a_bits)
+        weight = self._weight if x.dtype == torch.float32 else self._weight.to(x.dtype)
+        return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+
+    def stored_bits(self) -> int:
+        """Bits this layer stores (codes, grids, bias)."""
+        return sum(t.numel() * t.element_size() * 8 for t in (self.codes, self.step, self.zero)
+                   ) + (0 if self.bias is None else self.bias.numel() * self.bias.element_size() * 8)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, w_bits={self.w_bits}, "
+                f"a_bits={self.a_bits}, group_size={self.group_size}")
+
+
+__all__ = ["QuantLinear", "pack_nibbles", "unpack_nibbles"]
