@@ -38,6 +38,11 @@ def test_realign_writes_a_loadable_quantized_model_with_its_probes(tmp_path, tin
     assert "probes.safetensors" in manifest["files"]
     probes = SafetyProbes.load(out)
     assert probes.n_layers == 2 and len(probes.accuracy) == 2
+    diagnostics = json.loads((out / "diagnostics.json").read_text())
+    assert set(diagnostics["models"]) == {"aligned", "fine-tune", "realigned"}
+    assert all(len(v["probe_accuracy"]) == 2 for v in diagnostics["models"].values())
+    assert (out / "diagnostics.png").stat().st_size > 1000 and "diagnostics.json" in manifest["files"]
+    assert "mean accuracy over blocks" in result.output
     model = load_model(out)
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
     with torch.no_grad():
