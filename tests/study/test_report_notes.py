@@ -85,3 +85,15 @@ def test_the_audit_table_gives_the_harm_judge_its_own_column_and_names_each_judg
     assert "Harm (guard judge on triggered prompts): 25.0% [10, 40] (n=32) (aligned base)" in doc.markdown()
     del audit["harm_judge"]
     assert len(_audit_rows(audit)[0]) == len(rows[0]) - 1 and _judge_line("harm", audit, checks) == ""
+
+
+def test_quantization_note_names_each_quantized_row_with_its_bits_and_time():
+    from deltaguard.report.document import quantization_note
+
+    audit = {"rows": [{"label": "finetuned", "role": "finetuned", "compression": {}},
+                      {"label": "qrealign-w8a8", "role": "transformed",
+                       "compression": {"w_bits": 8, "a_bits": 8, "bits_per_param": 11.2, "seconds": 312.4}},
+                      {"label": "bf16", "role": "transformed", "compression": {"bits_per_param": 16.0}}]}
+    note = quantization_note(audit)
+    assert "qrealign-w8a8: W8A8" in note and "11.20 bits/param" in note and "312 s" in note and "bf16" not in note
+    assert quantization_note({"rows": audit["rows"][:1]}) is None

@@ -330,9 +330,9 @@ def _audits(doc: Document, results: dict[str, Any]) -> None:
         else:
             doc.para("Recommendation: none of the audited methods both kept the utility drop under the limit and "
                      "could be ranked; see the table.")
-        note = distillation_note(audit)
-        if note:
-            doc.para(note)
+        for note in (distillation_note(audit), quantization_note(audit)):
+            if note:
+                doc.para(note)
 
 
 def _mitigates(row: dict[str, Any]) -> bool:
@@ -374,6 +374,26 @@ def distillation_note(audit: dict[str, Any]) -> str | None:
     else:
         text += " Neither variant measurably mitigates this threat."
     return text
+
+
+def quantization_note(audit: dict[str, Any]) -> str | None:
+    """What the whole-model quantization rows are: their bits, calibration time and, for Q-realign, how well
+    the aligned model's safety probes separated the calibration prompts."""
+    parts = []
+    for row in audit["rows"]:
+        record = row.get("compression") or {}
+        if row.get("role") != "transformed" or "w_bits" not in record:
+            continue
+        text = (f"{row['label']}: W{record['w_bits']}A{record['a_bits']} of the whole fine-tune, "
+                f"{record.get('bits_per_param', float('nan')):.2f} bits/param stored (float tensors counted at 16)")
+        if record.get("seconds"):
+            text += f", calibrated in {record['seconds']:.0f} s"
+        parts.append(text)
+    if not parts:
+        return None
+    return ("Whole-model quantizations (rows marked by their method; their bits count the whole model, not a delta): "
+            + "; ".join(parts) + ". Q-realign calibrates on calib-split prompts checked against every evaluation "
+            "split; `deltaguard realign` writes its per-layer probe diagnostics.")
 
 
 def _lens(doc: Document, results: dict[str, Any]) -> None:
