@@ -22,7 +22,7 @@ CONFIG = EvalConfig(limit=2, n_boot=100, generation=GenerationConfig(max_new_tok
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_tokenizer):
-    model = make_tiny_llama(seed=0, vocab_size=len(tiny_tokenizer), tied=False)
+    model = make_tiny_llama(seed=0, vocab_size=len(tiny_tokenizer), tied=False, hidden=128, intermediate=256)  # groups of 128 fit
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.config, key, getattr(tiny_tokenizer, key))
         setattr(model.generation_config, key, getattr(tiny_tokenizer, key))

@@ -127,7 +127,9 @@ class QuantScheme:
 
 SCHEMES: dict[str, QuantScheme] = {s.name: s for s in (
     QuantScheme("w8a8", 8, 8, 0, note="the released Q-realign setting; per-channel weights, per-token activations"),
+    QuantScheme("w8a16", 8, 16, 128, note="weight-only, groups of 128"),
     QuantScheme("w4a16", 4, 16, 128, note="weight-only, groups of 128"),
+    QuantScheme("w3a16", 3, 16, 128, note="weight-only, groups of 128 (3-bit codes stored one a byte)"),
     QuantScheme("w4a8", 4, 8, 128, note="groups of 128, per-token INT8 activations"),
     QuantScheme("w4a4", 4, 4, 128, experimental=True,
                 note="experimental: 4-bit activations hurt capability badly (Q-realign reports the same)"),
@@ -135,7 +137,7 @@ SCHEMES: dict[str, QuantScheme] = {s.name: s for s in (
 
 
 def scheme(name: str) -> QuantScheme:
-    """A preset by name (``w8a8``, ``w4a16``, ``w4a8``, ``w4a4``); one-line error otherwise."""
+    """A preset by name (``w8a8``, ``w8a16``, ``w4a16``, ``w3a16``, ``w4a8``, ``w4a4``); one-line error otherwise."""
     found = SCHEMES.get(name.strip().lower())
     if found is None:
         raise ConfigError(f"unknown quantization scheme {name!r}; known: {', '.join(SCHEMES)}")

@@ -70,6 +70,18 @@ class QuantLinear(nn.Module):
         return cls(codes, step.squeeze(-1), zero.squeeze(-1), bias, in_features=weight.shape[1], w_bits=w_bits,
                    a_bits=a_bits, group_size=group_size)
 
+    @classmethod
+    @torch.no_grad()
+    def from_grid(cls, weight: Tensor, step: Tensor, zero: Tensor, bias: Tensor | None, *, w_bits: int, a_bits: int,
+                  group_size: int) -> "QuantLinear":
+        """Store a weight that already lies on the given grids (``[out, n_groups, 1]``; GPTQ's output)."""
+        weight = weight.detach().float()
+        codes = quant_codes(grouped(weight, group_size), step.float(), zero.float(), w_bits).reshape(weight.shape)
+        if w_bits <= 4:
+            codes = pack_nibbles(codes)
+        return cls(codes, step.float().squeeze(-1), zero.squeeze(-1), bias, in_features=weight.shape[1], w_bits=w_bits,
+                   a_bits=a_bits, group_size=group_size)
+
     def dequantized_weight(self) -> Tensor:
         codes = unpack_nibbles(self.codes, self.in_features) if self.w_bits <= 4 else self.codes
         size = self.group_size or self.in_features

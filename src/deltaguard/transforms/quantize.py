@@ -38,6 +38,7 @@ class RTNConfig(TransformConfig):
 
     name: ClassVar[str] = "rtn"
     version: ClassVar[int] = 1
+    bits_shorthand: ClassVar[bool] = True
     scheme: str = "w8a8"
 
     def __post_init__(self) -> None:
@@ -49,10 +50,16 @@ class RTNConfig(TransformConfig):
 
     @classmethod
     def parse_label(cls, label: str) -> dict[str, Any] | None:
+        """``<name>``, ``<name>-<scheme>``, and for weight-only methods ``<name><bits>`` (``rtn4`` = ``rtn-w4a16``)."""
         if label == cls.name:
             return {}
         head, _, tail = label.partition("-")
-        return {"scheme": tail} if head == cls.name and tail in SCHEMES else None
+        if head == cls.name and tail in SCHEMES:
+            return {"scheme": tail}
+        bits = label[len(cls.name):]
+        if cls.bits_shorthand and label.startswith(cls.name) and bits.isdigit() and f"w{bits}a16" in SCHEMES:
+            return {"scheme": f"w{bits}a16"}
+        return None
 
     def blockwise(self) -> Any:
         from deltaguard.quant.calibrate import BlockwiseConfig
@@ -76,6 +83,7 @@ class OmniQuantConfig(RTNConfig):
 
     name: ClassVar[str] = "omniquant"
     version: ClassVar[int] = 1
+    bits_shorthand: ClassVar[bool] = False
     epochs_first: int = 2
     epochs_second: int = 6
     n_harmful: int = 120
