@@ -17,7 +17,7 @@ GPTQ's layer error on its calibration inputs is at most round-to-nearest's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -91,31 +91,30 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, *, bits: int, group_size: int
     return values.reshape(out_features, in_features).to(weight.dtype), step32, zero32
 
 
-def quantize_gptq(model: Any, tokenizer: Any, prompts: Any, *, plan: QuantScheme, act_order: bool = True,
-                  damp: float = 0.01, batch_size: int = 8, max_tokens: int = 128, seed: int = 0,
-                  progress: bool = True, label: str = "gptq") -> dict[str, Any]:
-    """GPTQ every decoder linear of ``model`` in place, block by block: each block's Hessians come from the
-    outputs of the blocks already quantized (as in the paper), then its linears become ``QuantLinear``."""
+def rewrite_sequentially(model: Any, tokenizer: Any, prompts: Any,
+                         rewrite: Callable[[str, Any, Tensor], Any], *, batch_size: int = 8, max_tokens: int = 128,
+                         seed: int = 0, progress: bool = True, label: str = "rewrite") -> dict[str, Any]:
+    """Rewrite every decoder linear block by block from its calibration Hessian (GPTQ, SparseGPT, Wanda).
+
+    Each block's Hessians come from the outputs of the blocks already rewritten, as in the papers;
+    ``rewrite(name, linear, hessian)`` returns the module that replaces the linear (or None to keep it,
+    changed in place).
+    """
     import time
 
     from deltaguard.modules import replace_module
     from deltaguard.progress import progress_bar
     from deltaguard.quant.block import LINEARS, check_block
     from deltaguard.quant.calibrate import BlockwiseConfig, _capture_inputs, _run
-    from deltaguard.quant.linear import QuantLinear
     from deltaguard.quant.probes import decoder_layers
 
     started = time.perf_counter()
     layers = decoder_layers(model)
     for layer in layers:
         check_block(layer)
-        for name, module in layer.named_modules():
-            if name in LINEARS:
-                grouped(module.weight, plan.group_size)
-    capture = BlockwiseConfig(batch_size=batch_size, max_tokens=max_tokens, seed=seed)
-    batches = _capture_inputs(model, tokenizer, prompts, capture)
+    batches = _capture_inputs(model, tokenizer, prompts, BlockwiseConfig(batch_size=batch_size, max_tokens=max_tokens,
+                                                                         seed=seed))
     inputs = [b.hidden for b in batches]
-    n_tokens = int(sum(b.real.sum() for b in batches))
     with progress_bar(label, len(layers), enabled=progress) as bar:
         for layer in layers:
             modules = dict(layer.named_modules())
@@ -132,16 +131,38 @@ def quantize_gptq(model: Any, tokenizer: Any, prompts: Any, *, plan: QuantScheme
                 for hook in hooks:
                     hook.remove()
             for name in LINEARS:
-                linear = modules[name]
-                weight, step, zero = gptq_quantize(linear.weight, hessians[name].h, bits=plan.w_bits,
-                                                   group_size=plan.group_size, act_order=act_order, damp=damp)
-                replace_module(layer, name, QuantLinear.from_grid(weight, step, zero, linear.bias, w_bits=plan.w_bits,
-                                                                  a_bits=plan.a_bits, group_size=plan.group_size))
+                new = rewrite(name, modules[name], hessians[name].h)
+                if new is not None:
+                    replace_module(layer, name, new)
             with torch.no_grad():
                 inputs = [_run(layer, b, h) for b, h in zip(batches, inputs)]
             bar.advance()
-    return {"scheme": plan.name, "n_prompts": sum(int(b.real.shape[0]) for b in batches), "n_tokens": n_tokens,
-            "act_order": act_order, "damp": damp, "seconds": round(time.perf_counter() - started, 1), "blocks": []}
+    return {"n_prompts": sum(int(b.real.shape[0]) for b in batches),
+            "n_tokens": int(sum(b.real.sum() for b in batches)), "seconds": round(time.perf_counter() - started, 1)}
 
 
-__all__ = ["HessianAccumulator", "gptq_quantize", "quantize_gptq"]
+def quantize_gptq(model: Any, tokenizer: Any, prompts: Any, *, plan: QuantScheme, act_order: bool = True,
+                  damp: float = 0.01, batch_size: int = 8, max_tokens: int = 128, seed: int = 0,
+                  progress: bool = True, label: str = "gptq") -> dict[str, Any]:
+    """GPTQ every decoder linear of ``model`` in place (see ``rewrite_sequentially``)."""
+    from deltaguard.quant.block import LINEARS
+    from deltaguard.quant.linear import QuantLinear
+    from deltaguard.quant.probes import decoder_layers
+
+    for layer in decoder_layers(model):   # a group size that does not divide: fail before any work
+        for name, module in layer.named_modules():
+            if name in LINEARS:
+                grouped(module.weight, plan.group_size)
+
+    def rewrite(_name: str, linear: Any, hessian: Tensor) -> Any:
+        weight, step, zero = gptq_quantize(linear.weight, hessian, bits=plan.w_bits, group_size=plan.group_size,
+                                           act_order=act_order, damp=damp)
+        return QuantLinear.from_grid(weight, step, zero, linear.bias, w_bits=plan.w_bits, a_bits=plan.a_bits,
+                                     group_size=plan.group_size)
+
+    record = rewrite_sequentially(model, tokenizer, prompts, rewrite, batch_size=batch_size, max_tokens=max_tokens,
+                                  seed=seed, progress=progress, label=label)
+    return {"scheme": plan.name, "act_order": act_order, "damp": damp, "blocks": [], **record}
+
+
+__all__ = ["HessianAccumulator", "gptq_quantize", "quantize_gptq", "rewrite_sequentially"]

@@ -1,0 +1,1 @@
+"""Whole-model pruning: masks and patterns (unstructured, N:M), magnitude, Wanda and SparseGPT."""
