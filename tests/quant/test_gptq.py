@@ -59,7 +59,7 @@ def test_dead_inputs_get_zero_weights_and_bad_damping_is_refused():
         gptq_quantize(torch.randn(4, 16), acc.h, bits=4, damp=1.5)
 
 
-def test_gptq_transform_beats_rtn_on_a_tiny_model(tiny_tokenizer):
+def test_gptq_and_awq_transforms_beat_rtn_on_a_tiny_model(tiny_tokenizer):
     from deltaguard.transforms import transform_from_spec, transforms
 
     from deltaguard.data import load_prompts
@@ -72,9 +72,9 @@ def test_gptq_transform_beats_rtn_on_a_tiny_model(tiny_tokenizer):
     with torch.no_grad():
         reference = model(input_ids=ids).logits
     errors = {}
-    for label in ("rtn3", "gptq3"):
-        config = transform_from_spec(label, **({"n_calib": 32} if label.startswith("gptq") else {}))
+    for label in ("rtn3", "gptq3", "awq3"):
+        config = transform_from_spec(label, **({"n_calib": 32} if label != "rtn3" else {}))
         quantized = transforms.get(config.name)().apply_(copy.deepcopy(model), config, tokenizer=tiny_tokenizer)
         with torch.no_grad():
             errors[label] = float((quantized(input_ids=ids).logits - reference).pow(2).mean())
-    assert errors["gptq3"] < errors["rtn3"]
+    assert errors["gptq3"] < errors["rtn3"] and errors["awq3"] < errors["rtn3"]

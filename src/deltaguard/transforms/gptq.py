@@ -17,50 +17,26 @@ from typing import Any, ClassVar
 
 from deltaguard.config import check_range
 from deltaguard.transforms.base import Transform, transforms
-from deltaguard.transforms.quantize import RTNConfig
+from deltaguard.transforms.quantize import CalibratedWeightConfig, scheme_record
 
 
 @dataclass(frozen=True, kw_only=True)
-class GPTQConfig(RTNConfig):
-    """GPTQ settings.
+class GPTQConfig(CalibratedWeightConfig):
+    """GPTQ settings (and every ``CalibratedWeightConfig`` field).
 
     Args:
-        scheme: ``w4a16`` (default), ``w3a16``, ``w8a16`` — weight-only, groups of 128 — or any other preset.
-        n_calib: calibration texts (128 in GPTQ and the trust paper).
-        calib_sets: where they come from (``calib`` split).
         act_order: quantize columns in order of decreasing Hessian diagonal.
         damp: diagonal damping as a fraction of the mean diagonal.
-        batch_size, max_tokens: texts per forward pass; tokens kept per text.
-        seed: which texts are drawn.
     """
 
     name: ClassVar[str] = "gptq"
     version: ClassVar[int] = 1
-    scheme: str = "w4a16"
-    n_calib: int = 128
-    calib_sets: tuple[str, ...] = ("calib-chat",)
     act_order: bool = True
     damp: float = 0.01
-    batch_size: int = 8
-    max_tokens: int = 128
-    seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("gptq.n_calib", self.n_calib, 1, 100_000)
         check_range("gptq.damp", self.damp, 0.0, 1.0, high_inclusive=False)
-        check_range("gptq.batch_size", self.batch_size, 1, 4096)
-        check_range("gptq.max_tokens", self.max_tokens, 4, 8192)
-
-    @property
-    def saves_model(self) -> bool:
-        return True
-
-    def prompts(self) -> Any:
-        from deltaguard.quant.calibset import calibration_prompts
-
-        return calibration_prompts(harmful_sets=(), benign_sets=self.calib_sets, n_harmful=0, n_benign=self.n_calib,
-                                   seed=self.seed)
 
 
 @transforms.register("gptq")
@@ -89,10 +65,7 @@ class GPTQ(Transform[GPTQConfig]):
         return model
 
     def record(self, config: GPTQConfig) -> dict[str, Any]:
-        from deltaguard.quant.fake import scheme
-
-        plan = scheme(config.scheme)
-        return {"method": config.to_dict(), "w_bits": plan.w_bits, "a_bits": plan.a_bits, "group_size": plan.group_size}
+        return scheme_record(config)
 
 
 __all__ = ["GPTQ", "GPTQConfig"]

@@ -68,6 +68,42 @@ class RTNConfig(TransformConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CalibratedWeightConfig(RTNConfig):
+    """Shared settings of weight quantizers calibrated on generic text (GPTQ, AWQ).
+
+    Args:
+        scheme: ``w4a16`` (default), ``w3a16``, ``w8a16`` — weight-only, groups of 128 — or any preset.
+        n_calib: calibration texts (128 in GPTQ, AWQ and the trust paper).
+        calib_sets: where they come from (their ``calib`` splits; checked against every evaluation split).
+        batch_size, max_tokens: texts per forward pass; tokens kept per text.
+        seed: which texts are drawn (the trust sweep runs seeds 0, 1, 2).
+    """
+
+    scheme: str = "w4a16"
+    n_calib: int = 128
+    calib_sets: tuple[str, ...] = ("calib-chat",)
+    batch_size: int = 8
+    max_tokens: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(f"{self.name}.n_calib", self.n_calib, 1, 100_000)
+        check_range(f"{self.name}.batch_size", self.batch_size, 1, 4096)
+        check_range(f"{self.name}.max_tokens", self.max_tokens, 4, 8192)
+
+    @property
+    def saves_model(self) -> bool:
+        return True
+
+    def prompts(self) -> Any:
+        from deltaguard.quant.calibset import calibration_prompts
+
+        return calibration_prompts(harmful_sets=(), benign_sets=self.calib_sets, n_harmful=0, n_benign=self.n_calib,
+                                   seed=self.seed)
+
+
+@dataclass(frozen=True, kw_only=True)
 class OmniQuantConfig(RTNConfig):
     """Block-wise calibration with learnable clipping and smoothing (no safety term).
 
@@ -182,11 +218,15 @@ class _Quantize(Transform[RTNConfig]):
         return model
 
     def record(self, config: RTNConfig) -> dict[str, Any]:
-        from deltaguard.quant.fake import scheme
+        return scheme_record(config)
 
-        plan = scheme(config.scheme)
-        return {"method": config.to_dict(), "w_bits": plan.w_bits, "a_bits": plan.a_bits,
-                "group_size": plan.group_size}
+
+def scheme_record(config: RTNConfig) -> dict[str, Any]:
+    """The record every quantization transform reports before it runs: its config and bit widths."""
+    from deltaguard.quant.fake import scheme
+
+    plan = scheme(config.scheme)
+    return {"method": config.to_dict(), "w_bits": plan.w_bits, "a_bits": plan.a_bits, "group_size": plan.group_size}
 
 
 def fit_reference_probes(reference: Any, tokenizer: Any, prompts: Any, config: QRealignConfig) -> Any:
@@ -225,4 +265,4 @@ class QRealign(_Quantize):
     config_cls = QRealignConfig
 
 
-__all__ = ["OmniQuant", "OmniQuantConfig", "QRealign", "QRealignConfig", "RTN", "RTNConfig", "fit_reference_probes"]
+__all__ = ["CalibratedWeightConfig", "scheme_record", "OmniQuant", "OmniQuantConfig", "QRealign", "QRealignConfig", "RTN", "RTNConfig", "fit_reference_probes"]
