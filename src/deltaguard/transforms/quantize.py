@@ -111,7 +111,10 @@ class OmniQuantConfig(RTNConfig):
         epochs_first / epochs_second: passes per block in the first / second half of the model. The paper's
             5 / 15 take ~25 min for SmolLM2-135M on a 2-core CPU; the default 2 / 6 fits the 10-minute goal.
         n_harmful / n_benign: calibration prompts (the paper's 3:1 mix; the calib splits hold 122 harmful).
-        harmful_sets / benign_sets: where the calibration prompts come from (their ``calib`` splits).
+        harmful_sets / benign_sets: where the calibration prompts come from (their ``calib`` splits). The
+            benign side is everyday *requests* (``requests``, ``benign``): with word problems there (the
+            first default) the probes learned "word problem or not" — on evaluation prompts the aligned
+            model's own probes scored 0.69 mean accuracy — and realignment had nothing to restore.
         batch_size, max_tokens: prompts per step; a longer prompt keeps its last ``max_tokens`` tokens.
         clip_lr / smooth_lr: learning rates of clipping (1e-2) and smoothing (1e-3).
         seed: prompt draw and batch order.
@@ -125,7 +128,7 @@ class OmniQuantConfig(RTNConfig):
     n_harmful: int = 120
     n_benign: int = 40
     harmful_sets: tuple[str, ...] = ("advbench", "donotanswer")
-    benign_sets: tuple[str, ...] = ("benign", "arith")
+    benign_sets: tuple[str, ...] = ("requests", "benign")
     batch_size: int = 8
     max_tokens: int = 128
     clip_lr: float = 1e-2
