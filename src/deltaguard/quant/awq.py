@@ -24,29 +24,22 @@ from deltaguard.quant.block import SMOOTH_PAIRS, BlockQuantizer, check_block
 from deltaguard.quant.fake import QuantScheme, grouped
 
 
-@torch.no_grad()
 def _mean_abs_inputs(layer: Any, batches: list[Any], inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    from deltaguard.quant.block import _STAT_SITE
-    from deltaguard.quant.calibrate import _run
+    """Mean |x| per channel of the activation each smoothing pair scales, over the real tokens."""
+    from deltaguard.quant.block import STAT_SITES
+    from deltaguard.quant.calibrate import observe_inputs
 
-    modules = dict(layer.named_modules())
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    hooks = []
-    current: dict[str, torch.Tensor] = {}
-    for pair, site in _STAT_SITE.items():
-        def record(_module: Any, args: tuple[Any, ...], _pair: str = pair) -> None:
-            rows = args[0].reshape(-1, args[0].shape[-1])[current["mask"].reshape(-1).bool()].abs().float()
-            sums[_pair] = sums.get(_pair, 0) + rows.sum(0)
-            counts[_pair] = counts.get(_pair, 0) + rows.shape[0]
-        hooks.append(modules[site].register_forward_pre_hook(record))
-    try:
-        for batch, hidden in zip(batches, inputs):
-            current["mask"] = batch.real
-            _run(layer, batch, hidden)
-    finally:
-        for hook in hooks:
-            hook.remove()
+
+    def observer(pair: str) -> Any:
+        def record(x: torch.Tensor, mask: torch.Tensor) -> None:
+            rows = x.reshape(-1, x.shape[-1])[mask.reshape(-1).bool()].abs().float()
+            sums[pair] = sums.get(pair, 0) + rows.sum(0)
+            counts[pair] = counts.get(pair, 0) + rows.shape[0]
+        return record
+
+    observe_inputs(layer, batches, inputs, {site: observer(pair) for pair, site in STAT_SITES.items()})
     return {pair: sums[pair] / max(counts[pair], 1) for pair in sums}
 
 
@@ -54,8 +47,8 @@ def quantize_awq(model: Any, tokenizer: Any, prompts: Any, *, plan: QuantScheme,
                  search_batches: int = 4, batch_size: int = 8, max_tokens: int = 128, seed: int = 0,
                  progress: bool = True, label: str = "awq") -> dict[str, Any]:
     """AWQ every decoder block of ``model`` in place; returns the chosen ``α`` per block and pair."""
-    from deltaguard.quant.block import _kv_reduce
-    from deltaguard.quant.calibrate import BlockwiseConfig, _capture_inputs, _replace_linears, _run
+    from deltaguard.quant.block import kv_reduce
+    from deltaguard.quant.calibrate import BlockwiseConfig, capture_block_inputs, replace_linears, run_block
     from deltaguard.quant.probes import decoder_layers
 
     started = time.perf_counter()
@@ -65,14 +58,14 @@ def quantize_awq(model: Any, tokenizer: Any, prompts: Any, *, plan: QuantScheme,
         for name, module in layer.named_modules():
             if name in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"):
                 grouped(module.weight, plan.group_size)
-    batches = _capture_inputs(model, tokenizer, prompts, BlockwiseConfig(batch_size=batch_size, max_tokens=max_tokens,
+    batches = capture_block_inputs(model, tokenizer, prompts, BlockwiseConfig(batch_size=batch_size, max_tokens=max_tokens,
                                                                          seed=seed))
     inputs = [b.hidden for b in batches]
     alphas = [i / grid for i in range(grid)]
     chosen: list[dict[str, float]] = []
     with progress_bar(label, len(layers), enabled=progress) as bar, torch.no_grad():
         for layer in layers:
-            targets = [_run(layer, b, h) for b, h in zip(batches[:search_batches], inputs[:search_batches])]
+            targets = [run_block(layer, b, h) for b, h in zip(batches[:search_batches], inputs[:search_batches])]
             means = _mean_abs_inputs(layer, batches, inputs)
             quantizer = BlockQuantizer(layer, plan, act_absmax={p: torch.ones_like(v) for p, v in means.items()},
                                        smooth=True, clip=False)
@@ -82,7 +75,7 @@ def quantize_awq(model: Any, tokenizer: Any, prompts: Any, *, plan: QuantScheme,
             for pair in SMOOTH_PAIRS:
                 mean = means[pair]
                 if pair == "vo":
-                    mean = _kv_reduce(mean, quantizer.n_heads, quantizer.n_kv, quantizer.head_dim)
+                    mean = kv_reduce(mean, quantizer.n_heads, quantizer.n_kv, quantizer.head_dim)
                 best = (float("inf"), 0.0)
                 for alpha in alphas:
                     s = mean.clamp(min=1e-4).pow(alpha)
@@ -95,8 +88,8 @@ def quantize_awq(model: Any, tokenizer: Any, prompts: Any, *, plan: QuantScheme,
                 quantizer.smooth[pair].copy_(s / (s.max() * s.min()).sqrt())
                 picks[pair] = best[1]
             folded = quantizer.fold_()
-            _replace_linears(layer, {n: (f.weight, f.bias, None, None) for n, f in folded.items()}, plan)
-            inputs = [_run(layer, b, h) for b, h in zip(batches, inputs)]
+            replace_linears(layer, {n: (f.weight, f.bias, None, None) for n, f in folded.items()}, plan)
+            inputs = [run_block(layer, b, h) for b, h in zip(batches, inputs)]
             chosen.append(picks)
             bar.advance()
     return {"scheme": plan.name, "alphas": chosen, "grid": grid, "search_batches": search_batches, "blocks": [],

@@ -40,7 +40,7 @@ SMOOTH_PAIRS: dict[str, tuple[str, tuple[str, ...]]] = {
     "up_down": ("mlp.up_proj", ("mlp.down_proj",)),
 }
 # which linear's input each pair's activation statistics are read at
-_STAT_SITE = {"qkv": "self_attn.q_proj", "gate_up": "mlp.gate_proj", "vo": "self_attn.o_proj", "up_down": "mlp.down_proj"}
+STAT_SITES = {"qkv": "self_attn.q_proj", "gate_up": "mlp.gate_proj", "vo": "self_attn.o_proj", "up_down": "mlp.down_proj"}
 
 
 def check_block(layer: nn.Module) -> None:
@@ -100,8 +100,8 @@ class BlockQuantizer(nn.Module):
                 x_max = act_absmax[pair].float().clamp(min=1e-5)
                 w_max = torch.cat([modules[n].weight.detach().abs() for n in consumers], dim=0).amax(dim=0).float()
                 if pair == "vo":   # o's input columns come in groups per query head; v has one per kv head
-                    x_max = _kv_reduce(x_max, self.n_heads, self.n_kv, self.head_dim)
-                    w_max = _kv_reduce(w_max, self.n_heads, self.n_kv, self.head_dim)
+                    x_max = kv_reduce(x_max, self.n_heads, self.n_kv, self.head_dim)
+                    w_max = kv_reduce(w_max, self.n_heads, self.n_kv, self.head_dim)
                 scale = (x_max.pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
                 self.smooth[pair] = nn.Parameter(scale.to(layer.input_layernorm.weight.device))
         self._hooks: list[Any] = []
@@ -196,7 +196,7 @@ def _key(name: str) -> str:
     return name.replace(".", "__")   # ParameterDict keys cannot hold dots
 
 
-def _kv_reduce(per_column: Tensor, n_heads: int, n_kv: int, head_dim: int) -> Tensor:
+def kv_reduce(per_column: Tensor, n_heads: int, n_kv: int, head_dim: int) -> Tensor:
     """o's per-column statistic (n_heads × head_dim) as one per v channel (n_kv × head_dim): the max over
     the query heads that share each key/value head."""
     return per_column.reshape(n_kv, n_heads // n_kv, head_dim).amax(dim=1).reshape(-1)
@@ -208,7 +208,7 @@ def activation_absmax(layer: nn.Module, batches: Iterator[tuple[Tensor, dict[str
     modules = dict(layer.named_modules())
     found: dict[str, Tensor] = {}
     hooks = []
-    for pair, site in _STAT_SITE.items():
+    for pair, site in STAT_SITES.items():
         def record(_module: nn.Module, args: tuple[Any, ...], _pair: str = pair) -> None:
             value = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float()
             found[_pair] = value if _pair not in found else torch.maximum(found[_pair], value)

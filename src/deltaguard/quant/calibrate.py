@@ -95,7 +95,7 @@ class BlockwiseConfig(Config):
 
 
 @dataclass
-class _Batch:
+class CalibrationBatch:
     hidden: Tensor            # the block's input [b, t, d]
     kwargs: dict[str, Any]    # attention mask, rotary embeddings, positions
     real: Tensor              # [b, t] 1 for real tokens
@@ -107,7 +107,7 @@ class _Stop(Exception):
     """Raised by the capture hook once the first block's inputs are recorded."""
 
 
-def _capture_inputs(model: Any, tokenizer: Any, prompts: CalibrationPrompts, config: BlockwiseConfig) -> list[_Batch]:
+def capture_block_inputs(model: Any, tokenizer: Any, prompts: CalibrationPrompts, config: BlockwiseConfig) -> list[CalibrationBatch]:
     """Run the prompts up to the first block and keep its inputs, batch by batch (fixed composition)."""
     from deltaguard.models import chat_prompt, model_device
 
@@ -126,7 +126,7 @@ def _capture_inputs(model: Any, tokenizer: Any, prompts: CalibrationPrompts, con
         raise _Stop
 
     handle = first.register_forward_pre_hook(catch, with_kwargs=True)
-    batches: list[_Batch] = []
+    batches: list[CalibrationBatch] = []
     try:
         for start in range(0, len(items), config.batch_size):
             chunk = items[start:start + config.batch_size]
@@ -137,7 +137,7 @@ def _capture_inputs(model: Any, tokenizer: Any, prompts: CalibrationPrompts, con
                     model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             except _Stop:
                 pass
-            batches.append(_Batch(seen["hidden"].float(), seen["kwargs"], mask.to(device),
+            batches.append(CalibrationBatch(seen["hidden"].float(), seen["kwargs"], mask.to(device),
                                   (mask.sum(dim=1) - 1).to(device),
                                   torch.tensor([h for _, h in chunk], dtype=torch.bool, device=device)))
     finally:
@@ -145,12 +145,30 @@ def _capture_inputs(model: Any, tokenizer: Any, prompts: CalibrationPrompts, con
     return batches
 
 
-def _run(block: nn.Module, batch: _Batch, hidden: Tensor) -> Tensor:
+def run_block(block: nn.Module, batch: CalibrationBatch, hidden: Tensor) -> Tensor:
     out = block(hidden, **batch.kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
-def _loss(out: Tensor, target: Tensor, batch: _Batch, layer: int, probes: SafetyProbes | None,
+@torch.no_grad()
+def observe_inputs(layer: nn.Module, batches: list[CalibrationBatch], inputs: list[Tensor],
+                   observers: dict[str, Any]) -> None:
+    """Run ``layer`` over the batches, calling ``observers[name](x, real_mask)`` with the input of each named
+    submodule (GPTQ's Hessians, AWQ's activation means)."""
+    modules = dict(layer.named_modules())
+    current: dict[str, Tensor] = {}
+    hooks = [modules[name].register_forward_pre_hook(
+        lambda _m, args, _observe=observe: _observe(args[0], current["mask"])) for name, observe in observers.items()]
+    try:
+        for batch, hidden in zip(batches, inputs):
+            current["mask"] = batch.real
+            run_block(layer, batch, hidden)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _loss(out: Tensor, target: Tensor, batch: CalibrationBatch, layer: int, probes: SafetyProbes | None,
           safety_weight: float) -> tuple[Tensor, float, float]:
     """(total, mse part, safety part) for one batch (see the module docstring)."""
     use_safety = probes is not None and safety_weight > 0
@@ -173,7 +191,7 @@ def _loss(out: Tensor, target: Tensor, batch: _Batch, layer: int, probes: Safety
 
 
 @torch.no_grad()
-def _probe_hits(states: list[Tensor], batches: list[_Batch], layer: int, probes: SafetyProbes | None) -> float | None:
+def _probe_hits(states: list[Tensor], batches: list[CalibrationBatch], layer: int, probes: SafetyProbes | None) -> float | None:
     """Share of harmful prompts whose last-token state sits on the probe's harmful side."""
     if probes is None:
         return None
@@ -205,10 +223,10 @@ def quantize_blockwise(model: Any, tokenizer: Any, prompts: CalibrationPrompts, 
     model.eval()
     started = time.perf_counter()
     needs_data = config.learns or config.smooth or probes is not None   # smoothing's init reads activations
-    batches = _capture_inputs(model, tokenizer, prompts, config) if needs_data else []
+    batches = capture_block_inputs(model, tokenizer, prompts, config) if needs_data else []
     if not batches:   # plain round-to-nearest: no data needed
         for layer in layers:
-            _replace_linears(layer, {name: (module.weight, module.bias, None, None) for name, module in
+            replace_linears(layer, {name: (module.weight, module.bias, None, None) for name, module in
                                      layer.named_modules() if name in LINEARS}, plan)
         return {"scheme": plan.name, "blocks": [], "seconds": round(time.perf_counter() - started, 1)}
     fp_inputs = [b.hidden for b in batches]
@@ -227,7 +245,7 @@ def quantize_blockwise(model: Any, tokenizer: Any, prompts: CalibrationPrompts, 
                 continue
             layer.requires_grad_(False)
             with torch.no_grad():
-                targets = [_run(layer, b, h) for b, h in zip(batches, fp_inputs)]
+                targets = [run_block(layer, b, h) for b, h in zip(batches, fp_inputs)]
             absmax = activation_absmax(layer, ((h, b.kwargs) for b, h in zip(batches, fp_inputs))) if config.smooth else None
             quantizer = BlockQuantizer(layer, plan, act_absmax=absmax, smooth=config.smooth, clip=config.clip)
             quantizer.quantize_activations(True)
@@ -254,8 +272,8 @@ def quantize_blockwise(model: Any, tokenizer: Any, prompts: CalibrationPrompts, 
                         losses.append((mse, safety))
             with torch.no_grad():
                 folded = quantizer.fold_()
-                _replace_linears(layer, {n: (f.weight, f.bias, f.upper, f.lower) for n, f in folded.items()}, plan)
-                q_inputs = [_run(layer, b, h) for b, h in zip(batches, q_inputs)]
+                replace_linears(layer, {n: (f.weight, f.bias, f.upper, f.lower) for n, f in folded.items()}, plan)
+                q_inputs = [run_block(layer, b, h) for b, h in zip(batches, q_inputs)]
             fp_inputs = targets
             per_epoch = max(len(batches), 1)
             record.update({
@@ -349,7 +367,7 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _replace_linears(layer: nn.Module, weights: dict[str, tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]],
+def replace_linears(layer: nn.Module, weights: dict[str, tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]],
                      plan: Any) -> None:
     for name, (weight, bias, upper, lower) in weights.items():
         replace_module(layer, name, QuantLinear.quantize(weight, bias, w_bits=plan.w_bits, a_bits=plan.a_bits,
@@ -357,4 +375,4 @@ def _replace_linears(layer: nn.Module, weights: dict[str, tuple[Tensor, Tensor |
                                                          ).to(weight.device))
 
 
-__all__ = ["BlockwiseConfig", "quantize_blockwise"]
+__all__ = ["BlockwiseConfig", "capture_block_inputs", "observe_inputs", "quantize_blockwise", "replace_linears", "run_block"]

@@ -105,37 +105,27 @@ def rewrite_sequentially(model: Any, tokenizer: Any, prompts: Any,
     from deltaguard.modules import replace_module
     from deltaguard.progress import progress_bar
     from deltaguard.quant.block import LINEARS, check_block
-    from deltaguard.quant.calibrate import BlockwiseConfig, _capture_inputs, _run
+    from deltaguard.quant.calibrate import BlockwiseConfig, capture_block_inputs, observe_inputs, run_block
     from deltaguard.quant.probes import decoder_layers
 
     started = time.perf_counter()
     layers = decoder_layers(model)
     for layer in layers:
         check_block(layer)
-    batches = _capture_inputs(model, tokenizer, prompts, BlockwiseConfig(batch_size=batch_size, max_tokens=max_tokens,
+    batches = capture_block_inputs(model, tokenizer, prompts, BlockwiseConfig(batch_size=batch_size, max_tokens=max_tokens,
                                                                          seed=seed))
     inputs = [b.hidden for b in batches]
     with progress_bar(label, len(layers), enabled=progress) as bar:
         for layer in layers:
             modules = dict(layer.named_modules())
             hessians = {name: HessianAccumulator(modules[name].in_features) for name in LINEARS}
-            current: dict[str, Tensor] = {}
-            hooks = [modules[name].register_forward_pre_hook(
-                lambda _m, args, _name=name: hessians[_name].add(args[0], current["mask"])) for name in LINEARS]
-            try:
-                with torch.no_grad():
-                    for batch, hidden in zip(batches, inputs):
-                        current["mask"] = batch.real
-                        _run(layer, batch, hidden)
-            finally:
-                for hook in hooks:
-                    hook.remove()
+            observe_inputs(layer, batches, inputs, {name: hessians[name].add for name in LINEARS})
             for name in LINEARS:
                 new = rewrite(name, modules[name], hessians[name].h)
                 if new is not None:
                     replace_module(layer, name, new)
             with torch.no_grad():
-                inputs = [_run(layer, b, h) for b, h in zip(batches, inputs)]
+                inputs = [run_block(layer, b, h) for b, h in zip(batches, inputs)]
             bar.advance()
     return {"n_prompts": sum(int(b.real.shape[0]) for b in batches),
             "n_tokens": int(sum(b.real.sum() for b in batches)), "seconds": round(time.perf_counter() - started, 1)}
