@@ -69,3 +69,27 @@ def make_tiny_tokenizer(vocab_size: int = 320):
     fast.chat_template = CHATML
     fast.padding_side = "left"
     return fast
+
+
+def transform_errors(model, tokenizer, labels, **overrides):
+    """Mean squared logit error of each transform (by label) against ``model`` on held-out text of the
+    calibration's kind (calib-chat's eval split): the objective GPTQ, AWQ and SparseGPT minimise.
+    Returns ``({label: error}, {label: transformed model})``."""
+    import copy
+
+    from deltaguard.data import load_prompts
+    from deltaguard.quant.probes import encode_right_padded
+    from deltaguard.transforms import transform_from_spec, transforms
+
+    texts = [p.text for p in load_prompts("calib-chat", split="eval", limit=8).prompts]
+    ids, _ = encode_right_padded(tokenizer, texts, 48)
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+    errors, models = {}, {}
+    for label in labels:
+        config = transform_from_spec(label)
+        config = config.replace(**{k: v for k, v in overrides.items() if hasattr(config, k)})
+        models[label] = transforms.get(config.name)().apply_(copy.deepcopy(model), config, tokenizer=tokenizer)
+        with torch.no_grad():
+            errors[label] = float((models[label](input_ids=ids).logits - reference).pow(2).mean())
+    return errors, models

@@ -3,12 +3,10 @@ weights on the stored grids, the Hessian accumulated exactly, and the transform 
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from tinymodels import make_tiny_llama
+from tinymodels import make_tiny_llama, transform_errors
 from deltaguard.errors import ConfigError
 from deltaguard.quant.fake import fake_quant_weight
 from deltaguard.quant.gptq import HessianAccumulator, gptq_quantize
@@ -60,21 +58,6 @@ def test_dead_inputs_get_zero_weights_and_bad_damping_is_refused():
 
 
 def test_gptq_and_awq_transforms_beat_rtn_on_a_tiny_model(tiny_tokenizer):
-    from deltaguard.transforms import transform_from_spec, transforms
-
-    from deltaguard.data import load_prompts
-    from deltaguard.quant.probes import encode_right_padded
-
     model = make_tiny_llama(seed=0, vocab_size=len(tiny_tokenizer), hidden=128, intermediate=256)
-    # held-out text of the calibration's kind (calib-chat's eval split): what GPTQ's objective is about
-    texts = [p.text for p in load_prompts("calib-chat", split="eval", limit=8).prompts]
-    ids, _ = encode_right_padded(tiny_tokenizer, texts, 48)
-    with torch.no_grad():
-        reference = model(input_ids=ids).logits
-    errors = {}
-    for label in ("rtn3", "gptq3", "awq3"):
-        config = transform_from_spec(label, **({"n_calib": 32} if label != "rtn3" else {}))
-        quantized = transforms.get(config.name)().apply_(copy.deepcopy(model), config, tokenizer=tiny_tokenizer)
-        with torch.no_grad():
-            errors[label] = float((quantized(input_ids=ids).logits - reference).pow(2).mean())
+    errors, _ = transform_errors(model, tiny_tokenizer, ("rtn3", "gptq3", "awq3"), n_calib=32)
     assert errors["gptq3"] < errors["rtn3"] and errors["awq3"] < errors["rtn3"]

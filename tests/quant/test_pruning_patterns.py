@@ -3,12 +3,10 @@ SparseGPT's layer error stays below magnitude pruning's, Wanda weighs by input n
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from tinymodels import make_tiny_llama
+from tinymodels import make_tiny_llama, transform_errors
 from deltaguard.errors import ConfigError
 from deltaguard.prune.masks import Pattern, mask_from_scores, sparsegpt_prune
 from deltaguard.quant.gptq import HessianAccumulator
@@ -59,21 +57,9 @@ def test_bad_patterns_are_refused():
 
 
 def test_pruning_transforms_on_a_tiny_model(tiny_tokenizer):
-    from deltaguard.data import load_prompts
-    from deltaguard.quant.probes import encode_right_padded
-    from deltaguard.transforms import transform_from_spec, transforms
-
     model = make_tiny_llama(seed=0, vocab_size=len(tiny_tokenizer), hidden=128, intermediate=256)
-    texts = [p.text for p in load_prompts("calib-chat", split="eval", limit=8).prompts]
-    ids, _ = encode_right_padded(tiny_tokenizer, texts, 48)
-    with torch.no_grad():
-        reference = model(input_ids=ids).logits
-    errors = {}
-    for label in ("magnitude-2:4", "wanda-2:4", "sparsegpt-2:4"):
-        config = transform_from_spec(label, n_calib=32)
-        pruned = transforms.get(config.name)().apply_(copy.deepcopy(model), config, tokenizer=tiny_tokenizer)
-        assert pruned.deltaguard_quant_record["sparsity"] == pytest.approx(0.5, abs=0.01)
-        assert torch.all((pruned.model.layers[0].mlp.down_proj.weight == 0).view(128, -1, 4).sum(-1) >= 2)
-        with torch.no_grad():
-            errors[label] = float((pruned(input_ids=ids).logits - reference).pow(2).mean())
+    errors, pruned = transform_errors(model, tiny_tokenizer, ("magnitude-2:4", "wanda-2:4", "sparsegpt-2:4"), n_calib=32)
+    for label, result in pruned.items():
+        assert result.deltaguard_quant_record["sparsity"] == pytest.approx(0.5, abs=0.01), label
+        assert torch.all((result.model.layers[0].mlp.down_proj.weight == 0).view(128, -1, 4).sum(-1) >= 2)
     assert errors["sparsegpt-2:4"] < errors["magnitude-2:4"]
