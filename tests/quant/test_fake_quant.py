@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deltaguard.errors import ConfigError
-from deltaguard.quant.fake import (affine_grid, fake_quant, fake_quant_tokens, fake_quant_weight, grouped, round_ste,
-                                   scheme, weight_grid)
+from deltaguard.quant.fake import (affine_grid, fake_quant, fake_quant_tokens, fake_quant_weight, fit_group, grouped,
+                                   round_ste, scheme, weight_grid)
 from deltaguard.quant.linear import QuantLinear, pack_nibbles, unpack_nibbles
 
 
@@ -101,5 +101,13 @@ def test_bad_settings_fail_in_one_line():
         scheme("w3a3")
     with pytest.raises(ConfigError, match="bits"):
         affine_grid(torch.zeros(1), torch.ones(1), 1)
-    with pytest.raises(ConfigError, match="group size 48"):
-        fake_quant_weight(torch.randn(4, 64), 4, 48)
+    with pytest.raises(ConfigError, match="group size"):
+        fit_group(64, -1)
+
+
+def test_a_group_size_that_does_not_divide_falls_back_to_the_largest_divisor_below_it():
+    assert fit_group(576, 128) == 96 and fit_group(1536, 128) == 128 and fit_group(64, 0) == 64 and fit_group(7, 4) == 1
+    w = torch.randn(4, 576)
+    linear = QuantLinear.quantize(w, None, w_bits=4, a_bits=16, group_size=128)
+    assert linear.step.shape == (4, 6)   # six groups of 96
+    assert torch.equal(linear.dequantized_weight(), fake_quant_weight(w, 4, 128))

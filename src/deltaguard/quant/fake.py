@@ -61,12 +61,22 @@ def quant_codes(x: Tensor, step: Tensor, zero: Tensor, bits: int) -> Tensor:
         return torch.clamp(torch.round(x / step) + torch.round(zero), 0, qmax_of(bits)).to(torch.uint8)
 
 
+def fit_group(in_features: int, group_size: int) -> int:
+    """The group size a layer with ``in_features`` inputs uses: ``group_size`` when it divides them (0: the
+    whole row), else the largest divisor below it — SmolLM2's 576-wide inputs get groups of 96 where the
+    preset says 128, its 1536-wide ones groups of 128. Every layer's grids then tile its rows exactly, and
+    the loader recomputes the same size from the same rule."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
+        raise ConfigError(f"group size {group_size!r} must be a non-negative integer")
+    if group_size == 0 or group_size >= in_features:
+        return in_features
+    return next(d for d in range(group_size, 0, -1) if in_features % d == 0)
+
+
 def grouped(weight: Tensor, group_size: int) -> Tensor:
-    """``[out, in]`` → ``[out, n_groups, group]`` (``group_size`` 0: one group per row)."""
+    """``[out, in]`` → ``[out, n_groups, group]`` (``group_size`` 0: one group per row; see ``fit_group``)."""
     out_features, in_features = weight.shape
-    size = group_size or in_features
-    if in_features % size:
-        raise ConfigError(f"group size {group_size} does not divide the input dim {in_features}")
+    size = fit_group(in_features, group_size)
     return weight.reshape(out_features, in_features // size, size)
 
 
@@ -145,4 +155,4 @@ def scheme(name: str) -> QuantScheme:
 
 
 __all__ = ["MIN_STEP", "QuantScheme", "SCHEMES", "affine_grid", "fake_quant", "fake_quant_tokens", "fake_quant_weight",
-           "grouped", "qmax_of", "quant_codes", "round_ste", "scheme", "weight_grid"]
+           "fit_group", "grouped", "qmax_of", "quant_codes", "round_ste", "scheme", "weight_grid"]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from deltaguard.errors import ConfigError
-from deltaguard.quant.fake import QuantScheme, affine_grid, grouped, qmax_of
+from deltaguard.quant.fake import QuantScheme, affine_grid, fit_group, grouped, qmax_of
 
 
 class HessianAccumulator:
@@ -53,7 +53,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, *, bits: int, group_size: int
         raise ConfigError(f"gptq damp {damp} must be in [0, 1)")
     w = weight.detach().double().clone()
     out_features, in_features = w.shape
-    size = group_size or in_features
+    size = fit_group(in_features, group_size)
     groups = grouped(w, group_size)                    # static groups: grids from the original weights
     step, zero = affine_grid(groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True), bits)
     h = hessian.detach().double().clone()

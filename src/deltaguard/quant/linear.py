@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deltaguard.errors import FormatError
-from deltaguard.quant.fake import fake_quant_tokens, grouped, qmax_of, quant_codes, weight_grid
+from deltaguard.quant.fake import fake_quant_tokens, fit_group, grouped, qmax_of, quant_codes, weight_grid
 
 
 def pack_nibbles(codes: Tensor) -> Tensor:
@@ -45,9 +45,9 @@ class QuantLinear(nn.Module):
         qmax_of(w_bits)
         self.in_features, self.out_features = in_features, int(step.shape[0])
         self.w_bits, self.a_bits, self.group_size = w_bits, a_bits, group_size
-        size = group_size or in_features
+        size = fit_group(in_features, group_size)
         expected_cols = (in_features + 1) // 2 if w_bits <= 4 else in_features
-        if in_features % size or tuple(codes.shape) != (self.out_features, expected_cols) \
+        if tuple(codes.shape) != (self.out_features, expected_cols) \
                 or tuple(step.shape) != (self.out_features, in_features // size) or step.shape != zero.shape:
             raise FormatError(f"quantized linear tensors do not fit {self.out_features}x{in_features} "
                               f"(codes {tuple(codes.shape)}, step {tuple(step.shape)}, zero {tuple(zero.shape)})")
@@ -84,7 +84,7 @@ class QuantLinear(nn.Module):
 
     def dequantized_weight(self) -> Tensor:
         codes = unpack_nibbles(self.codes, self.in_features) if self.w_bits <= 4 else self.codes
-        size = self.group_size or self.in_features
+        size = fit_group(self.in_features, self.group_size)
         values = codes.float().reshape(self.out_features, self.in_features // size, size)
         zero = self.zero.float()[..., None]
         return ((values - zero) * self.step[..., None]).reshape(self.out_features, self.in_features)
