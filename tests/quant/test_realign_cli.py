@@ -42,7 +42,8 @@ def test_realign_writes_a_loadable_quantized_model_with_its_probes(tmp_path, tin
     assert set(diagnostics["models"]) == {"aligned", "fine-tune", "realigned"}
     assert all(len(v["probe_accuracy"]) == 2 for v in diagnostics["models"].values())
     assert (out / "diagnostics.png").stat().st_size > 1000 and "diagnostics.json" in manifest["files"]
-    assert "mean accuracy over blocks" in result.output
+    assert "held-out prompts, mean over blocks" in result.output
+    assert set(manifest["record"]["diagnostics"]) == {"aligned", "fine-tune", "realigned"}
     model = load_model(out)
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
     with torch.no_grad():
@@ -77,4 +78,5 @@ def test_audit_sweeps_quantizations_beside_deltas(tmp_path, tiny_tokenizer):
     assert 8 < realigned["linear_bits_per_param"] < 9 and realigned["seconds"] > 0
     assert rows[3]["compression"]["w_bits"] == 8
     saved = list((tmp_path / "run" / "quantized").iterdir())
-    assert len(saved) == 1 and (saved[0] / "probes.json").is_file()
+    assert len(saved) == 1 and (saved[0] / "probes.json").is_file() and (saved[0] / "diagnostics.png").is_file()
+    assert set(realigned["diagnostics"]) == {"aligned", "fine-tune", "realigned"}

@@ -92,8 +92,11 @@ def test_quantization_note_names_each_quantized_row_with_its_bits_and_time():
 
     audit = {"rows": [{"label": "finetuned", "role": "finetuned", "compression": {}},
                       {"label": "qrealign-w8a8", "role": "transformed",
-                       "compression": {"w_bits": 8, "a_bits": 8, "bits_per_param": 11.2, "seconds": 312.4}},
+                       "compression": {"w_bits": 8, "a_bits": 8, "bits_per_param": 11.2, "seconds": 312.4,
+                                       "diagnostics": {"aligned": {"probe_accuracy": 0.88, "harmful_side": 0.99},
+                                                       "fine-tune": {"probe_accuracy": 0.77, "harmful_side": 0.70}}}},
                       {"label": "bf16", "role": "transformed", "compression": {"bits_per_param": 16.0}}]}
     note = quantization_note(audit)
     assert "qrealign-w8a8: W8A8" in note and "11.20 bits/param" in note and "312 s" in note and "bf16" not in note
+    assert "fine-tune 70%" in note and "aligned 88%" in note
     assert quantization_note({"rows": audit["rows"][:1]}) is None

@@ -8,7 +8,6 @@ threat's own metric through the one ``Runner`` cache.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -109,26 +108,25 @@ class _Sweep:
         return self._compressed(spec)
 
     def _saved(self, spec: str, source: Transformed, record: dict[str, Any]) -> Variant:
-        """A transform worth doing once (calibrated quantization): applied and saved under ``quantized/``, then
-        evaluated from disk like any model; its record gains the stored bits and the calibration's time."""
-        from deltaguard.quant.artifact import read_manifest, save_quantized, stored_bits
+        """A transform worth doing once (calibrated quantization): applied and saved under ``quantized/`` (with
+        Q-realign's probe diagnostics), then evaluated from disk like any model; its record gains the stored
+        bits, the calibration's time and the diagnostics' summary."""
+        from deltaguard.quant.artifact import read_manifest
+        from deltaguard.quant.diagnose import quantize_and_save
 
         out = self.run_dir / "quantized" / source.key
-        source.workdir = out.with_name(f"{out.name}.partial")   # finished blocks survive an interruption
 
         def work() -> None:
             self.before_compress()
-            model, tokenizer = source.load(device=self.device)
-            summary = {**stored_bits(model), "seconds": getattr(model, "deltaguard_quant_record", {}).get("seconds_total")}
-            probes = getattr(model, "deltaguard_probes", None)
-            save_quantized(model, tokenizer, out, overwrite=True,
-                           record={**summary, "calibration": getattr(model, "deltaguard_quant_record", {})},
-                           extra=probes.write if probes is not None else None)
-            shutil.rmtree(source.workdir, ignore_errors=True)
+            finetuned, tokenizer = source.source.load(device=self.device)
+            reference = source.reference.load(device=self.device)[0] if source.reference is not None else None
+            quantize_and_save(finetuned, tokenizer, source.config, out, reference=reference, overwrite=True,
+                              workdir=out.with_name(f"{out.name}.partial"), describe={"model": source.describe()})
 
         self.steps.run(f"quantize {spec}", out, work)
         saved = read_manifest(out)["record"]
-        record = {**record, **{k: saved.get(k) for k in ("bits_per_param", "linear_bits_per_param", "seconds")}}
+        record = {**record, **{k: saved.get(k) for k in ("bits_per_param", "linear_bits_per_param", "seconds",
+                                                          "diagnostics")}}
         return Variant(spec, "transformed", ModelDir(out, key=source.key), record)
 
     def _compressed(self, spec: str) -> Variant:

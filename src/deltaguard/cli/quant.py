@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import typer
@@ -32,10 +31,8 @@ def realign(
     """Quantize a fine-tune block by block while pulling harmful prompts back to the aligned model's safety
     probes (Q-realign), and save the packed model with its probes and per-block record."""
     from deltaguard.eval.variants import ModelDir
-    from deltaguard.io import write_json
-    from deltaguard.quant.artifact import save_quantized, stored_bits
-    from deltaguard.quant.diagnose import diagnostic_prompts, diagnostic_states, plot_diagnostics, probe_diagnostics
-    from deltaguard.transforms import transform_from_spec, transforms
+    from deltaguard.quant.diagnose import quantize_and_save
+    from deltaguard.transforms import transform_from_spec
     from deltaguard.transforms.quantize import RTNConfig
 
     config = transform_from_spec(method).with_overrides(overrides)
@@ -53,44 +50,19 @@ def realign(
     ft_source, ref_source = ModelDir(model), ModelDir(reference) if reference else None
     finetuned, tokenizer = ft_source.load(device=device)
     aligned = ref_source.load(device=device)[0] if ref_source is not None else None
-    states = {}
-    if aligned is not None and diagnose:   # evaluation-split prompts, only read (see quant.diagnose)
-        harmful, benign = diagnostic_prompts()
-        states = {"aligned": diagnostic_states(aligned, tokenizer, harmful, benign, label="states aligned"),
-                  "fine-tune": diagnostic_states(finetuned, tokenizer, harmful, benign, label="states fine-tune")}
-    transform = transforms.get(config.name)()
-    quantized = transform.apply_(finetuned, config, tokenizer=tokenizer, reference=aligned, workdir=workdir)
-    record = getattr(quantized, "deltaguard_quant_record", {})
-    probes = getattr(quantized, "deltaguard_probes", None)
-    diagnostics = None
-    if states and probes is not None:
-        states["realigned"] = diagnostic_states(quantized, tokenizer, harmful, benign, label="states realigned")
-        diagnostics = probe_diagnostics(states, probes, len(harmful))
-    bits = stored_bits(quantized)
-
-    def extra(directory: Path) -> None:
-        if probes is not None:
-            probes.write(directory)
-        if diagnostics is not None:
-            write_json(directory / "diagnostics.json", diagnostics)
-            plot_diagnostics(diagnostics, directory / "diagnostics.png")
-
     describe = {"model": ft_source.describe(), **({"reference": ref_source.describe()} if ref_source else {})}
-    saved = save_quantized(quantized, tokenizer, out, overwrite=force, extra=extra,
-                           record={**bits, "seconds": record.get("seconds_total"), "method": config.to_dict(),
-                                   "label": config.label, **describe, "calibration": record})
-    shutil.rmtree(workdir, ignore_errors=True)
-    console.print(_table(config.label, record, bits))
-    if diagnostics is not None:
-        console.print(_diagnostics_line(diagnostics))
-    console.print(f"saved {saved}")
+    _, record = quantize_and_save(finetuned, tokenizer, config, out, reference=aligned, diagnose=diagnose,
+                                  workdir=workdir, overwrite=force, describe=describe)
+    console.print(_table(config.label, record["calibration"], record))
+    if record["diagnostics"] is not None:
+        console.print(_diagnostics_line(record["diagnostics"]))
+    console.print(f"saved {out}")
 
 
-def _diagnostics_line(diagnostics: dict) -> str:
-    """Mean over blocks of the aligned probes' accuracy on evaluation prompts, per model."""
-    parts = [f"{name} {sum(v['probe_accuracy']) / len(v['probe_accuracy']):.0%}"
-             for name, v in diagnostics["models"].items()]
-    return ("aligned model's safety probes on held-out prompts (mean accuracy over blocks): " + ", ".join(parts)
+def _diagnostics_line(summary: dict) -> str:
+    parts = [f"{name} {v['probe_accuracy']:.0%} ({v['harmful_side']:.0%} of harmful prompts on the harmful side)"
+             for name, v in summary.items()]
+    return ("aligned model's safety probes on held-out prompts, mean over blocks: " + ", ".join(parts)
             + "; per block in diagnostics.json / diagnostics.png")
 
 

@@ -103,4 +103,58 @@ def plot_diagnostics(diagnostics: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["diagnostic_prompts", "diagnostic_states", "plot_diagnostics", "probe_diagnostics"]
+
+
+def quantize_and_save(finetuned: Any, tokenizer: Any, config: Any, out: Path, *, reference: Any = None,
+                      diagnose: bool = True, workdir: Path | None = None, overwrite: bool = False,
+                      describe: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Apply a quantization transform to ``finetuned`` (in place) and save it; with a reference and
+    ``diagnose``, also read the probes on held-out prompts for the aligned, fine-tuned and realigned models
+    and save ``diagnostics.json`` / ``.png`` beside the weights. Returns (model, saved record) — the one
+    path ``realign`` and the audit share."""
+    from deltaguard.io import write_json
+    from deltaguard.quant.artifact import save_quantized, stored_bits
+    from deltaguard.transforms import transforms
+
+    states: dict[str, torch.Tensor] = {}
+    harmful: list[str] = []
+    if reference is not None and diagnose:   # evaluation-split prompts, only read
+        harmful, benign = diagnostic_prompts()
+        states = {"aligned": diagnostic_states(reference, tokenizer, harmful, benign, label="states aligned"),
+                  "fine-tune": diagnostic_states(finetuned, tokenizer, harmful, benign, label="states fine-tune")}
+    quantized = transforms.get(config.name)().apply_(finetuned, config, tokenizer=tokenizer, reference=reference,
+                                                     workdir=workdir)
+    calibration = getattr(quantized, "deltaguard_quant_record", {})
+    probes = getattr(quantized, "deltaguard_probes", None)
+    diagnostics = None
+    if states and probes is not None:
+        states["realigned"] = diagnostic_states(quantized, tokenizer, harmful, benign, label="states realigned")
+        diagnostics = probe_diagnostics(states, probes, len(harmful))
+
+    def extra(directory: Path) -> None:
+        if probes is not None:
+            probes.write(directory)
+        if diagnostics is not None:
+            write_json(directory / "diagnostics.json", diagnostics)
+            plot_diagnostics(diagnostics, directory / "diagnostics.png")
+
+    record = {**stored_bits(quantized), "seconds": calibration.get("seconds_total"), "method": config.to_dict(),
+              "label": config.label, **(describe or {}), "calibration": calibration,
+              "diagnostics": summarise(diagnostics) if diagnostics is not None else None}
+    save_quantized(quantized, tokenizer, out, overwrite=overwrite, extra=extra, record=record)
+    if workdir is not None:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return quantized, record
+
+
+def summarise(diagnostics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per model: the probes' mean accuracy and mean harmful-side share over blocks (held-out prompts)."""
+    return {name: {"probe_accuracy": sum(v["probe_accuracy"]) / len(v["probe_accuracy"]),
+                   "harmful_side": sum(v["harmful_side"]) / len(v["harmful_side"])}
+            for name, v in diagnostics["models"].items()}
+
+
+__all__ = ["diagnostic_prompts", "diagnostic_states", "plot_diagnostics", "probe_diagnostics", "quantize_and_save",
+           "summarise"]

@@ -388,12 +388,19 @@ def quantization_note(audit: dict[str, Any]) -> str | None:
                 f"{record.get('bits_per_param', float('nan')):.2f} bits/param stored (float tensors counted at 16)")
         if record.get("seconds"):
             text += f", calibrated in {record['seconds']:.0f} s"
+        if diagnostics := record.get("diagnostics"):
+            text += (" (the aligned model's safety probes on held-out prompts, mean over blocks — harmful prompts "
+                     "on the harmful side: " + ", ".join(f"{name} {100 * v['harmful_side']:.0f}%"
+                                                         for name, v in diagnostics.items())
+                     + "; probe accuracy: " + ", ".join(f"{name} {100 * v['probe_accuracy']:.0f}%"
+                                                         for name, v in diagnostics.items()) + ")")
         parts.append(text)
     if not parts:
         return None
     return ("Whole-model quantizations (rows marked by their method; their bits count the whole model, not a delta): "
             + "; ".join(parts) + ". Q-realign calibrates on calib-split prompts checked against every evaluation "
-            "split; `deltaguard realign` writes its per-layer probe diagnostics.")
+            "split; the per-layer diagnostics and a 2-D projection are in the run's quantized/<key>/diagnostics.png, "
+            "and `deltaguard lens -m A -m B -m C` gives the refusal margin per layer.")
 
 
 def _lens(doc: Document, results: dict[str, Any]) -> None:
