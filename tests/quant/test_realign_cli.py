@@ -80,3 +80,6 @@ def test_audit_sweeps_quantizations_beside_deltas(tmp_path, tiny_tokenizer):
     saved = list((tmp_path / "run" / "quantized").iterdir())
     assert len(saved) == 1 and (saved[0] / "probes.json").is_file() and (saved[0] / "diagnostics.png").is_file()
     assert set(realigned["diagnostics"]) == {"aligned", "fine-tune", "realigned"}
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "figures/diagnostics-benign-qrealign-w8a8.png" in report and "calibrated in" in report
+    assert (tmp_path / "run" / "figures" / "diagnostics-benign-qrealign-w8a8.png").is_file()

@@ -30,6 +30,11 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
             path = out_dir / plot
             if path.is_file():
                 figures[f"lens-{threat}-{Path(plot).stem}"] = path.read_bytes()
+    for threat, audit in (results.get("audits") or {}).items():   # Q-realign's probe diagnostics, saved with the model
+        for row in audit.get("rows", []):
+            path = out_dir / "quantized" / str(row.get("model_key")) / "diagnostics.png"
+            if (row.get("compression") or {}).get("diagnostics") and path.is_file():
+                figures[f"diagnostics-{threat}-{row['label']}"] = path.read_bytes()
     figures = {k: v for k, v in figures.items() if v is not None}
     for name, png in figures.items():
         with atomic_write(out_dir / "figures" / f"{name}.png", "wb", encoding=None) as handle:

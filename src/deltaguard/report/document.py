@@ -333,6 +333,12 @@ def _audits(doc: Document, results: dict[str, Any]) -> None:
         for note in (distillation_note(audit), quantization_note(audit)):
             if note:
                 doc.para(note)
+        for row in audit["rows"]:
+            if (row.get("compression") or {}).get("diagnostics"):
+                doc.figure(f"diagnostics-{threat}-{row['label']}",
+                           f"{row['label']}: the aligned model's safety probes read on held-out prompts for the aligned, "
+                           "fine-tuned and realigned models (accuracy per block), and their last-token states at three "
+                           "blocks projected on the aligned model's first two principal components.")
 
 
 def _mitigates(row: dict[str, Any]) -> bool:
