@@ -100,3 +100,18 @@ def test_quantization_note_names_each_quantized_row_with_its_bits_and_time():
     assert "qrealign-w8a8: W8A8" in note and "11.20 bits/param" in note and "312 s" in note and "bf16" not in note
     assert "fine-tune 70%" in note and "aligned 88%" in note
     assert quantization_note({"rows": audit["rows"][:1]}) is None
+
+
+def test_threat_methods_add_methods_to_one_threats_audit_only():
+    from deltaguard.errors import ConfigError
+    from deltaguard.study.config import study_profile
+
+    full = study_profile("full")
+    harmful = full.audit_for("harmful").methods
+    assert harmful[-3:] == ("rtn-w8a8", "omniquant-w8a8", "qrealign-w8a8")
+    assert full.audit_for("benign") == full.audit and "qrealign-w8a8" not in full.audit.methods
+    assert study_profile("default").threat_methods == ()
+    with pytest.raises(ConfigError, match="threat_methods entry"):
+        full.replace(threat_methods=("nosuchthreat=rtn-w8a8",))
+    with pytest.raises(ConfigError, match="unknown"):
+        full.replace(threat_methods=("harmful=nosuchmethod",))

@@ -38,6 +38,9 @@ class StudyConfig(Config):
             ``lens_variant`` of the ``harmful`` and ``backdoor`` threats); 0 disables the lens.
         lens_variant: the audited method (a row label of ``audit.methods``) the lens follows beside the
             base and the fine-tune; None follows only those two.
+        threat_methods: more methods for one threat's audit only, ``"threat=spec,spec"`` (e.g.
+            ``"harmful=rtn-w8a8,omniquant-w8a8,qrealign-w8a8"``: Q-realign and its baselines where the paper
+            evaluates them, without calibrating them for every threat).
         notes: what the profile reduced relative to the paper-sized settings, and why.
     """
 
@@ -52,6 +55,7 @@ class StudyConfig(Config):
     align_task_prompts: int = 128
     lens_prompts: int = 0
     lens_variant: str | None = None
+    threat_methods: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -67,9 +71,24 @@ class StudyConfig(Config):
         if not all(isinstance(note, str) for note in self.notes):  # a YAML "a: b" line reads as a mapping
             raise ConfigError(f"study.notes must be strings, got {[type(n).__name__ for n in self.notes]}; "
                               "quote a note that holds ': ' (or write it as a >- block)")
+        for entry in self.threat_methods:
+            threat, sep, specs = entry.partition("=")
+            if not sep or threat.strip() not in names or not specs.strip():
+                raise ConfigError(f"study.threat_methods entry {entry!r} must look like threat=spec,spec with a "
+                                  f"threat of this study ({', '.join(names)})")
+            self.audit_for(threat.strip())   # validates the specs
         if self.lens_variant is not None and self.lens_variant not in self.audit.methods:
             raise ConfigError(f"study.lens_variant={self.lens_variant!r} is not one of audit.methods "
                               f"({', '.join(self.audit.methods)})")
+
+
+    def audit_for(self, threat: str) -> AuditConfig:
+        """The audit settings of one threat: the shared ones plus its ``threat_methods``."""
+        extra = [spec.strip() for entry in self.threat_methods if entry.partition("=")[0].strip() == threat
+                 for spec in entry.partition("=")[2].split(",") if spec.strip()]
+        if not extra:
+            return self.audit
+        return self.audit.replace(methods=tuple(dict.fromkeys((*self.audit.methods, *extra))))
 
 
 def profile_data(name: str) -> dict[str, Any]:
@@ -103,7 +122,7 @@ def study_profile(profile: str = "default", *, model: str = DEFAULT_MODEL) -> St
     """The settings of a named profile (``profiles/<profile>.yaml``) for ``model``."""
     data = profile_data(profile)
     known = {"description", "align", "threat_defaults", "threats", "audit", "align_prompts", "align_task_prompts",
-             "lens_prompts", "lens_variant", "notes"}
+             "lens_prompts", "lens_variant", "threat_methods", "notes"}
     if unknown := sorted(set(data) - known):
         raise ConfigError(f"study profile {profile!r} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     shared = {**data.get("threat_defaults", {}), "responder": model}
@@ -113,7 +132,8 @@ def study_profile(profile: str = "default", *, model: str = DEFAULT_MODEL) -> St
         profile=profile, model=model, align=AlignConfig.from_fields(data.get("align", {})), threats=threat_configs,
         audit=AuditConfig.from_fields(data.get("audit", {})), align_prompts=data.get("align_prompts", 64),
         align_task_prompts=data.get("align_task_prompts", 128), lens_prompts=data.get("lens_prompts", 0),
-        lens_variant=data.get("lens_variant"), notes=tuple(data.get("notes", ())),
+        lens_variant=data.get("lens_variant"), threat_methods=tuple(data.get("threat_methods", ())),
+        notes=tuple(data.get("notes", ())),
     )
 
 

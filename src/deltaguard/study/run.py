@@ -108,11 +108,12 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", 
         attacks[threat.name] = {"model_key": attack_key, "config": threat.to_dict(), "mixture": training["mixture"],
                                 "losses": training["losses"], "seconds": training["seconds"],
                                 "notes": training.get("meta", {}).get("notes", [])}
+        threat_audit = config.audit_for(threat.name)
         audits[threat.name] = steps.value(
-            f"audit {threat.name}", audit_path(run_dir, align_key, attack_key, threat, config.audit, dtype=dtype),
-            lambda t=threat, d=ft_dir, k=attack_key: audit(aligned_dir, d, t, config.audit, run_dir=run_dir,
-                                                           base_key=align_key, finetuned_key=k, device=device,
-                                                           dtype=dtype, progress=progress),
+            f"audit {threat.name}", audit_path(run_dir, align_key, attack_key, threat, threat_audit, dtype=dtype),
+            lambda t=threat, d=ft_dir, k=attack_key, a=threat_audit: audit(
+                aligned_dir, d, t, a, run_dir=run_dir, base_key=align_key, finetuned_key=k, device=device,
+                dtype=dtype, progress=progress),
             load_audit)
         gc.collect()
         if config.lens_prompts and threat.name in LENS_SETS:
