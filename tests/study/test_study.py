@@ -18,6 +18,9 @@ def _boom(*args, **kwargs):
 def test_tiny_study_runs_caches_and_reports(tmp_path, tiny_model, monkeypatch):
     run_dir = tmp_path / "run"
     config = tiny_study(tiny_model)
+    fast = ("qrealign.epochs_first=1", "qrealign.epochs_second=1", "qrealign.n_harmful=8", "qrealign.n_benign=8")
+    config = config.replace(threat_methods=("harmful=qrealign-w8a8",),
+                            audit=config.audit.replace(method_overrides=(*config.audit.method_overrides, *fast)))
     first = run_study(config, run_dir, progress=False, log=lambda _: None)
     # align, align-check, attack + audit per threat, lens for harmful and backdoor, the judge check
     assert first.n_steps_run == 2 + 2 * len(config.threats) + 2 + 1
@@ -48,7 +51,10 @@ def test_tiny_study_runs_caches_and_reports(tmp_path, tiny_model, monkeypatch):
     assert "The attack metric comes from the keyword judge" in markdown and "PyRIT's human refusal labels" in markdown
     assert (run_dir / "figures" / "fidelity_sweep.png").is_file()
     assert set(results["lens"]) == {"harmful", "backdoor"}
-    assert [s["model"] for s in results["lens"]["harmful"]["summaries"]] == ["aligned base", "fine-tune", "bitdelta"]
+    assert [s["model"] for s in results["lens"]["harmful"]["summaries"]] == ["aligned base", "fine-tune", "bitdelta",
+                                                                            "qrealign-w8a8"]
+    assert [r["label"] for r in results["audits"]["backdoor"]["rows"]].count("qrealign-w8a8") == 0
+    assert "figures/diagnostics-harmful-qrealign-w8a8.png" in markdown and "calibrated in" in markdown
     assert "Logit lens" in html and "lens-harmful-margin_curves" in markdown
     study = json.loads((run_dir / "study.json").read_text())
     assert {"config", "environment", "seeds", "timings"} <= set(study)
