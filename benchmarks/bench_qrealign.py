@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,7 +49,8 @@ def main() -> None:
 
     from deltaguard.eval import EvalConfig, ModelDir, Runner, Transformed, Variant, evaluate
     from deltaguard.generation import GenerationConfig
-    from deltaguard.quant.artifact import read_manifest, save_quantized, stored_bits
+    from deltaguard.quant.artifact import read_manifest
+    from deltaguard.quant.diagnose import quantize_and_save
     from deltaguard.transforms import transform_from_spec
 
     aligned, finetuned = _models(args.run_dir)
@@ -69,13 +69,9 @@ def main() -> None:
         source = Transformed(ModelDir(finetuned), transform, reference=ModelDir(aligned) if transform.needs_reference else None)
         path = args.out / "quantized" / source.key
         if not path.is_dir():
-            started = time.perf_counter()
-            model, tokenizer = source.load()
-            record = getattr(model, "deltaguard_quant_record", {})
-            probes = getattr(model, "deltaguard_probes", None)
-            save_quantized(model, tokenizer, path, record={**stored_bits(model), "seconds": time.perf_counter() - started,
-                                                           "calibration": record},
-                           extra=probes.write if probes is not None else None)
+            model, tokenizer = source.source.load()
+            reference = source.reference.load()[0] if source.reference is not None else None
+            quantize_and_save(model, tokenizer, transform, path, reference=reference, diagnose=False)
             del model
         times[spec] = read_manifest(path)["record"]["seconds"]
         variants.append(Variant(spec, "transformed", ModelDir(path, key=source.key), read_manifest(path)["record"]))

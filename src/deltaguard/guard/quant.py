@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.modules import get_module, iter_targets, matches, replace_module
+from deltaguard.quant.linear import pack_nibbles, unpack_nibbles
 
 INT4_MIN, INT4_MAX = -8, 7
 INT8_MIN, INT8_MAX = -128, 127
@@ -105,18 +106,14 @@ def pack_int4(q: Tensor) -> Tensor:
         raise ConfigError(f"pack_int4 needs an integer tensor, got {q.dtype}")
     if q.numel() and (int(q.min()) < INT4_MIN or int(q.max()) > INT4_MAX):
         raise ConfigError(f"pack_int4 needs values in [{INT4_MIN}, {INT4_MAX}], got [{int(q.min())}, {int(q.max())}]")
-    nibbles = q.to(torch.int16) & 0xF
-    if nibbles.shape[-1] % 2:
-        nibbles = F.pad(nibbles, (0, 1))
-    return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).to(torch.uint8)
+    return pack_nibbles((q.to(torch.int16) & 0xF).to(torch.uint8))   # two's-complement nibbles
 
 
 def unpack_int4(packed: Tensor, n_cols: int) -> Tensor:
     """Inverse of ``pack_int4`` → int8 ``[..., n_cols]``."""
     if packed.dtype != torch.uint8 or packed.shape[-1] != (n_cols + 1) // 2:
         raise FormatError(f"packed INT4 data {packed.dtype} {tuple(packed.shape)} does not hold {n_cols} columns")
-    wide = packed.to(torch.int16)
-    nibbles = torch.stack((wide & 0xF, wide >> 4), dim=-1).flatten(-2)[..., :n_cols]
+    nibbles = unpack_nibbles(packed, n_cols).to(torch.int16)
     return ((nibbles ^ 8) - 8).to(torch.int8)
 
 
