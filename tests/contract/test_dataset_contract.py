@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from deltaguard.data import check_disjoint, datasets, load_prompts, normalise_text
@@ -34,7 +36,13 @@ def test_loading_is_deterministic_and_limit_is_a_seeded_subset(name):
     first, second = load_prompts(name, split=split), load_prompts(name, split=split)
     assert first.content_hash == second.content_hash and first.ids == second.ids
     sub = load_prompts(name, split=split, limit=3, seed=1)
-    assert len(sub) == min(3, len(first)) and set(sub.ids) <= set(first.ids)
+    group_key = datasets.get(name).group_key
+    if group_key is None:
+        assert len(sub) == min(3, len(first)) and set(sub.ids) <= set(first.ids)
+    else:  # whole groups (counterfactual pairs): never a group cut in half
+        assert 0 < len(sub) <= max(3, max(Counter(p.meta[group_key] for p in first.prompts).values()))
+        kept = {p.meta[group_key] for p in sub.prompts}
+        assert sorted(sub.ids) == sorted(p.id for p in first.prompts if p.meta[group_key] in kept)
     assert load_prompts(name, split=split, limit=3, seed=1).ids == sub.ids
     described = first.describe()
     assert {"name", "split", "n", "source", "content_hash"} <= set(described) and described["n"] == len(first)

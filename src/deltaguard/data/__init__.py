@@ -11,6 +11,7 @@ from pathlib import Path
 
 from deltaguard.data import generated as _generated  # noqa: F401  (registers arith, benign, calib-chat, requests)
 from deltaguard.data import wheel_sets as _wheel_sets  # noqa: F401  (registers advbench, donotanswer, pyrit-*)
+from deltaguard.data import trust_sets as _trust_sets  # noqa: F401  (registers rtp, jailbreak, stereotypes, ...)
 from deltaguard.data.base import (
     ALL, SPLITS, DatasetSource, Prompt, PromptSet, check_disjoint, datasets, dedupe, make_set,
     normalise_text, sample, select_split, split_of,
@@ -57,7 +58,8 @@ def load_prompts(spec: str, *, split: str = "eval", limit: int | None = None, se
         source = member.source
     if not chosen:
         raise FormatError(f"prompt set {spec} has no prompts in split {split!r}")
-    return make_set(spec, split, sample(chosen, limit, seed), source)
+    group_key = datasets.get(spec).group_key if spec in datasets else None
+    return make_set(spec, split, sample(chosen, limit, seed, group_key=group_key), source)
 
 
 def _file_split(spec: str, pool: list[Prompt], split: str) -> list[Prompt]:

@@ -121,10 +121,21 @@ def select_split(set_name: str, prompts: list[Prompt], split: str, fractions: di
     return [p for p in prompts if split_of(set_name, p.id, fractions) == split]
 
 
-def sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
-    """A seeded random subset of ``limit`` prompts, kept in pool order (all of them when limit is None)."""
+def sample(prompts: list[Prompt], limit: int | None, seed: int, *, group_key: str | None = None) -> list[Prompt]:
+    """A seeded random subset of ``limit`` prompts, kept in pool order (all of them when limit is None).
+
+    With ``group_key``, prompts sharing ``meta[group_key]`` (a counterfactual pair) are kept or dropped
+    together: ``limit`` then keeps ``limit // largest group`` whole groups (at least one)."""
     if limit is None or limit >= len(prompts):
         return list(prompts)
+    if group_key is not None:
+        groups: dict[Any, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            groups.setdefault(prompt.meta.get(group_key), []).append(index)
+        keys = list(groups)
+        n_groups = max(1, limit // max(len(g) for g in groups.values()))
+        chosen_keys = random.Random(seed).sample(range(len(keys)), min(n_groups, len(keys)))
+        return [prompts[i] for i in sorted(i for k in chosen_keys for i in groups[keys[k]])]
     chosen = sorted(random.Random(seed).sample(range(len(prompts)), limit))
     return [prompts[i] for i in chosen]
 
@@ -140,6 +151,7 @@ class DatasetSource(ABC):
     source: ClassVar[str] = ""
     fractions: ClassVar[dict[str, float]] = {"calib": 0.1, "train": 0.3, "eval": 0.6}
     dedupe_keys: ClassVar[tuple[str, ...]] = ()
+    group_key: ClassVar[str | None] = None   # meta field whose prompts ``limit`` keeps or drops together
 
     @abstractmethod
     def load_pool(self, seed: int = 0) -> list[Prompt]:
