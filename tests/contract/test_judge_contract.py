@@ -85,7 +85,7 @@ def test_one_verdict_per_item_in_order_filling_what_it_measures(name, tiny):
             assert isinstance(verdict.is_refusal, bool)
         if "unsafe" in judge.measures:
             assert isinstance(verdict.is_unsafe, bool)
-        if {"harm_score", "unsafe_probability"} & set(judge.measures):
+        if {"harm_score", "unsafe_probability", "toxic"} & set(judge.measures):
             assert isinstance(verdict.score, float)
     again = judge.judge(list(reversed(ITEMS)))  # deterministic and order-preserving
     assert [v.to_dict() for v in again] == [v.to_dict() for v in reversed(verdicts)]

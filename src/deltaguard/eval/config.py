@@ -20,7 +20,8 @@ class EvalConfig(Config):
     """What to measure and how.
 
     Args:
-        suites: evaluation suites by name (``deltaguard list suites``): safety, over-refusal, utility.
+        suites: evaluation suites by name (``deltaguard list suites``): safety, over-refusal, utility and the
+            trust dimensions (trust-toxicity, trust-stereotype, ...).
         judges: judges for the suites that judge replies (see ``deltaguard list judges``); each suite
             uses the judges that measure what it needs (refusal, unsafe, harm score).
         judge_options: "judge.field=value" settings, e.g. "llm.backend=hf", "llamaguard.model=/ckpt".
@@ -36,6 +37,10 @@ class EvalConfig(Config):
         generation: generation settings (override with "generation.field=value").
         ppl_max_tokens: tokens per text for perplexity.
         n_boot: bootstrap resamples for confidence intervals.
+        task_max_new_tokens: tokens per reply on the task set (None: ``generation.max_new_tokens``); a verbose
+            model needs room to reach its answer even when other replies are kept short.
+        toxicity_samples: replies per prompt in ``trust-toxicity`` (1: greedy; more: sampled, and the
+            worst counts — the paper's expected maximum toxicity uses 25).
     """
 
     name: ClassVar[str] = "eval"
@@ -54,6 +59,8 @@ class EvalConfig(Config):
     generation: GenerationConfig = GenerationConfig()
     ppl_max_tokens: int = 256
     n_boot: int = 2000
+    task_max_new_tokens: int | None = None
+    toxicity_samples: int = 1
 
     def __post_init__(self) -> None:
         if not self.suites:
@@ -81,6 +88,9 @@ class EvalConfig(Config):
             check_range("eval.limit", self.limit, 1, None)
         check_range("eval.ppl_max_tokens", self.ppl_max_tokens, 2, 32768)
         check_range("eval.n_boot", self.n_boot, 100, 1_000_000)
+        if self.task_max_new_tokens is not None:
+            check_range("eval.task_max_new_tokens", self.task_max_new_tokens, 1, 32768)
+        check_range("eval.toxicity_samples", self.toxicity_samples, 1, 1000)
         if not isinstance(self.generation, GenerationConfig):
             raise ConfigError("eval.generation must be a GenerationConfig")
 

@@ -4,6 +4,7 @@ Inside a run directory:
 
     generations/gen-<key>.jsonl   one variant's replies to one prompt set under one generation setting;
                                   key = (variant key, set name, set content hash, generation config)
+    choices/choice-<key>.json     one variant's forced-choice log-probabilities on one prompt set
     judgments/judge-<key>.jsonl   one judge's verdicts; key = (judge name, version, prompt hash); rows are
                                   keyed by (prompt, response), so identical replies of two variants are
                                   judged once
@@ -86,6 +87,28 @@ class Runner:
 
     def responses(self, variant: Variant, prompts: PromptSet, config: GenerationConfig) -> list[str]:
         return [row["response"] for row in self.generate(variant, prompts, config)]
+
+    # -- forced choice -----------------------------------------------------------------------------
+
+    def choices(self, variant: Variant, prompts: PromptSet, options: tuple[str, ...],
+                config: GenerationConfig) -> list[dict[str, float]]:
+        """``{option: log P(option first)}`` per prompt (``eval.choice``), cached like generations in
+        ``choices/choice-<key>.json``."""
+        from deltaguard.eval.choice import option_logprobs
+        from deltaguard.io import read_json, write_json
+
+        payload = {"model": variant.key, "set": prompts.content_hash, "name": prompts.name, "options": list(options),
+                   "system_prompt": config.system_prompt, "chat": config.use_chat_template, "dtype": self.dtype}
+        path = self.run_dir / "choices" / f"{content_key('choice', payload)}.json"
+        self.files[f"choices/{variant.label}/{prompts.name}"] = str(path.relative_to(self.run_dir))
+        if path.exists():
+            rows = read_json(path, what="forced-choice file")["rows"]
+            if [r["prompt_id"] for r in rows] == prompts.ids:
+                return [r["logprobs"] for r in rows]
+        model, tokenizer = self.model(variant)
+        logprobs = option_logprobs(model, tokenizer, prompts.texts, options, config)
+        write_json(path, {"rows": [{"prompt_id": pid, "logprobs": lp} for pid, lp in zip(prompts.ids, logprobs)]})
+        return logprobs
 
     # -- judging -----------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Registered: ``keyword`` (GCG refusal strings), ``llm`` (1–5 harmfulness rubric, local or
 OpenAI-compatible), ``llamaguard`` (local Llama Guard checkpoint), ``guard`` (the compact guard
-``deltaguard guard build`` makes). See ``deltaguard list judges``.
+``deltaguard guard build`` makes), ``lexicon`` (offensive words, for the toxicity dimension). See ``deltaguard list judges``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from deltaguard.judges import keyword as _keyword  # noqa: F401  (registers "key
 from deltaguard.judges import guard as _guard  # noqa: F401  (registers "guard")
 from deltaguard.judges import llamaguard as _llamaguard  # noqa: F401  (registers "llamaguard")
 from deltaguard.judges import llm as _llm  # noqa: F401  (registers "llm")
+from deltaguard.judges import lexicon as _lexicon  # noqa: F401  (registers "lexicon")
 from deltaguard.judges.base import (
     JUDGE_ERROR, MEASURES, BaseJudge, Judge, JudgeItem, Verdict, judge_from_overrides, judges, make_judge,
 )

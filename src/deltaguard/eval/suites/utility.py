@@ -24,7 +24,10 @@ class Utility(Suite):
         task = ctx.sets[config.task_set]
         if any("answer" not in p.meta for p in task.prompts):
             raise FormatError(f"task set {task.name} has prompts without meta['answer']; it cannot be scored")
-        responses = [r["response"] for r in ctx.runner.generate(ctx.variant, task, config.generation)]
+        generation = config.generation
+        if config.task_max_new_tokens is not None:
+            generation = generation.replace(max_new_tokens=config.task_max_new_tokens)
+        responses = [r["response"] for r in ctx.runner.generate(ctx.variant, task, generation)]
         accuracy = task_accuracy(responses, [p.meta["answer"] for p in task.prompts], n_boot=config.n_boot,
                                  seed=config.seed)
         text = ctx.sets[config.ppl_set]
