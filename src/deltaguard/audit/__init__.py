@@ -20,9 +20,9 @@ from __future__ import annotations
 from deltaguard.audit.compare import recommend, with_comparisons
 from deltaguard.audit.config import FULL, UNCOMPRESSED, AuditConfig
 from deltaguard.audit.result import AuditResult, Interval, ModelRow
-from deltaguard.audit.run import audit, audit_path, generation_configs, load_audit
+from deltaguard.audit.run import Sweep, audit, audit_path, generation_configs, load_audit
 
 __all__ = [
-    "FULL", "UNCOMPRESSED", "AuditConfig", "AuditResult", "Interval", "ModelRow", "audit", "audit_path",
+    "FULL", "UNCOMPRESSED", "AuditConfig", "AuditResult", "Interval", "ModelRow", "Sweep", "audit", "audit_path",
     "generation_configs", "load_audit", "recommend", "with_comparisons",
 ]

@@ -70,7 +70,7 @@ def generation_configs(config: AuditConfig, set_names: Any) -> dict[str, Generat
     return {name: GenerationConfig(max_new_tokens=tokens(name), batch_size=config.batch_size) for name in set_names}
 
 
-class _Sweep:
+class Sweep:
     """Builds the audit's variants: compresses each delta once (cached under ``deltas/``), wraps transforms."""
 
     def __init__(self, base: ModelDir, finetuned: ModelDir, config: AuditConfig, run_dir: Path, *, device: str,
@@ -180,7 +180,7 @@ def audit(base: str | Path, finetuned: str | Path, threat: ThreatConfig, config:
     runner = Runner(run_dir, device=device, dtype=dtype, progress=progress)
     judge = runner.cached(make_judge(config.judge))
     harm_judge = runner.cached(harm_judge_of(config)) if config.harm_judge and threat_impl.harm_sets else None
-    sweep = _Sweep(base_src, ft_src, config, run_dir, device=device, progress=progress, steps=Steps(),
+    sweep = Sweep(base_src, ft_src, config, run_dir, device=device, progress=progress, steps=Steps(),
                    before_compress=runner.release)
 
     def row(variant: Variant) -> ModelRow:

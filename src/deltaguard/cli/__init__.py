@@ -20,6 +20,7 @@ from deltaguard.cli import quant as _quant  # noqa: E402,F401
 from deltaguard.cli import registries as _registries  # noqa: E402,F401
 from deltaguard.cli import study as _study  # noqa: E402,F401
 from deltaguard.cli import serve as _serve  # noqa: E402,F401
+from deltaguard.cli import trust as _trust  # noqa: E402,F401
 
 
 def main() -> None:
