@@ -68,12 +68,11 @@ def check_methods(config: TrustConfig, *, has_base: bool) -> None:
     """Every spec is known; delta compressors need a base (they compress the model's difference from it)."""
     from deltaguard.transforms import is_transform_spec
 
-    plain = AuditConfig(methods=config.methods)   # unknown specs raise here, naming both families
+    AuditConfig(methods=config.methods)   # validates: an unknown spec raises here, naming both families
     deltas = [s for s in config.methods if not is_transform_spec(s)]
     if deltas and not has_base:
         raise ConfigError(f"{', '.join(deltas)} compress a delta: give --base (the model the fine-tune was made from), "
                           "or use whole-model methods only")
-    del plain
 
 
 def run_trust(model: str | Path, config: TrustConfig = TrustConfig(), *, run_dir: str | Path,
