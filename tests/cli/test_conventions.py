@@ -5,24 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
+from clirun import one_error_line, run
 from tinymodels import make_tiny_llama, perturb, save_dir
 from deltaguard import __version__
-from deltaguard.cli import app
-
-runner = CliRunner()
 
 
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
 
-
-def one_error_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in output, output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -5,25 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
+from clirun import one_error_line, run
 from tinymodels import make_tiny_llama, perturb, save_dir
-from deltaguard.cli import app
 
-runner = CliRunner()
 FAST = ["--set", "generation.max_new_tokens=3", "--set", "n_boot=200"]
 
 
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def one_error_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("error: ") and "Traceback" not in output
-    return lines[0]
 
 
 @pytest.mark.parametrize("args,code,message", [
