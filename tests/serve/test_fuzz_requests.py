@@ -56,7 +56,7 @@ def _check(response: httpx.Response, body: str) -> None:
     assert response.status_code < 500, (response.status_code, response.text[:300], body[:300])
     if response.status_code >= 400:
         error = response.json()["error"]
-        assert set(error) == {"type", "message"} and error["message"], response.text
+        assert set(error) == {"message", "type", "param", "code"} and error["message"], response.text
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -21,7 +21,7 @@ def chat_body(model: str, text: str = "What is 12 plus 7?", **extra) -> dict:
 def assert_error(response: httpx.Response, status: int, error_type: str) -> str:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"type", "message"}
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["type"] == error_type
     return body["error"]["message"]
 

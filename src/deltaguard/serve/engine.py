@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ class Engine:
         self.device = next(model.model.parameters()).device
         self.max_positions = int(getattr(model.model.config, "max_position_embeddings", 0) or 0)
         self.stop_ids = frozenset(stop_token_ids(model.model, tokenizer))
+        self.vocab_size = _vocab_size(model.model)   # the width of a row of logits
         self._pending: list[RequestHandle] = []
         self._active: list[_Sequence] = []
         self._cache: Any = None
@@ -107,6 +109,10 @@ class Engine:
             raise ConfigError("the prompt encodes to zero tokens")
         if params.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens={params.max_new_tokens} must be >= 1")
+        if any(not 0 <= token < self.vocab_size for token in prompt_ids):
+            raise ConfigError(f"the prompt holds a token id outside the vocabulary (0..{self.vocab_size - 1})")
+        if any(not 0 <= token < self.vocab_size or not math.isfinite(bias) for token, bias in params.logit_bias):
+            raise ConfigError(f"logit_bias needs token ids in 0..{self.vocab_size - 1} and finite biases")
         if self.max_positions and len(prompt_ids) + params.max_new_tokens > self.max_positions:
             raise ConfigError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
                               f"exceeds the model's context of {self.max_positions} tokens")
@@ -423,12 +429,26 @@ def _cache_tensors(cache: Any) -> list[tuple[Tensor, Tensor]]:
 
 
 def _sample(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int | None]:
-    """One token per row (greedy for temperature 0, else nucleus sampling with the row's generator);
-    ``None`` for a row whose logits cannot be sampled, which then fails alone."""
+    """One token per row (greedy for temperature 0, else nucleus sampling with the row's generator), after
+    adding the row's ``logit_bias``; ``None`` for a row whose logits cannot be sampled, which then fails alone."""
     logits = logits.float()
     is_ok = row_is_sampleable(logits).tolist()
+    biased = [row for row, p in enumerate(params) if p.logit_bias and is_ok[row]]
+    if biased:
+        logits = logits.clone()   # never edit the model's output in place
+        for row in biased:
+            ids, values = zip(*params[row].logit_bias)
+            logits[row, torch.tensor(ids, device=logits.device)] += torch.tensor(values, device=logits.device)
     return [pick_token(logits[row], temperature=p.temperature, top_p=p.top_p, generator=generator) if is_ok[row] else None
             for row, (p, generator) in enumerate(zip(params, generators))]
+
+
+def _vocab_size(model: Any) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(getattr(head, "base", head), "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    return int(model.config.vocab_size)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,7 +1,9 @@
-"""Server metrics in the Prometheus text exposition format, and structured (JSON lines) logs.
+"""Server metrics through ``prometheus_client`` (one registry per server), and structured (JSON lines) logs.
 
 Counters and histograms are labelled by tenant; the label value is always a registered tenant name
-or ``-`` (requests that never reached a tenant), so callers cannot create unbounded label sets.
+or ``-`` (requests that never reached a tenant), so callers cannot create unbounded label sets. Each
+``Metrics`` has its own ``CollectorRegistry`` — several servers in one process (tests, embedding) never
+share or collide — holding the request metrics, live engine gauges and the process/platform/GC collectors.
 """
 
 from __future__ import annotations
@@ -9,83 +11,94 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import time
-from collections import defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector, ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TTFT_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+# name → (kind, help, label names, buckets); label names in alphabetical order, as the exposition shows them
+_DECLARED: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
+    "deltaguard_requests_total": ("counter", "Completion requests by tenant and outcome.", ("status", "tenant"), ()),
+    "deltaguard_tokens_total": ("counter", "Prompt and completion tokens by tenant.", ("kind", "tenant"), ()),
+    "deltaguard_errors_total": ("counter", "Failed requests by tenant and error type.", ("tenant", "type"), ()),
+    "deltaguard_moderation_total": ("counter", "Moderation decisions that fired, by tenant, stage and action.",
+                                    ("action", "stage", "tenant"), ()),
+    "deltaguard_request_latency_seconds": ("histogram", "End-to-end completion latency of successful requests.",
+                                           ("tenant",), LATENCY_BUCKETS_SECONDS),
+    "deltaguard_time_to_first_token_seconds": ("histogram", "Time from a request's arrival to its first generated "
+                                               "token.", ("tenant",), TTFT_BUCKETS_SECONDS),
+    "deltaguard_request_generated_tokens": ("histogram", "Tokens generated per successful request.", ("tenant",),
+                                            TOKEN_BUCKETS),
+}
 
 
-def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
-    if not pairs:
-        return ""
-    escaped = (f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34)).replace(chr(10), " ")}"'
-               for k, v in pairs)
-    return "{" + ",".join(escaped) + "}"
+class _LiveValues(Collector):
+    """Gauges and counters read from the server at scrape time (queue length, tenants, decode steps)."""
+
+    def __init__(self) -> None:
+        self.reads: dict[str, tuple[str, str, Callable[[], float]]] = {}
+
+    def collect(self) -> Iterator[Any]:
+        for name, (kind, help_text, read) in list(self.reads.items()):
+            if kind == "counter":
+                yield CounterMetricFamily(name.removesuffix("_total"), help_text, value=float(read()))
+            else:
+                yield GaugeMetricFamily(name, help_text, value=float(read()))
 
 
 class Metrics:
-    """Thread-safe counters, gauges and latency histograms rendered as Prometheus text."""
+    """Per-server Prometheus metrics: labelled counters and histograms, live gauges, process collectors."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
-        self._help: dict[str, tuple[str, str]] = {}
-        self._histograms: dict[tuple[tuple[str, str], ...], list[float]] = {}
-        self._histogram_sums: dict[tuple[tuple[str, str], ...], tuple[float, int]] = {}
-        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.registry = CollectorRegistry()
         self.started = time.time()
-        self._declare("deltaguard_requests_total", "counter", "Chat completion requests by tenant and outcome.")
-        self._declare("deltaguard_tokens_total", "counter", "Prompt and completion tokens by tenant.")
-        self._declare("deltaguard_errors_total", "counter", "Failed requests by tenant and error type.")
-        self._declare("deltaguard_moderation_total", "counter", "Moderation decisions that fired, by tenant, stage and action.")
-
-    def _declare(self, name: str, kind: str, help_text: str) -> None:
-        self._help[name] = (kind, help_text)
+        self._metrics: dict[str, Any] = {}
+        for name, (kind, help_text, labels, buckets) in _DECLARED.items():
+            if kind == "counter":
+                self._metrics[name] = Counter(name, help_text, labels, registry=self.registry)
+            else:
+                self._metrics[name] = Histogram(name, help_text, labels, buckets=buckets, registry=self.registry)
+        self._live = _LiveValues()
+        self.registry.register(self._live)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            series = self._counters[name]
-            series[key] = series.get(key, 0.0) + value
+        self._metrics[name].labels(**labels).inc(value)
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        self._metrics[name].labels(**labels).observe(value)
 
     def observe_latency(self, seconds: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            buckets = self._histograms.setdefault(key, [0.0] * len(LATENCY_BUCKETS_SECONDS))
-            for i, bound in enumerate(LATENCY_BUCKETS_SECONDS):
-                if seconds <= bound:
-                    buckets[i] += 1
-            total, count = self._histogram_sums.get(key, (0.0, 0))
-            self._histogram_sums[key] = (total + seconds, count + 1)
+        self.observe("deltaguard_request_latency_seconds", seconds, **labels)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self._gauges[name] = (help_text, read)
+        """A gauge whose value is read at scrape time."""
+        self._live.reads[name] = ("gauge", help_text, read)
+
+    def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """A counter (``name`` ends in ``_total``) whose value is read at scrape time."""
+        self._live.reads[name] = ("counter", help_text, read)
 
     def value(self, name: str, **labels: str) -> float:
-        with self._lock:
-            return self._counters.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
+        """A sample's current value (0 when it was never set): counters by their ``_total`` name, histograms by
+        ``_count`` / ``_sum``."""
+        return self.registry.get_sample_value(name, labels) or 0.0
 
-    def render(self) -> str:
-        lines: list[str] = []
-        with self._lock:
-            for name, (kind, help_text) in self._help.items():
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-                for key, value in sorted(self._counters.get(name, {}).items()):
-                    lines.append(f"{name}{_labels(key)} {value:g}")
-            name = "deltaguard_request_latency_seconds"
-            lines += [f"# HELP {name} End-to-end chat completion latency by tenant.", f"# TYPE {name} histogram"]
-            for key, buckets in sorted(self._histograms.items()):
-                for bound, count in zip(LATENCY_BUCKETS_SECONDS, buckets):
-                    lines.append(f"{name}_bucket{_labels(key + (('le', f'{bound:g}'),))} {count:g}")
-                total, count = self._histogram_sums[key]
-                lines.append(f"{name}_bucket{_labels(key + (('le', '+Inf'),))} {count}")
-                lines.append(f"{name}_sum{_labels(key)} {total:.6f}")
-                lines.append(f"{name}_count{_labels(key)} {count}")
-        for name, (help_text, read) in self._gauges.items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read():g}"]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    content_type = CONTENT_TYPE_LATEST
 
 
 class JsonFormatter(logging.Formatter):

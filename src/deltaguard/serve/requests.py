@@ -25,6 +25,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False        # benchmarks: always generate max_new_tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias) added to the logits before sampling
 
 
 @dataclass(frozen=True)

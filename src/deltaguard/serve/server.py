@@ -130,7 +130,8 @@ class Server:
         self.metrics.gauge("deltaguard_tenants", "Tenants loaded.", lambda: len(self.registry.names()))
         self.metrics.gauge("deltaguard_active_sequences", "Sequences in the running batch.", lambda: self.engine.n_active)
         self.metrics.gauge("deltaguard_waiting_requests", "Requests waiting for a batch slot.", lambda: self.engine.n_waiting)
-        self.metrics.gauge("deltaguard_decode_steps_total", "Decode forward passes run.", lambda: self.engine.n_steps)
+        self.metrics.counter("deltaguard_decode_steps_total", "Decode forward passes run.", lambda: self.engine.n_steps)
+        self._chat_templates: dict[str, tuple[str, re.Pattern[str] | None]] = {}  # tenant → (template, control)
         for spec in (tenants.tenants if tenants else ()):
             self.add_tenant(spec, persist=False)
 
@@ -139,6 +140,9 @@ class Server:
         with self._admin_lock:
             if spec.name in self.registry:
                 raise ConfigError(f"tenant {spec.name!r} already exists")
+            template = None
+            if spec.chat_template is not None:
+                template = (spec.chat_template, self.check_chat_template(spec.chat_template, tenant=spec.name))
             moderator = None
             if spec.moderation is not None:
                 moderator = self._pool.moderator(spec.moderation, judge=self._judges.get(spec.moderation.judge))
@@ -147,6 +151,8 @@ class Server:
             self.registry.add(spec)
             if moderator is not None:
                 self.moderators[spec.name] = moderator
+            if template is not None:
+                self._chat_templates[spec.name] = template
             footprint = self.mt.footprint(spec.name)
             log.info("tenant added", extra={"tenant": spec.name, "delta_bytes": footprint.n_bytes,
                                             "encodings": list(footprint.encodings)})
@@ -157,6 +163,7 @@ class Server:
         with self._admin_lock:
             self.registry.remove(name)
             self.moderators.pop(name, None)
+            self._chat_templates.pop(name, None)
             self.engine.remove_tenant(name)
             log.info("tenant removed", extra={"tenant": name})
             if persist:
@@ -182,24 +189,53 @@ class Server:
                               f"put the delta inside it or set serve.admin_delta_root")
         return real
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of a conversation with the base tokenizer's chat template and the generation prompt.
+    def check_chat_template(self, template: str, *, tenant: str) -> re.Pattern[str] | None:
+        """Render a sample conversation with a tenant's chat template (ConfigError, one line, if it cannot);
+        returns the control-token pattern for that template."""
+        sample = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi, how can I help?"},
+                  {"role": "user", "content": "What is 12 plus 7?"}]
+        try:
+            text = self.tokenizer.apply_chat_template(sample, chat_template=template, tokenize=False,
+                                                      add_generation_prompt=True)
+        except Exception as exc:  # jinja errors, raise_exception(), undefined attributes: any failure is the template's
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"tenant {tenant!r} chat_template does not render a sample conversation "
+                              f"({type(exc).__name__}: {detail})") from None
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"tenant {tenant!r} chat_template renders a sample conversation as empty text")
+        return control_tokens_pattern(self.tokenizer, template)
+
+    def chat_template_of(self, tenant: str) -> str | None:
+        """The tenant's own chat template, or None when it uses the base tokenizer's."""
+        entry = self._chat_templates.get(tenant)
+        return entry[0] if entry else None
+
+    def encode_chat(self, messages: list[dict[str, str]], tenant: str | None = None) -> list[int]:
+        """Token ids of a conversation with the chat template (the tenant's own if it has one, else the base
+        tokenizer's) and the generation prompt.
 
         Message content is text: special-token text typed in it (``<|im_end|>``, ``<|im_start|>system``)
         is encoded as the characters it spells, never as the token, so only the template's own markers
         delimit turns and a user cannot forge a system or assistant turn.
         """
         tok = self.tokenizer
-        if not getattr(tok, "chat_template", None):
+        own = self._chat_templates.get(tenant) if tenant is not None else None
+        template, control = own if own is not None else (None, self._control_tokens)
+        if template is None and not getattr(tok, "chat_template", None):
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
             return tok(text, split_special_tokens=True)["input_ids"]  # this format writes no special tokens itself
-        control = self._control_tokens
         if control is None or not any(control.search(m["content"]) for m in messages):
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tok.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
             return tok(text, add_special_tokens=False)["input_ids"]  # nothing to escape: the plain encoding
         marked = [{**m, "content": _mark_control_tokens(m["content"], control)} for m in messages]
-        text = tok.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(marked, chat_template=template, tokenize=False, add_generation_prompt=True)
         return _encode_marked_chat(tok, text, control)
+
+    def encode_text(self, prompt: str) -> list[int]:
+        """Token ids of a raw text prompt (``/v1/completions``): no chat template; the tokenizer's own special
+        tokens (a BOS) are added and special-token text in the prompt is read as those tokens, as a
+        completion API's caller writes the whole prompt, template included."""
+        return self.tokenizer(prompt)["input_ids"]
 
 
 # Private-use characters wrapped around special-token text found in message content, so that the rendered
@@ -207,13 +243,15 @@ class Server:
 _MARK_START, _MARK_END = "\U000f0000", "\U000f0001"
 
 
-def control_tokens_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+def control_tokens_pattern(tokenizer: Any, template: str | None = None) -> re.Pattern[str] | None:
     """A regex matching the tokenizer's control tokens, longest first (None when it has none).
 
-    Control tokens are the special added tokens, plus added tokens the chat template writes (some
-    tokenizers do not flag their role markers special); whitespace tokens are ordinary text.
+    Control tokens are the special added tokens, plus added tokens the chat template (``template``, or
+    the tokenizer's own) writes (some tokenizers do not flag their role markers special); whitespace
+    tokens are ordinary text.
     """
-    template = getattr(tokenizer, "chat_template", None)
+    if template is None:
+        template = getattr(tokenizer, "chat_template", None)
     template_text = template if isinstance(template, str) else str(template or "")
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     tokens = {t.content for t in added.values() if t.content and (t.special or (

@@ -8,6 +8,7 @@ A tenants file (YAML or JSON) lists them; delta paths are relative to the file::
         delta: deltas/acme               # a compressed delta directory (deltaguard compress)
         key_sha256: 9f86…                # or a list; one key may reach several tenants
         moderation: {judge: keyword, judge_options: {strings: [bomb]}, screen: [prompt], action: block}
+        chat_template: templates/acme.jinja   # optional: Jinja text, or a .jinja file (relative to the file)
 
 Keys are never stored: only ``sha256(key)`` in hex. A presented key is hashed and compared with
 every stored hash by ``hmac.compare_digest`` (no early exit), so timing reveals neither which
@@ -65,6 +66,8 @@ class TenantSpec:
     delta_dir: Path
     key_hashes: tuple[str, ...]
     moderation: ModerationConfig | None = None
+    chat_template: str | None = None          # Jinja text for the tenant's chat requests (None: the base's)
+    chat_template_path: Path | None = None    # the .jinja file it was read from, if any (kept when persisting)
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.fullmatch(self.name):
@@ -82,15 +85,23 @@ class TenantSpec:
                                  "key_sha256": list(self.key_hashes) if len(self.key_hashes) > 1 else self.key_hashes[0]}
         if self.moderation is not None:
             entry["moderation"] = self.moderation.to_dict()["fields"]
+        if self.chat_template_path is not None:
+            template_path = self.chat_template_path
+            if relative_to is not None and template_path.is_relative_to(relative_to):
+                template_path = template_path.relative_to(relative_to)
+            entry["chat_template"] = str(template_path)
+        elif self.chat_template is not None:
+            entry["chat_template"] = self.chat_template
         return entry
 
     @classmethod
     def from_dict(cls, entry: Any, *, base_dir: Path, where: str) -> "TenantSpec":
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a mapping with name, delta and key_sha256")
-        unknown = sorted(set(entry) - {"name", "delta", "key_sha256", "moderation"})
+        unknown = sorted(set(entry) - {"name", "delta", "key_sha256", "moderation", "chat_template"})
         if unknown:
-            raise ConfigError(f"{where} has unknown field(s) {', '.join(unknown)}; fields: name, delta, key_sha256, moderation")
+            raise ConfigError(f"{where} has unknown field(s) {', '.join(unknown)}; fields: name, delta, key_sha256, "
+                              f"moderation, chat_template")
         for required in ("name", "delta", "key_sha256"):
             if required not in entry:
                 raise ConfigError(f"{where} lacks {required!r}")
@@ -106,7 +117,48 @@ class TenantSpec:
             if not isinstance(moderation, dict):
                 raise ConfigError(f"tenant {name!r} moderation must be a mapping (judge, screen, action, ...)")
             moderation = ModerationConfig.from_fields(moderation)
-        return cls(name, delta_dir, hashes, moderation)
+        template, template_path = None, None
+        if entry.get("chat_template") is not None:
+            template, template_path = read_chat_template(entry["chat_template"], base_dir=base_dir, tenant=name)
+        return cls(name, delta_dir, hashes, moderation, template, template_path)
+
+
+def read_chat_template(value: Any, *, base_dir: Path, tenant: str) -> tuple[str, Path | None]:
+    """A tenant's ``chat_template`` setting as (Jinja text, the file it came from or None), syntax checked.
+
+    A one-line string ending in ``.jinja`` with no Jinja markup names a file (relative to ``base_dir``);
+    anything else is the template itself. Whether it renders a conversation is checked when the server
+    loads the tenant (``Server.add_tenant``), with the base tokenizer's special tokens.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"tenant {tenant!r} chat_template must be Jinja text or the path of a .jinja file")
+    path = None
+    text = value
+    if value.strip().endswith(".jinja") and "\n" not in value and "{" not in value:
+        path = Path(value.strip()).expanduser()
+        if not path.is_absolute():
+            path = (base_dir / path).resolve()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"tenant {tenant!r} chat_template file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"tenant {tenant!r} chat_template file {path} cannot be read as UTF-8 text "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    check_template_syntax(text, tenant=tenant, where=str(path) if path else "chat_template")
+    return text, path
+
+
+def check_template_syntax(text: str, *, tenant: str, where: str = "chat_template") -> None:
+    """Raise ConfigError (one line, naming the tenant) if ``text`` is not a Jinja template."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"tenant {tenant!r} chat_template ({where}) is not valid Jinja: "
+                          f"{str(exc.message or exc).splitlines()[0]} (line {exc.lineno})") from None
 
 
 @dataclass(frozen=True)
