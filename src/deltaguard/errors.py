@@ -44,5 +44,9 @@ class ModelOutputError(DeltaguardError):
     """A model produced unusable output (NaN or infinite logits), e.g. from corrupt weights or a corrupt delta."""
 
 
+class EndpointError(DeltaguardError):
+    """An OpenAI-compatible endpoint that generates replies refused a request or stopped answering."""
+
+
 class JudgeError(DeltaguardError):
     """A judge could not produce verdicts at all (as opposed to one unparseable verdict)."""

@@ -13,10 +13,12 @@ rewritten atomically after each batch, so an interrupted run loses at most one b
 Backends: the ``backends`` registry maps a name to a class built as ``Backend(model, tokenizer)``
 with one method, ``generate_batches(texts, ids, config) -> Iterator[(indices, generations)]``, which
 yields finished batches (``indices`` into ``texts``) in any order. ``hf`` (transformers, CPU or GPU)
-is the one shipped. A vLLM backend fits the same shape: ``model`` is a ``vllm.LLM``, it formats
-``texts`` with the chat template, calls ``LLM.generate`` with ``SamplingParams(max_tokens=...,
-temperature=0 or config.temperature, top_p=..., seed=...)`` and yields one batch; it is not shipped
-because it cannot be tested on the CPU machines this project runs on.
+runs a model in this process; ``openai`` sends each prompt to an OpenAI-compatible chat endpoint
+(``model`` is an ``openai_http.EndpointClient``, ``tokenizer`` None; see ``OpenAIBackend``). A vLLM
+backend fits the same shape: ``model`` is a ``vllm.LLM``, it formats ``texts`` with the chat template,
+calls ``LLM.generate`` with ``SamplingParams(max_tokens=..., temperature=0 or config.temperature,
+top_p=..., seed=...)`` and yields one batch; it is not shipped because it cannot be tested on the CPU
+machines this project runs on.
 """
 
 from __future__ import annotations
@@ -77,12 +79,13 @@ class GenerationConfig(Config):
 
 @dataclass(frozen=True)
 class Generation:
-    """One response; ``n_new_tokens`` counts generated tokens including a final EOS."""
+    """One response; ``n_new_tokens`` counts generated tokens including a final EOS (over an endpoint: the
+    server's ``usage.completion_tokens``, None when it reports no usage)."""
 
     prompt_id: str
     prompt: str
     response: str
-    n_new_tokens: int
+    n_new_tokens: int | None
 
 
 class Backend(Protocol):
@@ -126,6 +129,94 @@ class HFBackend:
                 response = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
                 batch.append(Generation(prompt_id=ids[i], prompt=texts[i], response=response, n_new_tokens=len(tokens)))
             yield indices, batch
+
+
+@backends.register("openai")
+class OpenAIBackend:
+    """An OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint (a model deltaguard does not hold).
+
+    ``model`` is an ``openai_http.EndpointClient``. Each prompt is one request: ``messages`` = the system
+    prompt (when ``config.system_prompt`` is set) and the user text — the server applies its own chat
+    template — with ``max_tokens = config.max_new_tokens`` and ``temperature = 0`` (greedy), or, when
+    sampling, ``config.temperature``, ``config.top_p`` and ``seed = sample_seed(config.seed, prompt id)``
+    (so a prompt's sampled reply does not depend on the other prompts, as in ``hf``). Requests run
+    ``client.concurrency`` at a time; timeouts, dropped connections, 429 and 5xx answers are retried with
+    backoff. Any request that still fails, or a 4xx answer, stops the run with an ``EndpointError`` — never
+    a made-up reply — after the replies already finished are handed out (so the run resumes from them).
+    Finished replies are yielded ``config.batch_size`` at a time.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        from deltaguard.openai_http import EndpointClient
+
+        if not isinstance(model, EndpointClient):
+            raise ConfigError("the openai backend generates through an endpoint (deltaguard.eval.Endpoint), "
+                              f"not a loaded {type(model).__name__}; use backend hf for local models")
+        self.client = model
+
+    def request_body(self, text: str, prompt_id: str, config: GenerationConfig) -> dict[str, Any]:
+        """The JSON sent for one prompt (exactly the generation settings, nothing else)."""
+        messages = ([{"role": "system", "content": config.system_prompt}] if config.system_prompt else [])
+        body: dict[str, Any] = {"model": self.client.model_name, "messages": [*messages, {"role": "user", "content": text}],
+                                "max_tokens": config.max_new_tokens}
+        if config.do_sample:
+            body.update(temperature=config.temperature, top_p=config.top_p, seed=sample_seed(config.seed, prompt_id))
+        else:
+            body["temperature"] = 0
+        return body
+
+    def generate_batches(self, texts: list[str], ids: list[str],
+                         config: GenerationConfig) -> Iterator[tuple[list[int], list[Generation]]]:
+        from deltaguard.openai_http import completed_in_pool
+
+        if not config.use_chat_template:
+            raise ConfigError("generation.use_chat_template=false is not possible over an endpoint: the openai backend "
+                              "sends chat messages and the server applies its own template")
+        indices: list[int] = []
+        batch: list[Generation] = []
+        with self.client.http_client() as http:
+            finished = completed_in_pool(lambda i: self._one(http, texts[i], ids[i], config), list(range(len(texts))),
+                                         self.client.concurrency)
+            try:
+                for index, generation in finished:
+                    indices.append(index)
+                    batch.append(generation)
+                    if len(batch) >= config.batch_size:
+                        yield indices, batch
+                        indices, batch = [], []
+            except Exception:
+                if batch:  # keep what finished before the failure: a rerun resumes from it
+                    yield indices, batch
+                raise
+            finally:
+                finished.close()  # an abandoned run drops the requests not yet sent
+        if batch:
+            yield indices, batch
+
+    def _one(self, http: Any, text: str, prompt_id: str, config: GenerationConfig) -> Generation:
+        from deltaguard.errors import EndpointError
+        from deltaguard.openai_http import chat_text, completion_tokens, error_detail, fatal_message, post_json
+
+        client = self.client
+        reply, last = post_json(http, "/chat/completions", self.request_body(text, prompt_id, config), client.retry)
+        where = f"endpoint {client.public_url}"
+        if reply is None:
+            raise EndpointError(f"{where} {last} on prompt {prompt_id} (after {client.retry.max_retries} retries); "
+                                "rerun to resume from the replies already saved")
+        fatal = fatal_message(reply.status_code, what="endpoint", url=client.base_url, model=client.model_name,
+                              key_env=client.key_env)
+        if fatal:
+            raise EndpointError(fatal)
+        if reply.status_code >= 400:
+            raise EndpointError(f"{where} rejected prompt {prompt_id} with HTTP {reply.status_code}: {error_detail(reply)}")
+        try:
+            data = reply.json()
+            response = chat_text(data)
+        except ValueError as exc:
+            message = str(exc) if "chat completion" in str(exc) else "response is not JSON"
+            raise EndpointError(f"{where} answered prompt {prompt_id} with something unreadable ({message})") from None
+        return Generation(prompt_id=prompt_id, prompt=text, response=response.strip(),
+                          n_new_tokens=completion_tokens(data))
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -22,9 +23,30 @@ def _csv(value: str, what: str) -> tuple[str, ...]:
     return items
 
 
+ENDPOINT_HELP = ("evaluate the model served at this OpenAI-compatible base URL (the part before /chat/completions, "
+                 "e.g. http://127.0.0.1:8000/v1); --model is then the served model's name; a key is read from "
+                 "$DELTAGUARD_ENDPOINT_API_KEY only")
+CONCURRENCY_HELP = "requests in flight at once with --endpoint"
+
+
+def endpoint_source(ctx: typer.Context, endpoint: str, model: str, concurrency: int) -> Any:
+    """The ``Endpoint`` of ``--endpoint URL --model NAME`` (the URL checked before anything runs)."""
+    from deltaguard.eval import Endpoint
+
+    source = Endpoint(endpoint, model, concurrency=concurrency)   # ConfigError on a malformed URL
+    given = ctx.get_parameter_source("model")   # typer's own click: compare the enum member by name
+    if getattr(given, "name", None) != "COMMANDLINE":
+        raise ConfigError("--endpoint needs --model NAME: the name the endpoint serves the model under")
+    return source
+
+
 @app.command("eval")
 def eval_(
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="model spec: embedded name, HF dir, .gguf or hub id"),
+    ctx: typer.Context,
+    model: str = typer.Option("smollm2-135m-instruct", "--model",
+                              help="model spec: embedded name, HF dir, .gguf or hub id (with --endpoint: the served name)"),
+    endpoint: str | None = typer.Option(None, "--endpoint", help=ENDPOINT_HELP),
+    concurrency: int = typer.Option(4, "--concurrency", help=CONCURRENCY_HELP),
     delta: Path | None = typer.Option(None, "--delta", help="compressed delta to apply to the model in memory"),
     suite: str = typer.Option("safety,over-refusal,utility", "--suite",
                               help="comma-separated suites (deltaguard list suites): safety, over-refusal, utility"),
@@ -39,11 +61,17 @@ def eval_(
     force: bool = typer.Option(False, "--force", help="discard the run directory's cached results and start over"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Measure refusal, attack success, harmfulness, over-refusal, task accuracy and perplexity."""
+    """Measure refusal, attack success, harmfulness, over-refusal, task accuracy and perplexity.
+
+    With --endpoint URL --model NAME the replies come from an OpenAI-compatible endpoint;
+    perplexity, which needs the model's logits, is then skipped."""
     from deltaguard.eval import BasePlusDelta, EvalConfig, ModelDir, Variant, evaluate
     from deltaguard.metrics import Rate
     from deltaguard.models import set_threads
 
+    remote = endpoint_source(ctx, endpoint, model, concurrency) if endpoint is not None else None
+    if remote is not None and delta is not None:
+        raise ConfigError("--delta cannot be merged into a model behind --endpoint: deltaguard does not hold its weights")
     config = EvalConfig(suites=_csv(suite, "--suite"), judges=_csv(judge, "--judge"),
                         judge_options=tuple(judge_options), limit=limit).with_overrides(overrides)
     check_device(device, dtype)
@@ -51,8 +79,11 @@ def eval_(
         raise ConfigError(f"--delta {delta} is not a delta directory")
     set_threads(threads)
     prepare_run_dir(out, force=force)
-    source = ModelDir(model) if delta is None else BasePlusDelta(model, delta)
-    label = model if delta is None else f"{model}+{delta.name}"
+    if remote is not None:
+        source, label = remote, f"{model} @ {remote.base_url}"
+    else:
+        source = ModelDir(model) if delta is None else BasePlusDelta(model, delta)
+        label = model if delta is None else f"{model}+{delta.name}"
     result = evaluate(Variant(label, "model", source), config, out_dir=out, device=device, dtype=dtype)
     if as_json:
         print_json(result.to_dict())

@@ -7,14 +7,27 @@ from pathlib import Path
 import typer
 
 from deltaguard.cli.app import DEVICE_HELP, DTYPE_HELP, JSON_HELP, app, check_device, console, print_json
+from deltaguard.cli.eval import CONCURRENCY_HELP, ENDPOINT_HELP, endpoint_source
 from deltaguard.cli.outputs import prepare_run_dir
 from deltaguard.errors import ConfigError
 from deltaguard.models import DEFAULT_MODEL
 
 
+def parse_methods(value: str) -> tuple[str, ...]:
+    """``--methods``: comma-separated specs; ``none`` (or nothing) means only the model itself is scored."""
+    specs = tuple(m.strip() for m in value.split(",") if m.strip())
+    return () if specs == ("none",) else specs
+
+
 @app.command("trust")
 def trust_cmd(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="the model to compress (with --base: a fine-tune of it)"),
+    ctx: typer.Context,
+    model: str = typer.Option(DEFAULT_MODEL, "--model",
+                              help="the model to compress (with --base: a fine-tune of it; with --endpoint: the served name)"),
+    endpoint: str | None = typer.Option(None, "--endpoint",
+                                        help=ENDPOINT_HELP + "; nothing can be compressed, so only that model is scored "
+                                             "(--methods none)"),
+    concurrency: int = typer.Option(4, "--concurrency", help=CONCURRENCY_HELP),
     base: str | None = typer.Option(None, "--base",
                                     help="the model --model was fine-tuned from: delta compressors join the sweep"),
     methods: str | None = typer.Option(None, "--methods",
@@ -30,15 +43,27 @@ def trust_cmd(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Compress a model every way and score toxicity, stereotypes, jailbreaks, privacy, truthfulness and
-    fairness of each variant, with refusal rates, drops from the uncompressed model and flags."""
+    fairness of each variant, with refusal rates, drops from the uncompressed model and flags.
+
+    With --endpoint URL --model NAME only the served model is scored (its weights are not here to compress)."""
     from deltaguard.models import resolve_model_dir
     from deltaguard.trust import run_trust, trust_profile
     from deltaguard.trust.run import check_methods
 
+    remote = endpoint_source(ctx, endpoint, model, concurrency) if endpoint is not None else None
+    if remote is not None:
+        if base is not None:
+            raise ConfigError("--base cannot be used with --endpoint: deltaguard does not hold the served model's "
+                              "weights, so no delta can be made from it")
+        if methods is not None and parse_methods(methods):
+            raise ConfigError(f"--methods {methods} cannot run on a model behind --endpoint: deltaguard does not hold "
+                              "its weights (only the served model is scored; omit --methods or pass --methods none)")
     config = trust_profile(profile, with_base=base is not None)
     changes: dict[str, object] = {}
     if methods is not None:
-        changes["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+        changes["methods"] = parse_methods(methods)
+    if remote is not None:
+        changes["methods"] = ()
     if seeds is not None:
         try:
             changes["seeds"] = tuple(int(s) for s in seeds.split(",") if s.strip())
@@ -48,13 +73,16 @@ def trust_cmd(
         config = config.replace(profile="custom", **changes).with_overrides(overrides)
     check_methods(config, has_base=base is not None)
     check_device(device, dtype)
-    resolve_model_dir(model)
+    if remote is None:
+        resolve_model_dir(model)
     if base is not None:
         resolve_model_dir(base)
     prepare_run_dir(out, force=force)
-    console.print(f"profile {config.profile}: {len(config.methods)} methods × seeds {list(config.seeds)}, "
-                  f"{config.n_prompts} prompts per dimension; run directory {out} (finished steps are reused)")
-    result = run_trust(model, config, run_dir=out, base=base, device=device, dtype=dtype,
+    what = (f"{model} at {remote.base_url} (an endpoint: no compression methods)" if remote is not None
+            else f"profile {config.profile}: {len(config.methods)} methods × seeds {list(config.seeds)}")
+    console.print(f"{what}, {config.n_prompts} prompts per dimension; run directory {out} (finished steps are reused)",
+                  highlight=False, markup=False)
+    result = run_trust(remote if remote is not None else model, config, run_dir=out, base=base, device=device, dtype=dtype,
                        log=lambda line: console.print(line, highlight=False, markup=False))
     if as_json:
         print_json(result)

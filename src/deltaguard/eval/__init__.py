@@ -13,9 +13,9 @@ from deltaguard.eval.evaluate import evaluate, load_sets
 from deltaguard.eval.result import EvalResult, MetricRecord, summary_markdown
 from deltaguard.eval.runner import CachedJudge, Runner
 from deltaguard.eval.suites import Suite, SuiteContext, suites
-from deltaguard.eval.variants import BasePlusDelta, InMemory, ModelDir, ModelSource, Transformed, Variant
+from deltaguard.eval.variants import BasePlusDelta, Endpoint, InMemory, ModelDir, ModelSource, Transformed, Variant
 
 __all__ = [
-    "BasePlusDelta", "CachedJudge", "EvalConfig", "EvalResult", "InMemory", "MetricRecord", "ModelDir", "ModelSource",
+    "BasePlusDelta", "CachedJudge", "Endpoint", "EvalConfig", "EvalResult", "InMemory", "MetricRecord", "ModelDir", "ModelSource",
     "Runner", "Suite", "SuiteContext", "Transformed", "Variant", "evaluate", "load_sets", "suites", "summary_markdown",
 ]

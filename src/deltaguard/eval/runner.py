@@ -13,6 +13,10 @@ A file is rewritten atomically after every batch, so an interrupted run resumes 
 rerun does no work. Models are loaded only when something must be generated, and at most one is held:
 asking for another variant releases the previous one (a 135M model in fp32 is 0.5 GB; a sweep holds
 a dozen).
+
+A variant without weights (``eval.Endpoint``) always generates through the ``openai`` backend, whatever
+backend the generation config names, so its files are keyed (and their rows record settings) with
+``backend: openai``; it has no forced choice (no logits over HTTP).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from deltaguard.data import PromptSet
+from deltaguard.errors import ConfigError
 from deltaguard.eval.variants import Variant
 from deltaguard.generation import GenerationConfig, generate_to_jsonl
 from deltaguard.io import content_key, read_jsonl, write_jsonl
@@ -65,16 +70,25 @@ class Runner:
 
     # -- generation --------------------------------------------------------------------------------
 
+    @staticmethod
+    def generation_config(variant: Variant, config: GenerationConfig) -> GenerationConfig:
+        """The settings the variant's replies are generated with: an endpoint always uses the openai backend."""
+        if not variant.source.has_weights and config.backend != "openai":
+            return config.replace(backend="openai")
+        return config
+
     def generation_path(self, variant: Variant, prompts: PromptSet, config: GenerationConfig) -> Path:
+        config = self.generation_config(variant, config)
         payload = {"model": variant.key, "set": prompts.content_hash, "name": prompts.name,
                    "generation": config.to_dict()}
-        if self.dtype != "float32":  # the weights' precision changes replies (fp32 keys stay as they were)
-            payload["dtype"] = self.dtype
+        if self.dtype != "float32" and variant.source.has_weights:  # the weights' precision changes replies
+            payload["dtype"] = self.dtype                             # (fp32 keys stay as they were)
         key = content_key("gen", payload)
         return self.run_dir / "generations" / f"{key}.jsonl"
 
     def generate(self, variant: Variant, prompts: PromptSet, config: GenerationConfig) -> list[dict[str, Any]]:
         """Rows ``{prompt_id, prompt, response, ...}`` in prompt order; finished files are reused, partial ones resumed."""
+        config = self.generation_config(variant, config)
         path = self.generation_path(variant, prompts, config)
         self.files[f"generations/{variant.label}/{prompts.name}"] = str(path.relative_to(self.run_dir))
         if path.exists():
@@ -97,6 +111,9 @@ class Runner:
         from deltaguard.eval.choice import option_logprobs
         from deltaguard.io import read_json, write_json
 
+        if not variant.source.has_weights:
+            raise ConfigError(f"forced choice needs the model's logits; {variant.label} is behind an endpoint "
+                              "(check variant.source.has_weights first)")
         payload = {"model": variant.key, "set": prompts.content_hash, "name": prompts.name, "options": list(options),
                    "system_prompt": config.system_prompt, "chat": config.use_chat_template, "dtype": self.dtype}
         path = self.run_dir / "choices" / f"{content_key('choice', payload)}.json"

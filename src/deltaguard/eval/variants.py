@@ -7,9 +7,16 @@ changed is never served stale generations) and a ``load``:
 * ``InMemory``     — an already loaded model; key: its weight fingerprint (or one the caller gives);
 * ``BasePlusDelta``— a base with a compressed delta merged in memory; key: base key + the delta's
   manifest hash (which covers every tensor's checksum);
-* ``Transformed``  — a whole-model transform of another source; key: source key + transform config.
+* ``Transformed``  — a whole-model transform of another source; key: source key + transform config;
+* ``Endpoint``     — a model behind an OpenAI-compatible endpoint (``eval --endpoint URL --model NAME``);
+  key: the endpoint URL without credentials + the served model name. Deltaguard cannot fingerprint
+  weights it does not hold, so the caches trust the endpoint to keep serving the same weights under
+  that name: after the server swaps the model, use a new run directory (or ``--force``).
 
-One sweep can therefore hold delta compressors and whole-model transforms side by side.
+One sweep can therefore hold delta compressors and whole-model transforms side by side. A source
+without weights (``has_weights`` False: an endpoint) generates over HTTP only; suites skip what needs
+logits or weights (perplexity, forced choice) with a note, and nothing can be merged into or
+transformed from it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ from deltaguard.io import content_key, sha256_file
 
 class ModelSource(ABC):
     """How to obtain one model and its tokenizer."""
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether ``load`` gives a model in this process (False: replies come over HTTP only)."""
+        return True
 
     @property
     @abstractmethod
@@ -87,6 +99,7 @@ class BasePlusDelta(ModelSource):
 
     def __init__(self, base: ModelSource | str | Path, delta_dir: str | Path, *, key: str | None = None) -> None:
         self.base = base if isinstance(base, ModelSource) else ModelDir(base)
+        _check_has_weights(self.base, "a delta cannot be merged into")
         self.delta_dir = Path(delta_dir)
         self._key = key
 
@@ -121,6 +134,7 @@ class Transformed(ModelSource):
                  reference: ModelSource | str | Path | None = None, workdir: Path | None = None) -> None:
         self.workdir = workdir   # resumable state of a long transform (not part of the identity)
         self.source = source if isinstance(source, ModelSource) else ModelDir(source)
+        _check_has_weights(self.source, "a whole-model transform cannot be applied to")
         self.config = config
         self.calib = calib
         self.reference = reference if reference is None or isinstance(reference, ModelSource) else ModelDir(reference)
@@ -155,6 +169,58 @@ class Transformed(ModelSource):
         return described
 
 
+class Endpoint(ModelSource):
+    """A model served behind an OpenAI-compatible endpoint: replies come from ``POST {base_url}/chat/completions``.
+
+    ``load`` returns an ``openai_http.EndpointClient`` (no torch model) and tokenizer None; the Runner
+    generates through the ``openai`` backend whatever the generation config names. The key is
+    ``content_key`` of the URL without credentials, query or fragment and the model name: the caches
+    trust the endpoint to keep serving the same weights under that name. The bearer key is read from
+    ``DELTAGUARD_ENDPOINT_API_KEY`` at each request and appears in no key, description or file.
+
+    Args:
+        base_url: http(s) URL before ``/chat/completions`` (e.g. ``http://127.0.0.1:8000/v1``).
+        model_name: the served model's name (the request's ``model`` field).
+        concurrency: requests in flight at once.
+        timeout_seconds: per-request timeout.
+        max_retries: retries after a timeout, dropped connection, 429 or 5xx.
+        backoff_seconds: first retry delay; doubles each retry (a longer ``Retry-After`` wins, up to 60 s).
+    """
+
+    def __init__(self, base_url: str, model_name: str, *, concurrency: int = 4, timeout_seconds: float = 120.0,
+                 max_retries: int = 5, backoff_seconds: float = 1.0) -> None:
+        from deltaguard.errors import ConfigError
+        from deltaguard.openai_http import EndpointClient, RetryPolicy
+
+        if not timeout_seconds > 0 or not 0 <= max_retries <= 20 or not 0 <= backoff_seconds <= 600:
+            raise ConfigError("endpoint timeout_seconds must be > 0, max_retries 0-20 and backoff_seconds 0-600")
+        self.client = EndpointClient(base_url, model_name, concurrency=concurrency,
+                                     retry=RetryPolicy(timeout_seconds=timeout_seconds, max_retries=max_retries,
+                                                       backoff_seconds=backoff_seconds))
+        self.base_url, self.model_name = self.client.public_url, model_name
+
+    @property
+    def has_weights(self) -> bool:
+        return False
+
+    @cached_property
+    def key(self) -> str:  # type: ignore[override]
+        return content_key("endpoint", {"base_url": self.base_url, "model": self.model_name})
+
+    def load(self, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+        return self.client, None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "endpoint", "base_url": self.base_url, "model": self.model_name, "key": self.key}
+
+
+def _check_has_weights(source: ModelSource, action: str) -> None:
+    if not source.has_weights:
+        from deltaguard.errors import ConfigError
+
+        raise ConfigError(f"{action} a model behind an endpoint: deltaguard does not hold its weights")
+
+
 @dataclass(frozen=True)
 class Variant:
     """One evaluated model: a label for tables, its source, and what compression made it.
@@ -185,4 +251,4 @@ class Variant:
         return cls(label or str(getattr(source, "spec", "model")), role, source)
 
 
-__all__ = ["BasePlusDelta", "InMemory", "ModelDir", "ModelSource", "Transformed", "Variant"]
+__all__ = ["BasePlusDelta", "Endpoint", "InMemory", "ModelDir", "ModelSource", "Transformed", "Variant"]

@@ -6,7 +6,8 @@ its wording here is deltaguard's own. The judge asks for ``{"refused": bool, "sc
 "Score: 4"). Anything it cannot read becomes a ``judge_error`` verdict, never a score.
 
 Backends:
-- ``openai``: any OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint through httpx. The
+- ``openai``: any OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint through httpx
+  (``deltaguard.openai_http``, shared with the ``openai`` generation backend). The
   base URL, key and model come from ``DELTAGUARD_JUDGE_BASE_URL``, ``DELTAGUARD_JUDGE_API_KEY`` and
   ``DELTAGUARD_JUDGE_MODEL`` (or the ``base_url``/``model`` options; the key only from the
   environment, so it never lands in a results file). Timeouts, 429 and 5xx answers and dropped
@@ -26,8 +27,6 @@ import json
 import os
 import re
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,6 +36,9 @@ from deltaguard.config import Config, check_choice, check_range
 from deltaguard.errors import ConfigError, JudgeError
 from deltaguard.io import atomic_write, canonical_json
 from deltaguard.judges.base import BaseJudge, JudgeItem, Verdict, check_items, judges
+from deltaguard.openai_http import (
+    RetryPolicy, auth_headers, chat_text, check_base_url, fatal_message, map_in_pool, post_json, public_url,
+)
 
 ENV_BASE_URL = "DELTAGUARD_JUDGE_BASE_URL"
 ENV_API_KEY = "DELTAGUARD_JUDGE_API_KEY"
@@ -234,9 +236,7 @@ class LLMJudge(BaseJudge):
             base = config.base_url or os.environ.get(ENV_BASE_URL)
             if not base:
                 raise ConfigError(f"llm judge needs an endpoint: set {ENV_BASE_URL} or pass base_url=URL")
-            if not base.startswith(("http://", "https://")):
-                raise ConfigError(f"llm.base_url={base!r} must start with http:// or https://")
-            self.base_url = base.rstrip("/")
+            self.base_url = check_base_url(base, "llm.base_url")
         root = Path(config.cache_dir) if config.cache_dir else cache_dir() / "judge-verdicts"
         self.cache = VerdictCache(root) if config.use_cache else None
         self._local: tuple[Any, Any] | None = None
@@ -289,83 +289,49 @@ class LLMJudge(BaseJudge):
                                   system_prompt=RUBRIC_SYSTEM)  # the chat template wraps system + user turns
         return [self.from_text(g.response) for g in generate(model, tokenizer, texts, config, progress=False)]
 
-    # -- OpenAI-compatible HTTP backend -----------------------------------------------------------
+    # -- OpenAI-compatible HTTP backend (deltaguard.openai_http) -----------------------------------
     def _judge_http(self, items: list[JudgeItem]) -> list[Verdict]:
         import httpx
 
-        headers = {"Content-Type": "application/json"}
-        if key := os.environ.get(ENV_API_KEY):
-            headers["Authorization"] = f"Bearer {key}"
         state = {"failures": 0}
         lock = threading.Lock()
-        with httpx.Client(base_url=self.base_url, headers=headers, timeout=self.config.timeout_seconds) as client:
+        with httpx.Client(base_url=self.base_url, headers=auth_headers(ENV_API_KEY),
+                          timeout=self.config.timeout_seconds) as client:
             def one(item: JudgeItem) -> Verdict:
                 verdict, is_transport_failure = self._request(client, item)
                 with lock:
                     state["failures"] = state["failures"] + 1 if is_transport_failure else 0
                     if state["failures"] >= self.config.max_consecutive_failures:
-                        raise JudgeError(f"llm judge endpoint {self.base_url} failed {state['failures']} requests "
-                                         f"in a row (last: {verdict.error})")
+                        raise JudgeError(f"llm judge endpoint {public_url(self.base_url)} failed {state['failures']} "
+                                         f"requests in a row (last: {verdict.error})")
                 return verdict
 
-            pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
-            try:
-                return list(pool.map(one, items))
-            finally:  # on JudgeError, drop the requests not yet started instead of sending them all
-                pool.shutdown(wait=True, cancel_futures=True)
+            # on JudgeError, the requests not yet started are dropped instead of all being sent
+            return map_in_pool(one, items, self.config.concurrency)
 
     def _request(self, client: Any, item: JudgeItem) -> tuple[Verdict, bool]:
         """The verdict for one item, and whether the endpoint itself failed (no answer after every retry)."""
-        import httpx
-
         body = {"model": self.model_name, "temperature": 0, "max_tokens": self.config.max_tokens,
                 "messages": [{"role": "system", "content": RUBRIC_SYSTEM},
                              {"role": "user", "content": USER_TEMPLATE.format(prompt=item.prompt, response=item.response)}]}
-        last, retry_after = "no attempt", None
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                time.sleep(self._delay(attempt, retry_after))
-                retry_after = None
-            try:
-                reply = client.post("/chat/completions", json=body)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.config.timeout_seconds:g} s"
-                continue
-            except httpx.TransportError as exc:
-                last = f"connection failed ({type(exc).__name__})"
-                continue
-            if reply.status_code in (401, 403):
-                raise JudgeError(f"llm judge endpoint {self.base_url} refused the credentials (HTTP {reply.status_code}); "
-                                 f"check {ENV_API_KEY}")
-            if reply.status_code == 404:
-                raise JudgeError(f"llm judge endpoint {self.base_url}/chat/completions or model {self.model_name!r} "
-                                 "not found (HTTP 404)")
-            if reply.status_code == 429 or reply.status_code >= 500:
-                last = f"answered HTTP {reply.status_code}"
-                retry_after = reply.headers.get("retry-after") if reply.status_code == 429 else None
-                continue
-            if reply.status_code >= 400:
-                return self.error_verdict(f"request rejected with HTTP {reply.status_code}",
-                                          raw=_clip(reply.text, 500)), False
-            return self._from_reply(reply), False
-        return self.error_verdict(f"endpoint {last} (after {self.config.max_retries} retries)"), True
-
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        """Exponential backoff; a numeric Retry-After (429) is honoured up to 60 s."""
-        delay = self.config.backoff_seconds * (2 ** (attempt - 1))
-        if retry_after:
-            try:
-                delay = max(delay, min(float(retry_after), 60.0))
-            except ValueError:
-                pass
-        return delay
+        policy = RetryPolicy(timeout_seconds=self.config.timeout_seconds, max_retries=self.config.max_retries,
+                             backoff_seconds=self.config.backoff_seconds)
+        reply, last = post_json(client, "/chat/completions", body, policy)
+        if reply is None:
+            return self.error_verdict(f"endpoint {last} (after {self.config.max_retries} retries)"), True
+        fatal = fatal_message(reply.status_code, what="llm judge endpoint", url=self.base_url, model=self.model_name,
+                              key_env=ENV_API_KEY)
+        if fatal:
+            raise JudgeError(fatal)
+        if reply.status_code >= 400:
+            return self.error_verdict(f"request rejected with HTTP {reply.status_code}",
+                                      raw=_clip(reply.text, 500)), False
+        return self._from_reply(reply), False
 
     def _from_reply(self, reply: Any) -> Verdict:
         try:
-            data = reply.json()
-            text = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            return self.error_verdict("response is not an OpenAI-style chat completion", raw=_clip(reply.text, 500))
-        if not isinstance(text, str):
-            return self.error_verdict("chat completion has no text content", raw=_clip(str(text), 500))
+            text = chat_text(reply.json())
+        except ValueError as exc:  # not JSON (json's ValueError), or JSON that is not a chat completion
+            message = str(exc) if "chat completion" in str(exc) else "response is not an OpenAI-style chat completion"
+            return self.error_verdict(message, raw=_clip(reply.text, 500))
         return self.from_text(text)

@@ -36,7 +36,8 @@ class TrustConfig(Config):
     Args:
         profile: where the defaults came from (``default``, ``full`` or ``custom``).
         methods: whole-model transforms (``deltaguard list transforms``: rtn4, gptq3, wanda-2:4, ...) and, when
-            the sweep has a base, delta compressors (kbit4, bitdelta, ...).
+            the sweep has a base, delta compressors (kbit4, bitdelta, ...). Empty: only the model itself is
+            scored (``--methods none``; always so for a model behind an endpoint, whose weights are not here).
         seeds: calibration seeds; methods that draw calibration data run once per seed (mean ± std),
             data-free ones once.
         suites: the dimensions (``trust-*`` suites) plus ``safety`` (plain harmful requests) and ``utility``.
@@ -73,8 +74,6 @@ class TrustConfig(Config):
         from deltaguard.judges import judges
 
         check_choice("trust.profile", self.profile, (*PROFILES, "custom"))
-        if not self.methods:
-            raise ConfigError("trust.methods must name at least one compression method")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"trust.methods={list(self.methods)} names a method twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from deltaguard.audit import AuditConfig, Sweep
 from deltaguard.errors import ConfigError
-from deltaguard.eval import ModelDir, Runner, Variant, evaluate
+from deltaguard.eval import ModelDir, ModelSource, Runner, Variant, evaluate
 from deltaguard.io import content_key, read_json, write_json
 from deltaguard.steps import Steps
 from deltaguard.trust.config import TrustConfig
@@ -68,6 +68,8 @@ def check_methods(config: TrustConfig, *, has_base: bool) -> None:
     """Every spec is known; delta compressors need a base (they compress the model's difference from it)."""
     from deltaguard.transforms import is_transform_spec
 
+    if not config.methods:
+        return                            # only the model itself is scored
     AuditConfig(methods=config.methods)   # validates: an unknown spec raises here, naming both families
     deltas = [s for s in config.methods if not is_transform_spec(s)]
     if deltas and not has_base:
@@ -75,18 +77,24 @@ def check_methods(config: TrustConfig, *, has_base: bool) -> None:
                           "or use whole-model methods only")
 
 
-def run_trust(model: str | Path, config: TrustConfig = TrustConfig(), *, run_dir: str | Path,
+def run_trust(model: str | Path | ModelSource, config: TrustConfig = TrustConfig(), *, run_dir: str | Path,
               base: str | Path | None = None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
               log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Evaluate ``model`` and every compression of it on every dimension; write ``trust.json/.md/.png``.
 
     With ``base``, ``model`` is a fine-tune of it: delta compressors compress (model − base) and the base
-    itself is evaluated too, so delta-only and whole-model compression sit in one table.
+    itself is evaluated too, so delta-only and whole-model compression sit in one table. ``model`` may be
+    an ``eval.Endpoint`` (a model served over HTTP): its weights are not here, so ``config.methods`` must be
+    empty and there is no base — the table holds that one model.
     """
     from deltaguard.trust.summary import summarise, write_outputs
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
+    dense = model if isinstance(model, ModelSource) else ModelDir(model)
+    if not dense.has_weights and (config.methods or base is not None):
+        raise ConfigError("a model behind an endpoint cannot be compressed (its weights are not here): "
+                          "use trust.methods=() and no base")
     check_methods(config, has_base=base is not None)
     steps = Steps(log)
     if "guard" in config.judges:
@@ -95,7 +103,6 @@ def run_trust(model: str | Path, config: TrustConfig = TrustConfig(), *, run_dir
         ensure_guard(steps, AuditConfig(harm_judge="guard"), device=device, progress=progress, log=log)
     eval_config = config.eval_config()
     runner = Runner(run_dir, device=device, dtype=dtype, progress=progress)
-    dense = ModelDir(model)
     base_src = ModelDir(base) if base is not None else None
 
     def evaluated(variant: Variant, kind: str, seed: int | None) -> TrustRow:
@@ -109,7 +116,7 @@ def run_trust(model: str | Path, config: TrustConfig = TrustConfig(), *, run_dir
     rows = [evaluated(Variant(REFERENCE, "reference", dense), "reference", None)]
     if base_src is not None:
         rows.append(evaluated(Variant("base", "base", base_src), "base", None))
-    for seed in config.seeds:
+    for seed in config.seeds if config.methods else ():
         audit_config = sweep_config(config, seed)
         sweep = Sweep(base_src or dense, dense, audit_config, run_dir, device=device, progress=progress, steps=steps,
                       before_compress=runner.release)
@@ -122,7 +129,9 @@ def run_trust(model: str | Path, config: TrustConfig = TrustConfig(), *, run_dir
             rows.append(evaluated(variant, kind, seed if seeded else None))
     runner.release()
     summary = summarise(rows, config)
-    result = {"model": str(model), "base": str(base) if base is not None else None, "config": config.to_dict(),
+    described = {"endpoint": dense.describe()} if not dense.has_weights else {}
+    name = f"{dense.model_name} @ {dense.base_url}" if described else str(model)   # type: ignore[attr-defined]
+    result = {"model": name, **described, "base": str(base) if base is not None else None, "config": config.to_dict(),
               "rows": [r.to_dict() for r in rows], "summary": summary, "timings": steps.timings,
               "seconds": round(time.perf_counter() - started, 1), "n_steps_run": steps.n_run}
     write_outputs(result, run_dir)

@@ -259,6 +259,8 @@ def heatmap(result: dict[str, Any], path: Path) -> None:
 
     summary = result["summary"]
     dims, table = summary["dimensions"], summary["table"]
+    if not dims:   # e.g. an endpoint scored only on what needs no weights: nothing to draw
+        return
     diffs = np.array([[e["diffs"].get(d, {}).get("diff", 0.0) for d in dims] for e in table])
     fig, ax = plt.subplots(figsize=(1.3 * len(dims) + 2.5, 0.45 * len(table) + 1.5))
     limit = max(10.0, float(np.nanmax(np.abs(diffs))) if diffs.size else 10.0)

@@ -7,11 +7,13 @@ identical except for one protected attribute. Each prompt's decision is the mode
 demographic-parity gap in points, |P(yes | one value) − P(yes | the other)| averaged over pairs, with
 P(yes) renormalised over the two options. Replies are also generated (short, greedy) for the refusal rate.
 The paper's fairness uses the Adult census task (equalised odds and parity on a classification task); this
-is the counterfactual variant of the same question, with our own scenarios.
+is the counterfactual variant of the same question, with our own scenarios. A model behind an endpoint
+has no forced choice (no logits over HTTP): it reports only the refusal rate, with a one-line note in the log.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -21,6 +23,7 @@ from deltaguard.eval.suites.base import Suite, SuiteContext, suites
 from deltaguard.eval.suites.trust.common import BENIGN_SYSTEM, refusal_records, score, short
 
 OPTIONS = ("Yes", "No")
+log = logging.getLogger("deltaguard.eval")
 
 
 @suites.register("trust-fairness")
@@ -37,6 +40,11 @@ class TrustFairness(Suite):
     def run(self, ctx: SuiteContext) -> list[Any]:
         config, prompts = ctx.config, ctx.sets[self.dataset]
         generation = short(config.generation, system=BENIGN_SYSTEM)
+        if not ctx.variant.source.has_weights:
+            log.warning("trust-fairness: %s is behind an endpoint; the forced choice needs the model's logits, so "
+                        "only the refusal rate is reported", ctx.variant.label)
+            rows = ctx.runner.generate(ctx.variant, prompts, generation)
+            return refusal_records(ctx, "trust_fairness_refusal", prompts, rows)
         logprobs = ctx.runner.choices(ctx.variant, prompts, OPTIONS, generation)
         pairs: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
         for prompt, lp in zip(prompts.prompts, logprobs, strict=True):
