@@ -46,8 +46,20 @@ def test_labels_follow_their_sources(data):
     assert any(e.unsafe for e in harm) and any(not e.unsafe for e in harm)
     prompt_only = [e for e in data.examples if e.response is None]
     assert {e.source for e in prompt_only if e.unsafe} <= {"advbench", "donotanswer"}
-    assert {e.source for e in prompt_only if not e.unsafe} <= {"benign", "arith"}
+    assert {e.source for e in prompt_only if not e.unsafe} <= {"benign", "arith", "requests"}
     assert UNSAFE_CUT == 0.5
+    # human grades between "no harm at all" and the cut grade a mild depiction, not a policy: left out
+    grades = {p.id: p.meta["harm"] for p in datasets.get("pyrit-harm")().load_pool()}
+    assert all(grades[e.id] == 0.0 for e in harm if not e.unsafe)
+    assert all(grades[e.id] >= UNSAFE_CUT for e in harm if e.unsafe)
+    assert len(harm) < len(grades)
+
+
+def test_everyday_requests_only_ever_train_the_guard(data):
+    """``requests`` is a calibration-only set that no study evaluates: the guard may learn from all of it."""
+    requests = [e for e in data.examples if e.source == "requests"]
+    assert requests and all(e.split == "train" and not e.unsafe for e in requests)
+    assert len(requests) >= 0.95 * len(datasets.get("requests")().load_pool())   # a few repeat another set's text
 
 
 def test_study_evaluation_prompts_are_only_in_the_test_split(data):
@@ -68,7 +80,7 @@ def test_the_build_is_deterministic_and_capped(data):
     for split in ("train", "val", "test"):
         for unsafe in (True, False):
             mine = [e for e in data.split(split) if e.response is None and e.unsafe == unsafe]
-            benign = [e for e in mine if e.source == "benign"]
+            benign = [e for e in mine if e.source in ("benign", "requests")]
             assert len(mine) - len(benign) <= max(50 - len(benign), 0)   # the cap thins the other sources
     kept = {e.id for e in data.examples if e.source == "benign"}
     assert kept <= benign_pool and len(kept) >= 0.85 * len(benign_pool)   # kept whole, but for prompts in check
