@@ -13,6 +13,7 @@ from deltaguard.cli.app import app  # noqa: E402
 # Each module adds its commands to ``app``; importing them is all the wiring there is.
 from deltaguard.cli import delta as _delta  # noqa: E402,F401
 from deltaguard.cli import eval as _eval  # noqa: E402,F401
+from deltaguard.cli import export as _export  # noqa: E402,F401
 from deltaguard.cli import guard as _guard  # noqa: E402,F401
 from deltaguard.cli import lens as _lens  # noqa: E402,F401
 from deltaguard.cli import models as _models  # noqa: E402,F401
