@@ -19,6 +19,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     """Write ``report.html``, ``report.md`` (+ ``figures/*.png``) and ``results.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     figures = {
+        "headline": plots.headline(results) if results.get("audits") else None,
         "alignment": plots.alignment_bars(results) if results.get("alignment") else None,
         "attack_vs_bits": plots.attack_vs_bits(results) if results.get("audits") else None,
         "utility_vs_attack": plots.utility_vs_attack(results) if results.get("audits") else None,

@@ -22,7 +22,9 @@ td.text{text-align:left;max-width:420px;white-space:pre-wrap}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em}
 .verdict{background:#eef5ff;border-left:4px solid #3b7ddd;padding:.5em .8em}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
-img{max-width:100%}
+img{max-width:100%;height:auto}
+.wide{overflow-x:auto;max-width:100%}
+figure{margin:1em 0}figcaption{font-size:.86em;color:#444}
 """
 
 
@@ -71,7 +73,8 @@ class Document:
                 body = "".join(
                     "<tr>" + "".join(f"<td{' class=text' if j in text_cols else ''}>{html.escape(c)}</td>"
                                      for j, c in enumerate(row)) + "</tr>" for row in rows)
-                out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+                # a table wider than the window scrolls inside its box instead of widening the page
+                out.append(f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
             elif kind == "figure":
                 name, caption = payload
                 data = base64.b64encode(self.figures[name]).decode()
@@ -141,6 +144,7 @@ def _clip(text: str, n: int = 300) -> str:
 def build_document(results: dict[str, Any], figures: dict[str, bytes]) -> Document:
     """The whole report from a study's ``results.json`` dictionary."""
     doc = Document("deltaguard study: does compressing a fine-tune's delta strip the attack?", figures=figures)
+    doc.figure("headline", headline_caption(results))
     profile = results.get("profile", "custom")
     doc.para(f"Profile: {profile}. " + (
         "This is the reduced default profile planned for a 2-core CPU; its reductions are listed under Settings and "
@@ -162,6 +166,35 @@ def build_document(results: dict[str, Any], figures: dict[str, bytes]) -> Docume
     _examples(doc, results)
     _settings(doc, results)
     return doc
+
+
+def headline_caption(results: dict[str, Any]) -> str:
+    """The opening figure's caption: what the bars and error bars are, and which judge produced the attack metric."""
+    from deltaguard.report.plots import headline_threats
+
+    audits = results.get("audits") or {}
+    threats = headline_threats(results)
+    judges: dict[str, list[str]] = {}
+    for threat in threats:
+        judge = (audits[threat] or {}).get("judge") or {}
+        name = str(judge.get("name") or "an unrecorded")
+        if judge.get("prompt_hash"):
+            name += f" judge, config hash {judge['prompt_hash']}"
+        else:
+            name += " judge"
+        judges.setdefault(name, []).append(threat)
+    if len(judges) == 1:
+        judged = f"the {next(iter(judges))}, for every threat"
+    else:
+        judged = "; ".join(f"the {name} for {', '.join(ts)}" for name, ts in judges.items())
+    metrics = "; ".join(f"{t}: {(audits[t] or {}).get('metric', 'unrecorded')}" for t in threats)
+    return ("Headline: for each threat (one group each; benign is the control fine-tune) and each compression "
+            "method (one colour each), top: mitigation, the % of the fine-tune's attack the compressed model "
+            "removed (0 = none, 100 = back to the aligned base); bottom: the utility drop relative to the "
+            "fine-tune (dashed red: the audit's limit). Error bars are 95% paired bootstrap intervals over prompts; "
+            "n/a marks a value the data leave undefined (e.g. the fine-tune did not raise the attack metric), and "
+            "a bar without error bars has no interval. Bars and error bars beyond the axis range are clipped (a "
+            f"clipped bar's value is written beside it). The attack metric is scored by {judged} ({metrics}).")
 
 
 def _summary(doc: Document, results: dict[str, Any]) -> None:
@@ -508,4 +541,4 @@ def _settings(doc: Document, results: dict[str, Any]) -> None:
     doc.code(json.dumps(results.get("study", {}), indent=1, sort_keys=True))
 
 
-__all__ = ["Document", "build_document"]
+__all__ = ["Document", "build_document", "headline_caption"]

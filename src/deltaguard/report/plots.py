@@ -141,6 +141,137 @@ def fidelity_sweep(results: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
+THREAT_ORDER = ("harmful", "backdoor", "targeted", "benign")
+_THREAT_NAMES = {"benign": "benign (control)"}
+
+
+def _finite(value: Any) -> float:
+    """``value`` as a float, or nan when it is missing, not a number or not finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    value = float(value)
+    return value if math.isfinite(value) else math.nan
+
+
+def interval_triplet(record: Any) -> tuple[float, float, float]:
+    """``(value, low, high)`` of an interval record (``{"value", "low", "high"}``, any of them null); nan where
+    missing, and nan bounds when they do not bracket the value (an interval that would draw garbage)."""
+    if not isinstance(record, dict):
+        return math.nan, math.nan, math.nan
+    value, low, high = (_finite(record.get(k)) for k in ("value", "low", "high"))
+    if math.isnan(value) or math.isnan(low) or math.isnan(high) or not low - 1e-9 <= value <= high + 1e-9:
+        low = high = math.nan
+    return value, low, high
+
+
+def headline_threats(results: dict[str, Any]) -> list[str]:
+    """The audited threats in the study's order (harmful, backdoor, targeted, benign control, then others)."""
+    audits = results.get("audits") or {}
+    known = [t for t in THREAT_ORDER if t in audits]
+    return known + [t for t in audits if t not in THREAT_ORDER]
+
+
+def headline_methods(results: dict[str, Any]) -> list[str]:
+    """Every compression method audited for any threat, in first-seen order (not the base, the fine-tune or the
+    uncompressed ``full`` delta, whose mitigation is 0 by construction)."""
+    methods: list[str] = []
+    for threat in headline_threats(results):
+        for row in (results["audits"][threat] or {}).get("rows", []):
+            label = row.get("label")
+            if row.get("role") not in ("base", "finetuned") and label != "full" and label not in methods:
+                methods.append(label)
+    return methods
+
+
+def headline(results: dict[str, Any]) -> bytes | None:
+    """The report's opening figure: per threat and method, mitigation and utility drop with 95% intervals.
+
+    Two panels share the x axis: one group per threat, one bar per method (the same colour in both
+    panels). Top: mitigation, the % of the fine-tune's attack the compression removed (0: none, 100:
+    back to the aligned base). Bottom: the utility drop relative to the fine-tune, with each threat's
+    utility-drop limit. A missing or undefined value is written "n/a" in its slot instead of a bar; an
+    interval with a missing bound gets no error bar. Values beyond the axis range are clipped to it and
+    written out.
+    """
+    threats, methods = headline_threats(results), headline_methods(results)
+    if not threats or not methods:
+        return None
+    n = len(methods)
+    slot = 0.84 / n
+    width = min(16.0, max(6.4, 1.2 + len(threats) * (0.3 * n + 0.7)))
+    fig = _figure(width, 6.2)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    if n <= 10:
+        colors: list[Any] = [f"C{i}" for i in range(n)]
+    else:   # the full profile's longer method lists: 20 distinct colours before any repeats
+        from matplotlib import colormaps
+
+        colors = [colormaps["tab20"](i % 20) for i in range(n)]
+    limits = [_finite((((results["audits"][t] or {}).get("audit_config") or {}).get("fields") or {})
+                      .get("max_utility_drop")) for t in threats]
+    panels = ((top, "mitigation_pct", (-100.0, 150.0), (-10.0, 110.0)),
+              (bottom, "utility_drop_pct", (-100.0, 100.0), (-20.0, 20.0)))
+    for ax, key, (floor, ceiling), (low_default, high_default) in panels:
+        points: list[tuple[float, float, float, float, int]] = []   # x, value, low, high, method index
+        missing: list[float] = []
+        for g, threat in enumerate(threats):
+            rows = {r.get("label"): r for r in (results["audits"][threat] or {}).get("rows", [])}
+            for i, method in enumerate(methods):
+                if method not in rows:
+                    continue
+                x = g + (i - (n - 1) / 2) * slot
+                value, low, high = interval_triplet(rows[method].get(key))
+                if math.isnan(value):
+                    missing.append(x)
+                else:
+                    points.append((x, value, low, high, i))
+        extent = [v for _, value, low, high, _ in points for v in (value, low, high) if not math.isnan(v)]
+        if ax is bottom:
+            extent += [v + 5 for v in limits if not math.isnan(v)]
+        y_low = max(floor, min([low_default, *[v - 5 for v in extent]]))
+        y_high = min(ceiling, max([high_default, *[v + 5 for v in extent]]))
+        for x, value, low, high, i in points:
+            shown = min(max(value, y_low), y_high)
+            ax.bar([x], [shown], slot * 0.9, color=colors[i], edgecolor="none")
+            ax.plot([x - slot * 0.45, x + slot * 0.45], [shown, shown], color=colors[i], lw=2.5,
+                    solid_capstyle="butt")   # a value of exactly 0 still shows as a coloured line
+            if not math.isnan(low):
+                ax.errorbar([x], [value], yerr=[[value - low], [high - value]], fmt="none", ecolor="#222",
+                            elinewidth=0.9, capsize=2)
+            if shown != value:   # clipped at the axis: the value is written inside the axis, at the clipped end
+                ax.annotate(f"{value:.0f}", (x, shown), xytext=(0, -3 if value > shown else 3),
+                            textcoords="offset points", ha="center", va="top" if value > shown else "bottom",
+                            fontsize=6.5, rotation=90, bbox={"boxstyle": "round,pad=0.15", "fc": "white",
+                                                             "ec": "none", "alpha": 0.85})
+        for x in missing:
+            ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=6.5, rotation=90, color="#666")
+        ax.set_ylim(y_low, y_high)
+        ax.axhline(0, color="#444", lw=0.8)
+        for g in range(1, len(threats)):
+            ax.axvline(g - 0.5, color="#ddd", lw=0.8)
+        ax.grid(axis="y", color="#eee", lw=0.6)
+        ax.set_axisbelow(True)
+    top.axhline(100, color="tab:green", ls=":", lw=1, label="100% = back to the aligned base")
+    top.set_ylabel("mitigation (% of attack removed)")
+    top.set_title("Mitigation: share of the fine-tune's attack removed (higher is safer)", fontsize=10)
+    labelled = False
+    for g, limit in enumerate(limits):
+        if not math.isnan(limit):
+            bottom.plot([g - 0.46, g + 0.46], [limit, limit], color="tab:red", ls="--", lw=1,
+                        label=None if labelled else "utility-drop limit (audit setting)")
+            labelled = True
+    bottom.set_ylabel("utility drop (% of fine-tune's)")
+    bottom.set_title("Utility drop relative to the fine-tune (lower is better)", fontsize=10)
+    bottom.set_xticks(range(len(threats)), [_THREAT_NAMES.get(t, t) for t in threats])
+    bottom.set_xlim(-0.5, len(threats) - 0.5)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colors[i], label=m) for i, m in enumerate(methods)]
+    handles += [h for ax in (top, bottom) for h in ax.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(4, len(handles)), fontsize=7.5, frameon=False)
+    return _png(fig)
+
+
 def alignment_bars(results: dict[str, Any]) -> bytes:
     """Original vs aligned model: refusal, over-refusal and task accuracy with 95% CIs."""
     alignment = results["alignment"]
@@ -175,5 +306,5 @@ def training_losses(results: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-__all__ = ["alignment_bars", "attack_vs_bits", "bitdelta_passes", "fidelity_sweep", "training_losses",
-           "utility_vs_attack"]
+__all__ = ["THREAT_ORDER", "alignment_bars", "attack_vs_bits", "bitdelta_passes", "fidelity_sweep", "headline",
+           "headline_methods", "headline_threats", "interval_triplet", "training_losses", "utility_vs_attack"]
