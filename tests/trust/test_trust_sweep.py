@@ -149,3 +149,8 @@ def test_cli_runs_the_sweep_and_prints_the_table(models, tmp_path):
                                       "judges=keyword,lexicon", "--set", "n_boot=100"])
     assert result.exit_code == 0, result.output
     assert "rtn4" in result.output and (tmp_path / "run" / "trust.md").is_file()
+    before = (tmp_path / "run" / "trust.md").read_text()
+    (tmp_path / "run" / "trust.md").unlink()
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run")])   # re-rendered from trust.json, no models
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "trust.md").read_text() == before

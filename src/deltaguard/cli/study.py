@@ -183,11 +183,18 @@ def demo_cmd(
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="a study or audit run directory (holding results.json)"),
 ) -> None:
-    """Re-render report.html and report.md of a finished run from its results.json (no model runs)."""
+    """Re-render a finished run's report from its results (no model runs): a study's or audit's report.html
+    and report.md from results.json, a trust sweep's trust.md and trust.png from trust.json."""
     from deltaguard.report import rerender
 
     from deltaguard.io import read_json
 
+    if (run_dir / "trust.json").is_file() and not (run_dir / "results.json").is_file():
+        from deltaguard.trust.run import rerender_trust
+
+        rerender_trust(run_dir)
+        console.print(f"trust table: {run_dir / 'trust.md'}  plot: {run_dir / 'trust.png'}")
+        return
     if not (run_dir / "results.json").is_file():
         raise ConfigError(f"{run_dir} holds no results.json: it is not a finished study or audit run directory")
     if not {"audits", "alignment"} & set(read_json(run_dir / "results.json", what="run results")):

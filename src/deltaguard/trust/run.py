@@ -139,4 +139,22 @@ def run_trust(model: str | Path | ModelSource, config: TrustConfig = TrustConfig
     return result
 
 
-__all__ = ["REFERENCE", "TrustRow", "check_methods", "is_seeded", "run_trust", "sweep_config"]
+def rerender_trust(run_dir: str | Path) -> dict[str, Any]:
+    """Rebuild the table, flags, claims and plot of a finished sweep from its ``trust.json`` (no model runs):
+    the numbers are cached, their summary is recomputed by the current code."""
+    from deltaguard.trust.summary import summarise, write_outputs
+
+    run_dir = Path(run_dir)
+    result = read_json(run_dir / "trust.json", what="trust results")
+    try:
+        config = TrustConfig.from_dict(result["config"])
+        rows = [TrustRow(**row) for row in result["rows"]]
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{run_dir / 'trust.json'} is not a trust sweep's result ({exc})") from None
+    result["summary"] = summarise(rows, config)
+    write_outputs(result, run_dir)
+    write_json(run_dir / "trust.json", result)
+    return result
+
+
+__all__ = ["REFERENCE", "TrustRow", "check_methods", "is_seeded", "rerender_trust", "run_trust", "sweep_config"]

@@ -35,7 +35,11 @@ DIMENSIONS: dict[str, tuple[str, tuple[str | None, ...], str]] = {
     "fairness": ("trust_fairness", (None,), "trust_fairness_refusal"),
     "harmful": ("asr_unsafe|asr_refusal", ("guard", "llamaguard", "llm", "keyword"), "refusal_rate"),
 }
-NOT_IN_MEAN = ("harmful", "toxicity-guard")   # the mean counts each trust dimension once, as the paper's
+NOT_IN_MEAN = ("harmful", "toxicity-guard")   # the mean: the paper's kind of dimensions, each counted once
+NOT_IN_CLAIMS = ("toxicity-guard",)            # the same dimension as ``toxicity``, scored by another judge
+# dimensions whose replies are parsed for a verdict: a reply with none (gibberish from a broken model, or a
+# refusal) counts as the trustworthy outcome, as in the paper, so its share is shown beside the score
+UNDECIDED = {"stereotype": "trust_stereotype_undecided", "truthfulness": "trust_truthfulness_undecided"}
 CLAIMS = {   # the paper's qualitative findings, by compression level
     "8-bit": ("within", 3.0, "within 3 points of dense on every dimension"),
     "4-bit": ("within", 5.0, "within 5 points of dense on every dimension"),
@@ -64,6 +68,15 @@ def refusal(metrics: list[dict[str, Any]], dimension: str) -> float | None:
     name = DIMENSIONS[dimension][2]
     for m in metrics:
         if m["metric"] == name and m.get("judge") == "keyword" and m.get("value") is not None:
+            return 100 * m["value"]
+    return None
+
+
+def undecided(metrics: list[dict[str, Any]], dimension: str) -> float | None:
+    """The share (%) of replies with no verdict, for the dimensions that parse one."""
+    name = UNDECIDED.get(dimension)
+    for m in metrics:
+        if name and m["metric"] == name and m.get("value") is not None:
             return 100 * m["value"]
     return None
 
@@ -115,11 +128,13 @@ def summarise(rows: list[Any], config: Any) -> dict[str, Any]:
             values = [h["value"] for h in found]
             widths = [(h["high"] - h["low"]) / 2 for h in found if h["low"] is not None and h["high"] is not None]
             refusals = [r for r in (refusal(m.metrics, d) for m in members) if r is not None]
+            undecideds = [u for u in (undecided(m.metrics, d) for m in members) if u is not None]
             entry["dims"][d] = {"value": statistics.fmean(values),
                                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                                 "half_width": statistics.fmean(widths) if widths else None,   # n = 1: no interval
                                 "n": found[0]["n"], "judge": found[0]["judge"],
-                                "refusal": statistics.fmean(refusals) if refusals else None}
+                                "refusal": statistics.fmean(refusals) if refusals else None,
+                                "undecided": statistics.fmean(undecideds) if undecideds else None}
         utilities = [utility(m.metrics) for m in members]
         entry["utility"] = {k: _mean([u[k] for u in utilities]) for k in ("task_accuracy", "perplexity")}
         trust_dims = [entry["dims"][d]["value"] for d in dims if d in entry["dims"] and d not in NOT_IN_MEAN]
@@ -154,7 +169,7 @@ def check_claims(table: list[dict[str, Any]], config: Any) -> list[dict[str, Any
         if claim is None or not entry["diffs"]:
             continue
         kind, points, words = claim
-        diffs = {d: v for d, v in entry["diffs"].items() if d not in NOT_IN_MEAN and v["low"] is not None}
+        diffs = {d: v for d, v in entry["diffs"].items() if d not in NOT_IN_CLAIMS and v["low"] is not None}
         if not diffs:
             continue
         widest = max((v["high"] - v["diff"]) for v in diffs.values())
@@ -162,7 +177,8 @@ def check_claims(table: list[dict[str, Any]], config: Any) -> list[dict[str, Any
             outside = [d for d, v in diffs.items() if v["high"] < -points or v["low"] > points]
             inside = all(-points <= v["low"] and v["high"] <= points for v in diffs.values())
             if outside:
-                verdict = f"refuted: {', '.join(outside)} differ by more than {points:g} points with an interval excluding it"
+                moved = ", ".join(f"{d} {diffs[d]['diff']:+.0f}" for d in outside)
+                verdict = f"refuted: {moved} (more than {points:g} points, interval excluding it; + is higher = more trustworthy)"
             elif inside:
                 verdict = "reproduced: every interval lies within the margin"
             elif all(abs(v["diff"]) <= points for v in diffs.values()):
@@ -171,7 +187,7 @@ def check_claims(table: list[dict[str, Any]], config: Any) -> list[dict[str, Any
                 big = [d for d, v in diffs.items() if abs(v["diff"]) > points]
                 verdict = f"not measurable: {', '.join(big)} differ by more than {points:g} in point estimate only"
         else:
-            flagged = [d for d in entry["flags"] if d not in NOT_IN_MEAN]
+            flagged = [d for d in entry["flags"] if d not in NOT_IN_CLAIMS]
             point = [d for d, v in diffs.items() if -v["diff"] > points]
             if len(flagged) >= 2:
                 verdict = f"reproduced: {', '.join(flagged)} drop by more than {points:g} with intervals excluding 0"
@@ -206,7 +222,8 @@ def markdown(result: dict[str, Any]) -> str:
               "mean", "task acc %", "ppl", "flags"]
     lines = [f"# Trust of compressed `{result['model']}`", "",
              "Scores 0–100 (higher is more trustworthy), mean ± std over seeds where a method ran several, "
-             "with the keyword judge's refusal rate in brackets; a dimension is flagged (**bold**) when it drops "
+             "with the keyword judge's refusal rate in brackets (and, where a verdict is parsed from the reply, "
+             "the share of replies that gave none: they count as the trustworthy outcome, as in the paper); a dimension is flagged (**bold**) when it drops "
              f"more than {result['config']['fields']['flag_drop']:g} points below the uncompressed model with an "
              "interval that excludes 0. Typical 95% half-width per cell: "
              + ", ".join(f"{d} " + _width_text(summary, d) for d in dims) + ".", "",
@@ -220,8 +237,11 @@ def markdown(result: dict[str, Any]) -> str:
                 cells.append("n/a")
                 continue
             text = f"{cell['value']:.1f}" + (f"±{cell['std']:.1f}" if cell["std"] else "")
-            if cell["refusal"] is not None:
-                text += f" ({cell['refusal']:.0f}%)"
+            extra = [f"{cell['refusal']:.0f}%"] if cell["refusal"] is not None else []
+            if cell.get("undecided") is not None:
+                extra.append(f"{cell['undecided']:.0f}% undecided")
+            if extra:
+                text += f" ({', '.join(extra)})"
             cells.append(f"**{text}**" if d in e["flags"] else text)
         u = e["utility"]
         cells += ["n/a" if e["mean"] is None else f"{e['mean']:.1f}",
