@@ -41,6 +41,7 @@ class _Call:
 
     def __init__(self, server: Server, request: Request, kind: str) -> None:
         self.server, self.kind, self.stream = server, kind, False
+        self.request = request
         self.request_id = request_id_of(request)
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
         self.started = time.perf_counter()
@@ -163,6 +164,9 @@ def _engine_error(event: Event) -> ApiError:
     return ApiError(500, "server_error", event.error, code="generation_failed")
 
 
+DISCONNECT_POLL_SECONDS = 0.2
+
+
 def _timeout_error(server: Server) -> ApiError:
     return ApiError(504, "timeout", f"generation took longer than {server.config.request_timeout_seconds:g} s",
                     code="timeout")
@@ -180,20 +184,40 @@ async def _results(server: Server, handles: list[RequestHandle], call: _Call) ->
                 final = event
         return "".join(parts), final
 
+    async def client_gone() -> None:
+        # A JSON (non-streaming) request is not cancelled when its client hangs up: without this watch the
+        # engine would finish the generation for nobody and count it as a success.
+        while not await call.request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+
+    work = asyncio.ensure_future(asyncio.gather(*(collect(h) for h in handles)))
+    watcher = asyncio.ensure_future(client_gone())
     try:
         async with asyncio.timeout(server.config.request_timeout_seconds):
-            results = await asyncio.gather(*(collect(h) for h in handles))
+            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done:   # the client went away first
+            raise ApiError(499, "client_closed_request", "the client closed the connection", code="client_closed")
+        results = work.result()
     except TimeoutError:
         for handle in handles:
             handle.cancel()
         error = _timeout_error(server)
         call.finish("error", http_status=504, error_type="timeout")
         raise error from None
-    except asyncio.CancelledError:  # the client went away
+    except ApiError:
         for handle in handles:
             handle.cancel()
         call.finish("cancelled", http_status=499)
         raise
+    except asyncio.CancelledError:  # the handler itself was cancelled (server shutdown, stream closed)
+        for handle in handles:
+            handle.cancel()
+        call.finish("cancelled", http_status=499)
+        raise
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
     for handle in handles:
         call.saw(handle)
     call.n_completion = sum(final.n_completion_tokens for _, final in results)
