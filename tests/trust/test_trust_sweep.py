@@ -154,3 +154,17 @@ def test_cli_runs_the_sweep_and_prints_the_table(models, tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path / "run")])   # re-rendered from trust.json, no models
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "trust.md").read_text() == before
+
+
+def test_a_changed_judge_re_evaluates_the_cached_replies(models, tmp_path, monkeypatch):
+    """A rebuilt guard (or any judge with a new identity) must not reuse numbers the old judge produced."""
+    from deltaguard.judges.lexicon import LexiconJudge
+
+    _, ft = models
+    config = TrustConfig(methods=("rtn4",), **TINY)
+    first = run_trust(ft, config, run_dir=tmp_path, progress=False)
+    assert first["n_steps_run"] == 2
+    assert run_trust(ft, config, run_dir=tmp_path, progress=False)["n_steps_run"] == 0
+    monkeypatch.setattr(LexiconJudge, "identity", lambda self: {"config": self.config.to_dict(), "rebuilt": True})
+    again = run_trust(ft, config, run_dir=tmp_path, progress=False)
+    assert again["n_steps_run"] == 2      # both variants judged again; their replies came from the cache

@@ -102,11 +102,17 @@ def run_trust(model: str | Path | ModelSource, config: TrustConfig = TrustConfig
 
         ensure_guard(steps, AuditConfig(harm_judge="guard"), device=device, progress=progress, log=log)
     eval_config = config.eval_config()
+    # the judges' identities key each evaluation too: a rebuilt guard (other weights, threshold) re-judges
+    # the cached replies instead of reusing numbers the old one produced
+    from deltaguard.judges import judge_from_overrides
+
+    judge_ids = {name: judge_from_overrides(name, eval_config.options_for(name)).prompt_hash for name in config.judges}
     runner = Runner(run_dir, device=device, dtype=dtype, progress=progress)
     base_src = ModelDir(base) if base is not None else None
 
     def evaluated(variant: Variant, kind: str, seed: int | None) -> TrustRow:
-        key = content_key("trust-eval", {"model": variant.key, "eval": eval_config.to_dict(), "dtype": dtype})
+        key = content_key("trust-eval", {"model": variant.key, "eval": eval_config.to_dict(), "dtype": dtype,
+                                         "judges": judge_ids})
         out = run_dir / "evals" / key
         steps.run(f"evaluate {variant.label}" + (f" (seed {seed})" if seed is not None else ""), out / "results.json",
                   lambda: evaluate(variant, eval_config, out_dir=out, runner=runner, progress=progress))
