@@ -184,8 +184,9 @@ def check_claims(table: list[dict[str, Any]], config: Any) -> list[dict[str, Any
             elif all(abs(v["diff"]) <= points for v in diffs.values()):
                 verdict = f"consistent but not measurable: every point estimate is within {points:g}, intervals ±{widest:.0f}"
             else:
-                big = [d for d, v in diffs.items() if abs(v["diff"]) > points]
-                verdict = f"not measurable: {', '.join(big)} differ by more than {points:g} in point estimate only"
+                big = ", ".join(f"{d} {v['diff']:+.0f}" for d, v in diffs.items() if abs(v["diff"]) > points)
+                verdict = (f"not measurable: {big} by point estimate, but their intervals reach back inside "
+                           f"±{points:g}")
         else:
             flagged = [d for d in entry["flags"] if d not in NOT_IN_CLAIMS]
             point = [d for d, v in diffs.items() if -v["diff"] > points]
