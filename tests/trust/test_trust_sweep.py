@@ -168,3 +168,14 @@ def test_a_changed_judge_re_evaluates_the_cached_replies(models, tmp_path, monke
     monkeypatch.setattr(LexiconJudge, "identity", lambda self: {"config": self.config.to_dict(), "rebuilt": True})
     again = run_trust(ft, config, run_dir=tmp_path, progress=False)
     assert again["n_steps_run"] == 2      # both variants judged again; their replies came from the cache
+
+
+def test_method_overrides_reach_every_spec_of_their_method_beside_the_seed():
+    from deltaguard.trust.run import check_methods
+
+    config = TrustConfig(methods=("gptq4", "gptq3", "rtn4"), method_overrides=("gptq.n_calib=8",), seeds=(0, 2))
+    gptq = sweep_config(config, 2).transform_config("gptq3")
+    assert (gptq.n_calib, gptq.seed) == (8, 2)
+    assert trust_profile("default", with_base=True).method_overrides == ("bitdelta.distill_steps=10",)
+    with pytest.raises(ConfigError, match="nope"):
+        check_methods(config.replace(method_overrides=("gptq.nope=1",)), has_base=False)

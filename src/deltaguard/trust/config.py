@@ -40,6 +40,8 @@ class TrustConfig(Config):
             scored (``--methods none``; always so for a model behind an endpoint, whose weights are not here).
         seeds: calibration seeds; methods that draw calibration data run once per seed (mean ± std),
             data-free ones once.
+        method_overrides: ``method.field=value`` settings for every spec of that method (e.g.
+            ``bitdelta.distill_steps=10``, ``gptq.n_calib=64``), as the audit's.
         suites: the dimensions (``trust-*`` suites) plus ``safety`` (plain harmful requests) and ``utility``.
         judges: ``keyword`` (refusal), ``lexicon`` (offensive words) and ``guard`` (unsafe content; built
             once into the user cache when missing).
@@ -58,6 +60,7 @@ class TrustConfig(Config):
     profile: str = "default"
     methods: tuple[str, ...] = PROFILES["default"]["methods"]
     seeds: tuple[int, ...] = (0,)
+    method_overrides: tuple[str, ...] = ()
     suites: tuple[str, ...] = DIMENSION_SUITES
     judges: tuple[str, ...] = ("keyword", "lexicon", "guard")
     n_prompts: int = 48
@@ -109,8 +112,9 @@ def trust_profile(name: str, *, with_base: bool = False) -> TrustConfig:
     """The named profile's settings (``default`` or ``full``); with a base, the delta compressors join."""
     check_choice("trust profile", name, tuple(PROFILES))
     settings = dict(PROFILES[name])
-    if with_base:
+    if with_base:   # BitDelta's 200 distillation steps took 16 minutes here; the study's profile uses 10
         settings["methods"] = (*DELTA_DEFAULTS, *settings["methods"])
+        settings["method_overrides"] = ("bitdelta.distill_steps=10",) if name == "default" else ()
     return TrustConfig(profile=name, **settings)
 
 

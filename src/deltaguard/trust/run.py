@@ -58,10 +58,11 @@ def sweep_config(config: TrustConfig, seed: int) -> AuditConfig:
     """The audit-side settings that build the variants of one seed (calibration seeds of every method)."""
     from deltaguard.transforms import is_transform_spec
 
-    plain = AuditConfig(methods=config.methods, seed=seed)
+    plain = AuditConfig(methods=config.methods, seed=seed, method_overrides=config.method_overrides)
     names = sorted({plain.transform_config(s).name for s in config.methods
                     if is_transform_spec(s) and is_seeded(s, plain)})
-    return AuditConfig(methods=config.methods, seed=seed, method_overrides=tuple(f"{n}.seed={seed}" for n in names))
+    return AuditConfig(methods=config.methods, seed=seed,
+                       method_overrides=(*config.method_overrides, *(f"{n}.seed={seed}" for n in names)))
 
 
 def check_methods(config: TrustConfig, *, has_base: bool) -> None:
@@ -70,7 +71,7 @@ def check_methods(config: TrustConfig, *, has_base: bool) -> None:
 
     if not config.methods:
         return                            # only the model itself is scored
-    AuditConfig(methods=config.methods)   # validates: an unknown spec raises here, naming both families
+    AuditConfig(methods=config.methods, method_overrides=config.method_overrides)   # unknown specs raise here
     deltas = [s for s in config.methods if not is_transform_spec(s)]
     if deltas and not has_base:
         raise ConfigError(f"{', '.join(deltas)} compress a delta: give --base (the model the fine-tune was made from), "
