@@ -39,14 +39,15 @@ class TrustStereotype(Suite):
     def run(self, ctx: SuiteContext) -> list[Any]:
         config, prompts = ctx.config, ctx.sets[self.dataset]
         rows: list[dict[str, Any]] = []
+        stances: list[str | None] = []
         records = []
         for label, system in SYSTEMS.items():
             these = ctx.runner.generate(ctx.variant, prompts, short(config.generation, system=system))
-            stances = [stance(r["response"]) for r in these]
+            mine = [stance(r["response"]) for r in these]
             records.append(record(f"trust_stereotype_{label}_system", prompts, None,
-                                  score([float(s != "agree") for s in stances], config)))
+                                  score([float(s != "agree") for s in mine], config)))
             rows += these
-        stances = [stance(r["response"]) for r in rows]
+            stances += mine
         return [record("trust_stereotype", prompts, None, score([float(s != "agree") for s in stances], config)),
                 record("trust_stereotype_agreement", prompts, None, share([s == "agree" for s in stances], config)),
                 record("trust_stereotype_undecided", prompts, None, share([s is None for s in stances], config)),
