@@ -25,7 +25,11 @@ def with_comparisons(rows: list[ModelRow], *, n_boot: int, seed: int) -> list[Mo
         mit = paired_interval(lambda a, c, r: mitigation(a, c, r)[0], *attack, n_boot=n_boot, seed=seed, widen=widen)
         pts = paired_interval(lambda a, c, r: mitigation(a, c, r)[1], *attack, n_boot=n_boot, seed=seed, widen=widen)
         drop = paired_interval(lambda f, c, _r: utility_drop(f, c), *utility, n_boot=n_boot, seed=seed, widen=widen)
-        out.append(_replace(row, mitigation=mit, mitigation_points=pts, utility_drop=drop))
+        harm = None
+        if all("harm" in r.flags for r in (base, finetuned, row)):   # the harm judge's view of the same prompts
+            harm = paired_interval(lambda a, c, r: mitigation(a, c, r)[0], finetuned.flags["harm"], row.flags["harm"],
+                                   base.flags["harm"], n_boot=n_boot, seed=seed, widen=widen)
+        out.append(_replace(row, mitigation=mit, mitigation_points=pts, utility_drop=drop, harm_mitigation=harm))
     return out
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from deltaguard.config import Config, check_range
+from deltaguard.config import Config, check_choice, check_range
+from deltaguard.data.calibration import CALIB_FORMATS
 from deltaguard.delta import CompressorConfig, default_methods, is_method_spec, method_from_spec
 from deltaguard.errors import ConfigError
 from deltaguard.transforms import is_transform_spec, transform_from_spec, transforms
@@ -36,6 +37,13 @@ class AuditConfig(Config):
             (``harm:<set>`` for other sets). Empty: no harm column.
         calib_set: calibration text set for methods that calibrate (their ``needs_calibration``).
         n_calib: calibration texts.
+        calib_format: what each calibration text holds (``data.calibration.CALIB_FORMATS``): ``prompt`` — the
+            chat user turn only, so the fine-tune is matched where it reads a prompt but never where it
+            writes a reply; ``reply`` — the user turn followed by the fine-tune's own greedy reply
+            (``CALIB_REPLY_TOKENS`` tokens, generated once and cached under the run's ``generations/``) as
+            a real assistant turn. With ``reply``, give the calibrating method room for prompt and reply
+            (e.g. ``bitdelta.seq_len=192``): a text cut at ``seq_len`` loses its reply first. A ``prompt``
+            config serialises without this field, so the keys of existing audits do not change.
         max_utility_drop: relative utility drop (%) a method may cost and still be recommended.
         n_boot: bootstrap resamples for the CIs of mitigation and utility drop.
         n_examples: example generations per model and set kept for the report.
@@ -54,6 +62,7 @@ class AuditConfig(Config):
     harm_judge: str = ""
     calib_set: str = "calib-chat"
     n_calib: int = 64
+    calib_format: str = "prompt"
     max_utility_drop: float = 10.0
     n_boot: int = 2000
     n_examples: int = 3
@@ -80,9 +89,18 @@ class AuditConfig(Config):
         check_range("audit.task_max_new_tokens", self.task_max_new_tokens, 1, 4096)
         check_range("audit.batch_size", self.batch_size, 1)
         check_range("audit.n_calib", self.n_calib, 1)
+        check_choice("audit.calib_format", self.calib_format, CALIB_FORMATS)
         check_range("audit.max_utility_drop", self.max_utility_drop, 0.0, 100.0)
         check_range("audit.n_boot", self.n_boot, 100)
         check_range("audit.n_examples", self.n_examples, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``Config.to_dict``, without ``calib_format`` while it is ``prompt`` (audit keys hash this dict,
+        and every audit made before the field existed calibrated on prompts)."""
+        data = super().to_dict()
+        if self.calib_format == "prompt":
+            data["fields"].pop("calib_format")
+        return data
 
     def method_config(self, spec: str) -> CompressorConfig:
         """The compressor config a spec names, with this audit's ``method_overrides`` for its method."""

@@ -26,6 +26,7 @@ class ModelRow:
     mitigation_points: Interval | None = None
     utility_drop: Interval | None = None  # relative % vs the fine-tune
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    harm_mitigation: Interval | None = None  # relative %, as ``mitigation`` but on the harm judge's verdicts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class ModelRow:
             "mitigation_pct": self.mitigation.to_dict() if self.mitigation else None,
             "mitigation_points": self.mitigation_points.to_dict() if self.mitigation_points else None,
             "utility_drop_pct": self.utility_drop.to_dict() if self.utility_drop else None,
+            "harm_mitigation_pct": self.harm_mitigation.to_dict() if self.harm_mitigation else None,
             "examples": self.examples,
         }
 

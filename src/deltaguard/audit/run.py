@@ -22,6 +22,7 @@ from deltaguard.io import content_key, read_json, write_json
 from deltaguard.steps import Steps
 from deltaguard.threats.base import ThreatConfig, ThreatScore, threats
 
+CALIB_REPLY_TOKENS = 64  # greedy tokens of the fine-tune's reply to each calibration prompt (calib_format "reply")
 SUMMARY_FIELDS = ("bits_per_param", "ratio_vs_fp16_delta", "ratio_vs_fp16_model", "linear_bits_per_param",
                   "linear_mean_rel_error", "linear_mean_cosine")
 
@@ -47,19 +48,17 @@ def harm_judge_of(config: AuditConfig) -> Any:
     return make_judge(config.harm_judge)
 
 
-def harm_rates(harm_judge: Any, threat_impl: Any, sets: dict[str, Any], outputs: dict[str, list[str]],
-               *, seed: int) -> dict[str, Any]:
-    """Share of replies the harm judge calls unsafe on each of the threat's harmful sets, with 95% intervals:
-    ``harm`` for the ``harmful`` set, ``harm:<set>`` for the others."""
+def harm_verdicts(harm_judge: Any, threat_impl: Any, sets: dict[str, Any],
+                  outputs: dict[str, list[str]]) -> dict[str, list[Any]]:
+    """The harm judge's verdicts on each of the threat's harmful sets: ``harm`` for the ``harmful`` set,
+    ``harm:<set>`` for the others."""
     from deltaguard.judges import JudgeItem
-    from deltaguard.metrics import attack_success_rate
 
-    rates = {}
+    verdicts = {}
     for name in threat_impl.harm_sets:
         items = [JudgeItem(prompt, reply) for prompt, reply in zip(sets[name].texts, outputs[name], strict=True)]
-        rates["harm" if name == "harmful" else f"harm:{name}"] = attack_success_rate(
-            harm_judge.judge(items), by="unsafe", seed=seed)
-    return rates
+        verdicts["harm" if name == "harmful" else f"harm:{name}"] = harm_judge.judge(items)
+    return verdicts
 
 
 def generation_configs(config: AuditConfig, set_names: Any) -> dict[str, GenerationConfig]:
@@ -82,16 +81,35 @@ class Sweep:
         self._calib: list[str] | None = None
 
     def calibration(self) -> list[str]:
+        """The calibration texts (``config.calib_format``): prompts only, or prompts with the fine-tune's replies."""
         if self._calib is None:
             from deltaguard.data.calibration import calibration_texts
             from deltaguard.models import load_tokenizer
 
+            replies = self._finetuned_replies() if self.config.calib_format == "reply" else None
             self._calib = calibration_texts(self.config.calib_set, tokenizer=load_tokenizer(self.base.spec),
-                                            limit=self.config.n_calib, seed=self.config.seed)
+                                            limit=self.config.n_calib, seed=self.config.seed,
+                                            format=self.config.calib_format, replies=replies)
         return self._calib
 
+    def _finetuned_replies(self) -> list[str]:
+        """The fine-tune's greedy replies to the calibration prompts (cached under the run's ``generations/``)."""
+        from deltaguard.data.calibration import calibration_prompts
+
+        prompts = calibration_prompts(self.config.calib_set, limit=self.config.n_calib, seed=self.config.seed)
+        runner = Runner(self.run_dir, device=self.device, progress=self.progress)
+        generation = GenerationConfig(max_new_tokens=CALIB_REPLY_TOKENS, batch_size=self.config.batch_size)
+        self.before_compress()  # the audit's loaded model goes before the fine-tune loads here
+        try:
+            return runner.responses(Variant("finetuned", "finetuned", self.finetuned), prompts, generation)
+        finally:
+            runner.release()
+
     def _calib_key(self) -> dict[str, Any]:
-        return {"set": self.config.calib_set, "n": self.config.n_calib, "seed": self.config.seed, "format": "chat"}
+        key = {"set": self.config.calib_set, "n": self.config.n_calib, "seed": self.config.seed, "format": "chat"}
+        if self.config.calib_format != "prompt":  # prompt-only calibration keeps the keys it always had
+            key.update(calib_format=self.config.calib_format, reply_tokens=CALIB_REPLY_TOKENS)
+        return key
 
     def variant(self, spec: str) -> Variant:
         from deltaguard.transforms import is_transform_spec, transforms
@@ -186,10 +204,16 @@ def audit(base: str | Path, finetuned: str | Path, threat: ThreatConfig, config:
     def row(variant: Variant) -> ModelRow:
         outputs = {name: runner.responses(variant, prompts, gen_configs[name]) for name, prompts in sets.items()}
         score = threat_impl.score(threat, outputs, sets, judge)
-        if harm_judge is not None:
-            score = replace(score, extra={**score.extra, **harm_rates(harm_judge, threat_impl, sets, outputs,
-                                                                      seed=config.seed)})
         flags = {"attack": tuple(score.attack_flags), "utility": tuple(score.utility_flags)}
+        if harm_judge is not None:
+            from deltaguard.metrics import attack_success_rate
+
+            verdicts = harm_verdicts(harm_judge, threat_impl, sets, outputs)
+            score = replace(score, extra={**score.extra, **{name: attack_success_rate(v, by="unsafe", seed=config.seed)
+                                                            for name, v in verdicts.items()}})
+            harm = verdicts.get("harm", [])
+            if harm and all(v.is_unsafe is not None for v in harm):   # paired comparisons need every verdict
+                flags["harm"] = tuple(bool(v.is_unsafe) for v in harm)
         examples = {name: [{"prompt_id": pid, "prompt": p.text, "response": outputs[name][i]}
                            for i, (pid, p) in enumerate(zip(prompts.ids, prompts.prompts)) if i < config.n_examples]
                     for name, prompts in sets.items()}
@@ -241,7 +265,8 @@ def load_audit(path: str | Path) -> AuditResult:
         score = ThreatScore(attack=rates.pop("attack"), utility=rates.pop("utility"), extra=rates)
         rows.append(ModelRow(r["label"], r["role"], r["model_key"], score, {}, r["compression"],
                              interval(r["mitigation_pct"]), interval(r["mitigation_points"]),
-                             interval(r["utility_drop_pct"]), r.get("examples", {})))
+                             interval(r["utility_drop_pct"]), r.get("examples", {}),
+                             interval(r.get("harm_mitigation_pct"))))
     config = AuditConfig.from_dict(data["audit_config"])
     # the numbers are cached; the ranking and its wording are recomputed by the current code
     recommendation, verdict = recommend(rows, max_utility_drop=config.max_utility_drop)
