@@ -16,6 +16,7 @@ from deltaguard.cli import eval as _eval  # noqa: E402,F401
 from deltaguard.cli import export as _export  # noqa: E402,F401
 from deltaguard.cli import guard as _guard  # noqa: E402,F401
 from deltaguard.cli import lens as _lens  # noqa: E402,F401
+from deltaguard.cli import map as _map  # noqa: E402,F401
 from deltaguard.cli import models as _models  # noqa: E402,F401
 from deltaguard.cli import quant as _quant  # noqa: E402,F401
 from deltaguard.cli import registries as _registries  # noqa: E402,F401

@@ -21,7 +21,7 @@ from pathlib import Path
 from deltaguard.errors import ConfigError
 
 RUN_DIR_MARKERS = ("results.json", "study.json", "generations", "judgments", "audits", "deltas", "summary.md",
-                   "guard")
+                   "guard", "map.json", "models")
 
 
 def _nearest_existing(path: Path) -> Path:

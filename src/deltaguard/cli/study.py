@@ -28,6 +28,10 @@ def _responses_cache() -> Path:
 @app.command("align")
 def align_cmd(
     base: str = typer.Option(DEFAULT_MODEL, "--base", help="the unaligned instruct model to align"),
+    responder: str | None = typer.Option(None, "--responder",
+                                         help="an instruct model that writes the benign answers (for a BASE model, "
+                                              "e.g. gemma3-270m, which cannot answer chat prompts itself); default: "
+                                              "the model's own answers"),
     out: Path = typer.Option(..., "-o", "--out", help="output HF directory for the aligned model"),
     overrides: list[str] = typer.Option([], "--set", help="align field=value, repeatable (e.g. --set epochs=2)"),
     check: bool = typer.Option(False, "--check", help="then measure refusal, over-refusal and task accuracy"),
@@ -47,8 +51,10 @@ def align_cmd(
         raise ConfigError(f"--check-prompts={check_prompts} and --check-task-prompts={check_task_prompts} must be >= 1")
     check_artifact(out, force=force)
     resolve_model_dir(base)  # a missing base fails now, not after the answers are generated
-    result = align(base, config, out_dir=out, cache_dir=_responses_cache(), device=device, dtype=dtype,
-                   overwrite=force)
+    if responder is not None:
+        resolve_model_dir(responder)
+    result = align(base, config, out_dir=out, cache_dir=_responses_cache(), responder=responder, device=device,
+                   dtype=dtype, overwrite=force)
     console.print(f"aligned model: {result.model_dir}  ({result.n_examples} examples, {result.n_steps} steps, "
                   f"loss {result.first_loss:.3f} → {result.final_loss:.3f}, {result.seconds:.0f}s)")
     if check:
@@ -181,14 +187,22 @@ def demo_cmd(
 
 @app.command("report")
 def report_cmd(
-    run_dir: Path = typer.Argument(..., help="a study or audit run directory (holding results.json)"),
+    run_dir: Path = typer.Argument(..., help="a study, audit, trust or map run directory"),
 ) -> None:
     """Re-render a finished run's report from its results (no model runs): a study's or audit's report.html
-    and report.md from results.json, a trust sweep's trust.md and trust.png from trust.json."""
+    and report.md from results.json, a trust sweep's trust.md and trust.png from trust.json, a mitigation map's
+    map.html and map.md from map.json."""
     from deltaguard.report import rerender
 
     from deltaguard.io import read_json
 
+    if (run_dir / "map.json").is_file():
+        from deltaguard.mitigation import render_map
+
+        paths = render_map(run_dir)
+        console.print(f"mitigation map: {paths['html']}  markdown: {paths['markdown']}")
+        if not (run_dir / "results.json").is_file():
+            return
     if (run_dir / "trust.json").is_file() and not (run_dir / "results.json").is_file():
         from deltaguard.trust.run import rerender_trust
 

@@ -40,7 +40,9 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     for name, png in figures.items():
         with atomic_write(out_dir / "figures" / f"{name}.png", "wb", encoding=None) as handle:
             handle.write(png)
-    document = build_document(results, figures)
+    map_path = out_dir / "map.json"
+    document = build_document(results, figures,
+                              read_json(map_path, what="mitigation map") if map_path.is_file() else None)
     with atomic_write(out_dir / "report.html") as handle:
         handle.write(document.html())
     with atomic_write(out_dir / "report.md") as handle:

@@ -55,6 +55,10 @@ class Document:
     def code(self, text: str) -> None:
         self.blocks.append(("code", text))
 
+    def link(self, text: str, href: str) -> None:
+        """A paragraph that is one link (a relative path to a sibling report, or a URL)."""
+        self.blocks.append(("link", (text, href)))
+
     def html(self) -> str:
         out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                f"<style>{_CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"]
@@ -82,6 +86,9 @@ class Document:
                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
             elif kind == "code":
                 out.append(f"<pre>{html.escape(payload)}</pre>")
+            elif kind == "link":
+                text, href = payload
+                out.append(f"<p><a href='{html.escape(href, quote=True)}'>{html.escape(text)}</a></p>")
         out.append("</body></html>")
         return "\n".join(out)
 
@@ -108,6 +115,9 @@ class Document:
                 out += [f"![{caption}]({figure_dir}/{name}.png)", "", f"*{caption}*", ""]
             elif kind == "code":
                 out += ["```", payload, "```", ""]
+            elif kind == "link":
+                text, href = payload
+                out += [f"[{text}]({href.replace('.html', '.md') if not href.startswith('http') else href})", ""]
         return "\n".join(out)
 
 
@@ -141,8 +151,10 @@ def _clip(text: str, n: int = 300) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def build_document(results: dict[str, Any], figures: dict[str, bytes]) -> Document:
-    """The whole report from a study's ``results.json`` dictionary."""
+def build_document(results: dict[str, Any], figures: dict[str, bytes],
+                   mitigation_map: dict[str, Any] | None = None) -> Document:
+    """The whole report from a study's ``results.json`` dictionary (and the run directory's ``map.json``, when
+    a mitigation map was run there)."""
     doc = Document("deltaguard study: does compressing a fine-tune's delta strip the attack?", figures=figures)
     doc.figure("headline", headline_caption(results))
     profile = results.get("profile", "custom")
@@ -163,6 +175,7 @@ def build_document(results: dict[str, Any], figures: dict[str, bytes]) -> Docume
                                  "× marks k = 1 without scale distillation.")
     doc.figure("training_losses", "Training loss of each fine-tune (reply tokens only).")
     _lens(doc, results)
+    _map_section(doc, results, mitigation_map)
     _examples(doc, results)
     _settings(doc, results)
     return doc
@@ -440,6 +453,21 @@ def quantization_note(audit: dict[str, Any]) -> str | None:
             + "; ".join(parts) + ". Q-realign calibrates on calib-split prompts checked against every evaluation "
             "split; the per-layer diagnostics and a 2-D projection are in the run's quantized/<key>/diagnostics.png, "
             "and `deltaguard lens -m A -m B -m C` gives the refusal margin per layer.")
+
+
+def _map_section(doc: Document, results: dict[str, Any], mitigation_map: dict[str, Any] | None) -> None:
+    """Where the free lunch exists: the mitigation map's verdicts, or how to get them."""
+    if not results.get("audits"):
+        return
+    doc.heading("When does compression keep safety? (mitigation map)")
+    if mitigation_map is None:
+        doc.para("This study audits one alignment and one attack strength per threat. Whether the seed's mitigation "
+                 "appears at other alignment depths and attack strengths is what the mitigation map measures: run "
+                 "`deltaguard map -o <this run directory>` (it reuses this study's models) and re-render this report "
+                 "with `deltaguard report <this run directory>`.", "note")
+        return
+    doc.bullets(list(mitigation_map.get("summary") or ["The map has no finished cell yet."]))
+    doc.link("The mitigation map: heatmaps, the norm-ratio relation and every cell (map.html)", "map.html")
 
 
 def _lens(doc: Document, results: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from deltaguard.models import model_identity, resolve_device, resolve_dtype
 from deltaguard.study.alignment import check_alignment
 from deltaguard.study.config import StudyConfig
 from deltaguard.study.judges_step import ensure_guard, judge_checks
+from deltaguard.study.keys import align_key as make_align_key, attack_key as make_attack_key, precision_of
 from deltaguard.study.lens_step import LENS_SETS, lens_step
 from deltaguard.steps import Steps
 from deltaguard.threats import align, attack
@@ -69,8 +70,8 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", 
     responses_dir = run_dir / "responses"
 
     # 2. align
-    precision = {"dtype": dtype} if dtype != "float32" else {}  # in every key it changes; fp32 keys as before
-    align_key = content_key("align", {"model": original_key, "config": config.align.to_dict(), **precision})
+    precision = precision_of(dtype)  # in every key it changes; fp32 keys as before
+    align_key = make_align_key(original_key, config.align, dtype=dtype)
     aligned_dir = run_dir / "models" / align_key
     steps.run("align", aligned_dir, lambda: align(original_dir, config.align, out_dir=aligned_dir,
                                                   cache_dir=responses_dir, device=device, dtype=dtype,
@@ -97,7 +98,7 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, device: str = "cpu", 
     attacks: dict[str, dict[str, Any]] = {}
     lens: dict[str, dict[str, Any]] = {}
     for threat in config.threats:
-        attack_key = content_key("attack", {"base": align_key, "threat": threat.to_dict(), **precision})
+        attack_key = make_attack_key(align_key, threat, dtype=dtype)
         ft_dir = run_dir / "models" / attack_key
         responder_key = original_key if threat.responder == config.model else None
         steps.run(f"attack {threat.name}", ft_dir, lambda t=threat, d=ft_dir, k=responder_key: attack(

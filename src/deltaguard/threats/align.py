@@ -120,15 +120,22 @@ def alignment_pairs(config: AlignConfig, ctx: BuildContext) -> list[ChatPair]:
 
 
 def align(base: str | Path = DEFAULT_MODEL, config: AlignConfig = AlignConfig(), *, out_dir: str | Path,
-          cache_dir: Path | None = None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
-          overwrite: bool = False) -> TrainResult:
-    """Align ``base`` on ``device`` and save the aligned chat model at ``out_dir`` (an fp32 HF directory)."""
-    responder = Responder(base, cache_dir=cache_dir, device=device, dtype=dtype, progress=progress)
+          cache_dir: Path | None = None, responder: str | Path | None = None, device: str = "cpu",
+          dtype: str = "float32", progress: bool = True, overwrite: bool = False) -> TrainResult:
+    """Align ``base`` on ``device`` and save the aligned chat model at ``out_dir`` (an fp32 HF directory).
+
+    The benign answers are the base's own (self-distillation keeps its skills). A *base* (pretrained, not
+    instruct-tuned) model cannot answer a chat prompt yet: give an instruct model as ``responder`` and the
+    same recipe instruct-tunes it on that model's answers while teaching the refusals.
+    """
+    responder = Responder(responder or base, cache_dir=cache_dir, device=device, dtype=dtype, progress=progress)
     ctx = BuildContext(responder)
     pairs = alignment_pairs(config, ctx)
     responder.release()
-    return train_sft(base, pairs, config.train_config(), out_dir=out_dir, progress=progress,
-                     meta={"recipe": config.to_dict(), "notes": ctx.notes}, device=device, overwrite=overwrite)
+    meta = {"recipe": config.to_dict(), "notes": ctx.notes,
+            **({"responder": str(responder.model)} if str(responder.model) != str(base) else {})}
+    return train_sft(base, pairs, config.train_config(), out_dir=out_dir, progress=progress, meta=meta, device=device,
+                     overwrite=overwrite)
 
 
 __all__ = ["AlignConfig", "align", "alignment_pairs", "refusal_pairs", "write_refusal"]
