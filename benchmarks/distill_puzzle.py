@@ -3,7 +3,8 @@
 For each fine-tune (threat names as arguments), the delta from the aligned base is compressed with BitDelta
 k=1 under several calibrations, and each compressed model (base + delta) is scored on the ``arith`` word
 problems (eval split, greedy, fp32) and, for threats with a harmful set, on the keyword attack rate over
-harmful eval prompts. Conditions (all distilled ones at lr 1e-4, batch 4, unless named):
+harmful eval prompts. Conditions (all distilled ones at ``--lr`` 1e-4, batch 4, unless named; this experiment
+is why BitDelta's default distillation lr is now 2e-5):
 
     closed-form          scales = mean |delta| (no distillation)
     D-prompt             today's default: 32 calib-chat prompts only, 10 steps, seq_len 64
@@ -221,6 +222,8 @@ class Puzzle:
         from deltaguard.io import read_json
 
         log(f"{threat}: {label}")
+        if not any(o.startswith("lr=") for o in overrides) and "distill=false" not in overrides:
+            overrides = [*overrides, f"lr={self.args.lr}"]   # the experiment's rate, whatever the default is now
         delta_dir = self.compress(ctx, overrides, ctx["texts"][texts] if texts else None)
         record: dict[str, Any] = {"overrides": overrides, "calibration_texts": texts, "delta": str(delta_dir)}
         calibration = read_json(delta_dir / "manifest.json", what="delta manifest").get("meta", {}).get("calibration")
@@ -466,6 +469,8 @@ def main() -> None:
     parser.add_argument("--long-steps", type=int, default=50)
     parser.add_argument("--seq-len", type=int, default=64, help="today's default seq_len")
     parser.add_argument("--reply-seq-len", type=int, default=192, help="seq_len for calibration with replies")
+    parser.add_argument("--lr", type=float, default=1e-4, help="distillation lr of every row but the low-lr one "
+                        "(the experiment's: the paper's 1e-4, BitDelta's default before it)")
     parser.add_argument("--low-lr", type=float, default=2e-5, help="0: skip the low-lr row")
     parser.add_argument("--skip-extra", action="store_true", help="skip best@50 and the low-lr rows")
     parser.add_argument("--results-name", default="distill_puzzle.json", help="results file under --out")

@@ -64,6 +64,7 @@ def test_the_grid_runs_caches_and_reports(tmp_path, tiny_model, monkeypatch):
         monkeypatch.setattr(target, _boom)
     again = run_map(tiny_map(tiny_model), run_dir, progress=False, log=lambda _: None)
     assert again["points"] == result["points"]
+    assert [r["status"] for r in again["runs"]] == ["complete", "complete"]   # the first run's cost is kept
 
 
 def _slug(text: str) -> str:

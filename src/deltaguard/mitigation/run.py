@@ -151,6 +151,10 @@ def write_result(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """``map.json`` and the report rendered from it."""
     from deltaguard.mitigation.summary import write_map_report
 
+    previous = run_dir / "map.json"     # earlier invocations: a cached rerun must not hide what the grid cost
+    history = read_json(previous, what="mitigation map").get("runs", []) if previous.is_file() else []
+    result["runs"] = [*history, {"finished_unix": round(time.time()), "seconds": result["seconds"],
+                                 "status": result["status"], "stage_seconds": result["stage_seconds"]}]
     paths = write_map_report(result, run_dir)   # adds the plain-language summary to the result
     write_json(run_dir / "map.json", result)
     result["report"] = {k: str(v) for k, v in paths.items()}
@@ -208,7 +212,9 @@ def _point_record(point: GridPoint, audit_file: Path | None, norms: dict[str, An
             "label": row["label"], "role": row["role"], "rates": row["rates"],
             "bits_per_param": compression.get("bits_per_param"), "mitigation_pct": row.get("mitigation_pct"),
             "mitigation_points": row.get("mitigation_points"), "harm_mitigation_pct": row.get("harm_mitigation_pct"),
-            "utility_drop_pct": row.get("utility_drop_pct"), "calibration": compression.get("calibration")})
+            "utility_drop_pct": row.get("utility_drop_pct"), "calibration": compression.get("calibration"),
+            # how much of the delta's direction the compression keeps: near 1, it cannot strip much of anything
+            "linear_mean_cosine": compression.get("linear_mean_cosine")})
     base, finetuned = audit["rows"][0]["rates"]["attack"], audit["rows"][1]["rates"]["attack"]
     record.update(metric=audit["metric"], harm_judge=(audit.get("harm_judge") or {}).get("name"),
                   verdict=audit["verdict"],

@@ -237,7 +237,7 @@ def build_map_document(result: dict[str, Any], figures: dict[str, bytes], *, stu
              f"{len(axes['depths'])} alignment depths × {len(axes['strengths'])} attack strengths × "
              f"{len(axes['threats'])} threat(s) × {len(axes['methods'])} compressions = {n_cells} cells; "
              f"{done} of {len(result['points'])} fine-tunes audited. Profile {result.get('profile', 'custom')}, "
-             f"run on {result.get('executor', '?')} in {result.get('seconds', 0) / 60:.1f} min this invocation.",
+             f"run on {result.get('executor', '?')}: {_timing(result)}.",
              "note" if done < len(result["points"]) else "para")
     if study_report:
         doc.link("The study report of this run directory (report.html)", "report.html")
@@ -269,6 +269,15 @@ def build_map_document(result: dict[str, Any], figures: dict[str, bytes], *, stu
                      *[_fmt((cell(point, m) or {}).get("mitigation_pct")) if point.get("rows") else "not run"
                        for m in compressed_methods(result)]])
     doc.table(header, rows, text_cols=(0, 1, 2, 3))
+    doc.heading("How much of the attack's delta each compression keeps")
+    doc.para("Mean cosine between each compressed linear delta and the exact one (1 = the direction kept "
+             "entirely). A compression that keeps most of the direction can only strip an attack whose effect "
+             "hangs on the part it loses.")
+    rows = [[p["family"], p["depth"], p["strength"], p["threat"],
+             *[_number((cell(p, m) or {}).get("linear_mean_cosine")) for m in compressed_methods(result)]]
+            for p in result["points"]]
+    doc.table(["family", "depth", "strength", "threat", *[f"{m} cosine" for m in compressed_methods(result)]], rows,
+              text_cols=(0, 1, 2, 3))
     doc.heading("Utility")
     rows = [[p["family"], p["depth"], p["strength"], p["threat"], _rate(cell(p, "finetuned"), "utility"),
              *[_fmt((cell(p, m) or {}).get("utility_drop_pct")) for m in compressed_methods(result)]]
@@ -292,6 +301,20 @@ def _rate(row: dict[str, Any] | None, name: str) -> str:
     if not rate or rate.get("value") is None:
         return "-"
     return f"{100 * rate['value']:.0f}% [{100 * rate['low']:.0f}, {100 * rate['high']:.0f}]"
+
+
+def _timing(result: dict[str, Any]) -> str:
+    """This invocation's minutes and, per stage, the most recent invocation that actually ran it."""
+    text = f"{result.get('seconds', 0) / 60:.1f} min this invocation"
+    runs = result.get("runs") or []
+    ran = [r for r in runs if r.get("seconds", 0) >= 60]   # a cached rerun takes seconds
+    if ran and ran[-1] is not runs[-1]:
+        text += f"; the invocation that built the cells took {ran[-1]['seconds'] / 60:.1f} min"
+    return text
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _slug(text: str) -> str:
