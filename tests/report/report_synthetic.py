@@ -139,3 +139,35 @@ def synthetic_results(*, gaps: bool = False) -> dict[str, Any]:
                     for i, s in enumerate(steps)},
         "step_seconds": {s: 10.0 + i for i, s in enumerate(steps)},
     }
+
+
+def synthetic_map(*, partial: bool = False) -> dict[str, Any]:
+    """A mitigation map's ``map.json`` (two families, two threats, 2 × 2 grid, four compressions) with the shape
+    ``run_map`` writes; ``partial`` leaves the last grid point of each family unaudited."""
+    methods = ["full", "bitdelta-k2-nodistill", "bitdelta-nodistill", "bitdelta"]
+    points = []
+    for family in ("smollm2-135m-instruct", "gemma3-270m"):
+        for i, (depth, strength) in enumerate((("light", "weak"), ("light", "demo"), ("demo", "weak"),
+                                               ("demo", "demo"))):
+            for threat in ("harmful", "backdoor"):
+                done = not (partial and i == 3)
+                mit = 40.0 - 15 * i
+                rows = [{"label": "base", "role": "base", "rates": {"attack": rate(0.05), "utility": rate(0.2)}},
+                        {"label": "finetuned", "role": "finetuned",
+                         "rates": {"attack": rate(0.9), "utility": rate(0.3), "harm": rate(0.8)}}]
+                rows += [{"label": m, "role": "compressed", "rates": {"attack": rate(0.6), "utility": rate(0.25)},
+                          "mitigation_pct": interval(mit, mit - 30, mit + 30),
+                          "harm_mitigation_pct": interval(mit / 2, mit / 2 - 40, mit / 2 + 40),
+                          "utility_drop_pct": interval(10.0, -20.0, 40.0), "linear_mean_cosine": 0.88}
+                         for m in methods]
+                points.append({"family": family, "depth": depth, "strength": strength, "threat": threat,
+                               "attack_clear": True, "norms": {"ratio": 0.2 * (i + 1)}, "rows": rows if done else []})
+    return {"axes": {"families": ["smollm2-135m-instruct", "gemma3-270m"], "depths": ["light", "demo"],
+                     "strengths": ["weak", "demo"], "threats": ["harmful", "backdoor"], "methods": methods},
+            "points": points, "profile": "default", "executor": "this process", "seconds": 3000.0,
+            "status": "partial" if partial else "complete",
+            "families": {"smollm2-135m-instruct": {"responder": None},
+                         "gemma3-270m": {"responder": "smollm2-135m-instruct"}},
+            "config": {"fields": {"align_levels": ["light: epochs=1", "demo:"],
+                                  "attack_levels": ["weak: n_examples=10 epochs=2 lr=5e-5", "demo:"],
+                                  "study_profile": "default"}}}

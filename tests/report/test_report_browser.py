@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from report_synthetic import synthetic_results
+from report_synthetic import synthetic_map, synthetic_results
 
 BINARIES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "headless_shell")
 INSTALL_TIMEOUT_S = 300
@@ -224,3 +224,29 @@ def test_report_renders_cleanly_in_headless_chromium(browser, report, tmp_path, 
         f"wider than the {probe['pageWidth']}px page (scrollWidth {probe['scrollWidth']}): {probe['overflowing']}")
     assert not probe["errors"] and not logged, probe["errors"] + logged
     print(f"{width}px: {len(images)} images decoded (via {route}, chromium {browser['binary']})", file=sys.stderr)
+
+
+@pytest.mark.parametrize("width,height", VIEWPORTS, ids=[f"{w}px" for w, _ in VIEWPORTS])
+@pytest.mark.parametrize("partial", [False, True], ids=["complete", "partial"])
+def test_the_mitigation_map_renders_cleanly_in_headless_chromium(browser, tmp_path, partial, width, height):
+    from deltaguard.mitigation.summary import write_map_report
+
+    source = write_map_report(synthetic_map(partial=partial), tmp_path)["html"].read_text(encoding="utf-8")
+    page = tmp_path / "map-probed.html"
+    page.write_text(source.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    result = _with_playwright(page, browser["binary"], width, height)
+    if result is None:
+        if browser["binary"] is None:
+            pytest.skip("Playwright is installed but cannot launch a browser, and no chromium binary is on PATH")
+        result = _with_binary(browser["binary"], page, tmp_path / "profile", width, height)
+    dom, logged = result
+    match = re.search(r'<pre id="dg-probe"[^>]*>(.*?)</pre>', dom, re.S)
+    assert match, "the probe did not report: the page's load event never fired\n" + dom[-1000:]
+    import html
+
+    probe = json.loads(html.unescape(match.group(1)))
+    images = probe["images"]
+    assert len(images) == 2 * 2 + 1    # a heatmap per family and threat, and the norm-ratio scatter
+    assert all(img["complete"] and img["naturalWidth"] > 0 for img in images), images
+    assert probe["nOverflowing"] == 0 and probe["scrollWidth"] <= probe["pageWidth"], probe["overflowing"]
+    assert not probe["errors"] and not logged, probe["errors"] + logged
