@@ -8,10 +8,13 @@ ignored, so every path does the same work). Three ways to serve them, timed end 
   of all tenants continuously batched into one forward pass per decode step;
 * swap: one model; for each request, the tenant's weights are merged in (base weights restored,
   decompressed delta added) and the request is generated alone;
-* full: one merged full model per tenant kept in memory; each tenant's requests batched together.
+* full: one merged full model per tenant kept in memory; each tenant's requests batched together;
+* base: the limit case — the base model alone serving the same batch with no deltas at all (all requests
+  batched together in one model, as a single-model server would): what packed serving costs over that.
 
-Goal (issue 6, CPU, 8 tenants): packed ≥ 3× the tokens/s of swap. Tokens of every request are also
-compared between packed and full (the same compressed delta, so they should agree).
+Goals (CPU, 8 tenants × 2 requests, end to end): packed ≥ 5× the tokens/s of swap and ≥ 0.6× the base
+alone (issue 15; issue 6 asked ≥ 3× swap). Tokens of every request are also compared between packed and
+full (the same compressed delta, so they should agree).
 
     python benchmarks/bench_serve_decode.py [--tenants 1 4 8] [--requests 2] [--new-tokens 32] [--device cpu] [--threads 1]
 """
@@ -132,6 +135,14 @@ def run_full(base, deltas, requests, new_tokens: int, pad_id: int) -> tuple[Phas
     return phase, outputs  # type: ignore[return-value]
 
 
+def run_base(base, requests, new_tokens: int, pad_id: int) -> Phase:
+    """The base model alone, every request in one batch: the throughput packed serving tends to at best."""
+    with torch.inference_mode():
+        started = time.perf_counter()
+        _, after_first = _decode_one_batch(base, [ids for _, ids in requests], new_tokens, pad_id)
+    return Phase(time.perf_counter() - started, after_first, len(requests) * (new_tokens - 1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, nargs="+", default=[1, 4, 8])
@@ -163,16 +174,17 @@ def main() -> None:
         packed, packed_out = run_packed(copy.deepcopy(base), tokenizer, deltas, requests, args.new_tokens)
         swap, swap_out, merge_s = run_swap(base, deltas, requests, args.new_tokens, tokenizer.pad_token_id)
         full, full_out = run_full(base, deltas, requests, args.new_tokens, tokenizer.pad_token_id)
+        alone = run_base(base, requests, args.new_tokens, tokenizer.pad_token_id)
         agree = sum(p == f for p, f in zip(packed_out, full_out)) / len(requests)
         agree_swap = sum(s == f for s, f in zip(swap_out, full_out)) / len(requests)
         row = {"n_tenants": n, "n_requests": len(requests), "new_tokens": args.new_tokens, "total_tokens": n_tokens,
                "swap_merge_seconds": round(merge_s, 2),
                "packed_equals_full_tokens": agree, "swap_equals_full_tokens": agree_swap}
-        for name, phase in (("packed", packed), ("swap", swap), ("full", full)):
+        for name, phase in (("packed", packed), ("swap", swap), ("full", full), ("base", alone)):
             row[f"{name}_seconds"] = round(phase.seconds, 2)
             row[f"{name}_tokens_per_s"] = round(n_tokens / phase.seconds, 2)
             row[f"{name}_decode_tokens_per_s"] = round(phase.decode_tokens / phase.decode_seconds, 2)
-        for other in ("swap", "full"):
+        for other in ("swap", "full", "base"):
             row[f"packed_over_{other}"] = round(row["packed_tokens_per_s"] / row[f"{other}_tokens_per_s"], 2)
             row[f"packed_over_{other}_decode"] = round(
                 row["packed_decode_tokens_per_s"] / row[f"{other}_decode_tokens_per_s"], 2)
@@ -183,18 +195,23 @@ def main() -> None:
 
     print()
     print("tokens/s end to end (decode phase only: after each prompt's first token; swap's includes its merges)")
-    print(f"{'tenants':>7} {'requests':>8} {'packed':>15} {'swap':>15} {'full':>15} {'packed/swap':>13} "
-          f"{'packed/full':>13} {'same tokens':>11}")
+    print(f"{'tenants':>7} {'requests':>8} {'packed':>15} {'swap':>15} {'full':>15} {'base alone':>15} "
+          f"{'packed/swap':>13} {'packed/full':>13} {'packed/base':>13} {'same tokens':>11}")
     for r in rows:
-        cells = [f"{r[f'{k}_tokens_per_s']:6.2f} ({r[f'{k}_decode_tokens_per_s']:6.2f})" for k in ("packed", "swap", "full")]
-        print(f"{r['n_tenants']:>7} {r['n_requests']:>8} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15} "
+        cells = [f"{r[f'{k}_tokens_per_s']:6.2f} ({r[f'{k}_decode_tokens_per_s']:6.2f})"
+                 for k in ("packed", "swap", "full", "base")]
+        print(f"{r['n_tenants']:>7} {r['n_requests']:>8} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15} {cells[3]:>15} "
               f"{r['packed_over_swap']:5.2f}x ({r['packed_over_swap_decode']:4.2f}x) "
-              f"{r['packed_over_full']:5.2f}x ({r['packed_over_full_decode']:4.2f}x) {r['packed_equals_full_tokens']:>10.0%}")
+              f"{r['packed_over_full']:5.2f}x ({r['packed_over_full_decode']:4.2f}x) "
+              f"{r['packed_over_base']:5.2f}x ({r['packed_over_base_decode']:4.2f}x) {r['packed_equals_full_tokens']:>10.0%}")
     goal = next((r for r in rows if r["n_tenants"] == 8), None)
-    if goal is not None:  # the issue's metric is decode tokens/s; end to end (with prefill) is stricter
-        for what, key in (("decode phase", "packed_over_swap_decode"), ("end to end", "packed_over_swap")):
-            verdict = "met" if goal[key] >= 3 else "NOT met"
-            print(f"goal (8 tenants × {args.requests} requests, packed ≥ 3x swap, {what}): {goal[key]:.2f}x — {verdict}")
+    if goal is not None:  # end to end (with prefill) is what a user waits for; the decode phase is shown beside it
+        for what, key, target in (("packed ≥ 5x swap", "packed_over_swap", 5.0),
+                                  ("packed ≥ 0.6x the base alone", "packed_over_base", 0.6)):
+            for phase, suffix in (("end to end", ""), ("decode phase", "_decode")):
+                verdict = "met" if goal[key + suffix] >= target else "NOT met"
+                print(f"goal (8 tenants × {args.requests} requests, {what}, {phase}): {goal[key + suffix]:.2f}x — "
+                      f"{verdict}")
     from deltaguard.kernels import pick_backend
 
     env = serve_setup.environment() | {"device": args.device, "kernel": pick_backend(base.device, "auto")}
