@@ -69,7 +69,7 @@ def test_round_to_nearest_stores_each_weights_own_grid(tiny_tokenizer):
 def test_learning_lowers_the_reconstruction_error(tiny_tokenizer, prompts):
     """Learned clipping beats round-to-nearest at the logits; with smoothing too, every block's calibration
     loss falls from its SmoothQuant start (on a random tiny model, without real outlier channels, that start
-    is no better than plain rounding — the real model's figures are in benchmarks/bench_quant.py)."""
+    is no better than plain rounding — the real model's figures are in benchmarks/bench_whole_model.py)."""
     finetuned = perturb(_tiny(tiny_tokenizer, n_layers=2), seed=1, scale=0.02)
     ids = torch.randint(3, len(tiny_tokenizer), (4, 16), generator=torch.Generator().manual_seed(5))
     rtn = BlockwiseConfig(epochs_first=0, epochs_second=0, smooth=False, clip=False, scheme="w4a8", group_size=32)
