@@ -157,6 +157,22 @@ def content_key(step: str, payload: Any) -> str:
     return f"{step}-{digest}"
 
 
+def read_text_lines(path: Path, *, what: str) -> list[str]:
+    """A text file's non-empty lines, stripped (prompt and calibration files): a missing, binary or empty file
+    is a one-line ConfigError naming ``what`` and the path."""
+    from deltaguard.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (a binary file?)") from None
+    if not lines:
+        raise ConfigError(f"{what} {path} has no non-empty lines")
+    return lines
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomically write pretty JSON."""
     with atomic_write(path) as handle:

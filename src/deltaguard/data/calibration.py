@@ -25,6 +25,7 @@ from typing import Any
 
 from deltaguard.config import check_choice
 from deltaguard.errors import ConfigError
+from deltaguard.io import read_text_lines
 
 CALIB_FORMATS = ("prompt", "reply")
 
@@ -36,15 +37,7 @@ def _text_lines(spec: str) -> list[str] | None:
         raise ConfigError(f"calibration source {spec} is a directory; give a prompt set name or a .txt file")
     if path.suffix != ".txt":
         return None
-    if not path.exists():
-        raise ConfigError(f"calibration file {path} does not exist")
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise ConfigError(f"calibration file {path} is not UTF-8 text") from None
-    if not lines:
-        raise ConfigError(f"calibration file {path} holds no text")
-    return lines
+    return read_text_lines(path, what="calibration file")
 
 
 def calibration_prompts(spec: str, *, limit: int, seed: int = 0) -> Any:

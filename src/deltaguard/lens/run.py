@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from deltaguard.errors import ConfigError
-from deltaguard.io import atomic_dir
+from deltaguard.io import atomic_dir, read_text_lines
 from deltaguard.lens.api import logit_lens
 from deltaguard.lens.config import LensConfig
 from deltaguard.lens.result import LensResult, merge_results
@@ -55,14 +55,7 @@ def read_prompts(spec: str, *, limit: int | None = None, seed: int = 0) -> Any:
         raise ConfigError(f"limit={limit} must be >= 1")
     path = Path(spec).expanduser()
     if path.suffix == ".txt" or (path.is_file() and path.suffix == ""):
-        if not path.is_file():
-            raise ConfigError(f"prompt file {path} does not exist")
-        try:
-            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError:
-            raise ConfigError(f"prompt file {path} is not UTF-8 text (a binary file?)") from None
-        if not lines:
-            raise ConfigError(f"prompt file {path} has no non-empty lines")
+        lines = read_text_lines(path, what="prompt file")
         return lines[:limit] if limit is not None else lines
     from deltaguard.data import load_prompts
 

@@ -10,7 +10,6 @@ simply run again.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Callable
 
 from deltaguard.errors import ConfigError, DeltaguardError
@@ -132,8 +131,4 @@ def _log_done(log: Callable[[str], None], label: str, result: dict[str, Any] | N
     log(f"[cached] {label}" if result.get("cached") else f"[done] {label} in {result.get('seconds', 0):.0f}s")
 
 
-def stage_seconds(started: float) -> float:
-    return round(time.perf_counter() - started, 1)
-
-
-__all__ = ["LocalExecutor", "RayExecutor", "TaskFailed", "stage_seconds"]
+__all__ = ["LocalExecutor", "RayExecutor", "TaskFailed"]

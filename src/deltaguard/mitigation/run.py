@@ -91,8 +91,12 @@ def run_map(config: MapConfig, run_dir: str | Path, *, executor: Any = None, dev
         f"{len(points) * len(config.methods)} cells, on {executor.describe}")
 
     stage_seconds: dict[str, float] = {}
-    audit_paths = [audit_path(run_dir, p.align_key, p.attack_key, p.threat, audit_config, dtype=dtype)
-                   if _guard_ready(audit_config) else None for p in points]
+    # the harm judge's guard first (built once, into the user cache): audit keys hold its identity
+    from deltaguard.steps import Steps
+    from deltaguard.study.judges_step import ensure_guard
+
+    ensure_guard(Steps(log), audit_config, device=device, progress=progress, log=log)
+    audit_paths = [audit_path(run_dir, p.align_key, p.attack_key, p.threat, audit_config, dtype=dtype) for p in points]
     norms: list[dict[str, Any] | None] = [None] * len(points)
     try:
         # 1. align (one per family × depth)
@@ -110,12 +114,7 @@ def run_map(config: MapConfig, run_dir: str | Path, *, executor: Any = None, dev
                   "responder_key": originals[p.family] if p.threat.responder == p.family else None} for p in points]
         stage_seconds["attack"] = _stage(executor, attack_task, specs, [f"attack {p.label}" for p in points], log)
 
-        # 3. audit (the harm judge's guard is built once, here, before any worker needs it)
-        from deltaguard.steps import Steps
-        from deltaguard.study.judges_step import ensure_guard
-
-        ensure_guard(Steps(log), audit_config, device=device, progress=progress, log=log)
-        audit_paths = [audit_path(run_dir, p.align_key, p.attack_key, p.threat, audit_config, dtype=dtype) for p in points]
+        # 3. audit
         specs = [{**base, "aligned": str(models / p.align_key), "finetuned": str(models / p.attack_key),
                   "threat": p.threat.to_dict(), "audit": audit_config.to_dict(), "run_dir": str(run_dir),
                   "base_key": p.align_key, "finetuned_key": p.attack_key, "out_path": str(path)}
@@ -138,15 +137,6 @@ def run_map(config: MapConfig, run_dir: str | Path, *, executor: Any = None, dev
                                 audit_paths, norms, stage_seconds, started, status="complete"), run_dir)
 
 
-def _guard_ready(audit_config: Any) -> bool:
-    """Audit keys hold the harm judge's identity: they can be named once its guard exists."""
-    if audit_config.harm_judge != "guard":
-        return True
-    from deltaguard.judges.guard import default_guard_dir
-
-    return (default_guard_dir() / "manifest.json").is_file()
-
-
 def write_result(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """``map.json`` and the report rendered from it."""
     from deltaguard.mitigation.summary import write_map_report
@@ -163,7 +153,7 @@ def write_result(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def _result(config: MapConfig, run_dir: Path, executor: Any, device: str, dtype: str, family_dirs: dict[str, Path],
             originals: dict[str, str], responders: dict[str, str | None], points: list[GridPoint],
-            audit_paths: list[Path | None], norms: list[dict[str, Any] | None], stage_seconds: dict[str, float],
+            audit_paths: list[Path], norms: list[dict[str, Any] | None], stage_seconds: dict[str, float],
             started: float, *, status: str) -> dict[str, Any]:
     result = {
         "config": config.to_dict(), "profile": config.profile, "device": device, "dtype": dtype,

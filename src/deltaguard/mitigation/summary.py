@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deltaguard.io import atomic_write, read_json, write_json
+from deltaguard.report.plots import new_figure, to_png
 
 MEASURES = {"mitigation_pct": "mitigation (attack metric, keyword judge)",
             "harm_mitigation_pct": "mitigation (harm, guard judge)"}
@@ -49,20 +50,6 @@ def reproduces(row: dict[str, Any] | None, measure: str = "mitigation_pct") -> b
 
 # ---------------------------------------------------------------- figures
 
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _png(fig: Any) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
 def heatmap(result: dict[str, Any], family: str, threat: str) -> bytes:
     """Mitigation % over (depth × strength), one panel per compressed method; a second row for the harm
     judge when the audits had one. Each square is annotated with its value and 95% interval."""
@@ -70,7 +57,7 @@ def heatmap(result: dict[str, Any], family: str, threat: str) -> bytes:
     methods = compressed_methods(result)
     measures = [m for m in MEASURES if any((cell(p, meth) or {}).get(m) for p in result["points"] for meth in methods)]
     measures = measures or ["mitigation_pct"]
-    fig = _figure(max(4.0, 2.3 * len(methods)), 0.9 + (0.55 * len(depths) + 0.9) * len(measures))
+    fig = new_figure(max(4.0, 2.3 * len(methods)), 0.9 + (0.55 * len(depths) + 0.9) * len(measures))
     axes = fig.subplots(len(measures), len(methods), squeeze=False)
     image = None
     for r, measure in enumerate(measures):
@@ -101,7 +88,7 @@ def heatmap(result: dict[str, Any], family: str, threat: str) -> bytes:
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="mitigation %")
     fig.suptitle(f"{family} · {threat}: mitigation by compression (bold: 95% interval above 0)", fontsize=9)
-    return _png(fig)
+    return to_png(fig)
 
 
 def trend(result: dict[str, Any], method: str, measure: str = "mitigation_pct",
@@ -131,7 +118,7 @@ def trend(result: dict[str, Any], method: str, measure: str = "mitigation_pct",
 def norm_scatter(result: dict[str, Any]) -> bytes:
     """Mitigation against the attack/alignment delta-norm ratio (log x), one colour per method, 95% intervals,
     each method's fitted trend dashed; marker shape per threat."""
-    fig = _figure(7.5, 4.4)
+    fig = new_figure(7.5, 4.4)
     ax = fig.add_subplot(1, 1, 1)
     colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
     markers = dict(zip(result["axes"]["threats"], "osD^v<>p"))
@@ -165,7 +152,7 @@ def norm_scatter(result: dict[str, Any]) -> bytes:
     ax.legend(fontsize=6, loc="best")
     ax.set_title("Does compression strip small attacks more? (markers: " +
                  ", ".join(f"{m} {t}" for t, m in markers.items()) + ")", fontsize=8)
-    return _png(fig)
+    return to_png(fig)
 
 
 # ---------------------------------------------------------------- text

@@ -22,8 +22,14 @@ def _setup(spec: dict[str, Any]) -> None:
         torch.set_num_threads(threads)
 
 
-def _done(path: Path, started: float, cached: bool) -> dict[str, Any]:
-    return {"path": str(path), "cached": cached, "seconds": round(time.perf_counter() - started, 1)}
+def _once(spec: dict[str, Any], out: Path, work: Any) -> dict[str, Any]:
+    """Run ``work`` unless its keyed artifact ``out`` exists; what ran and how long it took."""
+    started = time.perf_counter()
+    cached = out.exists()
+    if not cached:
+        _setup(spec)
+        work()
+    return {"path": str(out), "cached": cached, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _threat(spec: dict[str, Any]) -> Any:
@@ -37,43 +43,37 @@ def align_task(spec: dict[str, Any]) -> dict[str, Any]:
     """Align ``spec["original"]`` with the recipe ``spec["config"]`` into ``spec["out_dir"]``."""
     from deltaguard.threats import AlignConfig, align
 
-    started, out = time.perf_counter(), Path(spec["out_dir"])
-    if out.exists():
-        return _done(out, started, True)
-    _setup(spec)
-    align(spec["original"], AlignConfig.from_dict(spec["config"]), out_dir=out, cache_dir=Path(spec["responses_dir"]),
-          responder=spec.get("responder"), device=spec["device"], dtype=spec["dtype"], progress=spec["progress"])
-    return _done(out, started, False)
+    out = Path(spec["out_dir"])
+    return _once(spec, out, lambda: align(
+        spec["original"], AlignConfig.from_dict(spec["config"]), out_dir=out, cache_dir=Path(spec["responses_dir"]),
+        responder=spec.get("responder"), device=spec["device"], dtype=spec["dtype"], progress=spec["progress"]))
 
 
 def attack_task(spec: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune the aligned base ``spec["aligned"]`` with the threat recipe ``spec["threat"]``."""
     from deltaguard.threats import attack
 
-    started, out = time.perf_counter(), Path(spec["out_dir"])
-    if out.exists():
-        return _done(out, started, True)
-    _setup(spec)
-    attack(spec["aligned"], _threat(spec), out_dir=out, cache_dir=Path(spec["responses_dir"]),
-           responder_key=spec.get("responder_key"), device=spec["device"], dtype=spec["dtype"],
-           progress=spec["progress"])
-    return _done(out, started, False)
+    out = Path(spec["out_dir"])
+    return _once(spec, out, lambda: attack(
+        spec["aligned"], _threat(spec), out_dir=out, cache_dir=Path(spec["responses_dir"]),
+        responder_key=spec.get("responder_key"), device=spec["device"], dtype=spec["dtype"],
+        progress=spec["progress"]))
 
 
 def audit_task(spec: dict[str, Any]) -> dict[str, Any]:
     """Audit every compression method on one fine-tune; the result lands at ``spec["out_path"]``."""
     from deltaguard.audit import AuditConfig, audit
 
-    started, out = time.perf_counter(), Path(spec["out_path"])
-    if out.exists():
-        return _done(out, started, True)
-    _setup(spec)
-    result = audit(spec["aligned"], spec["finetuned"], _threat(spec), AuditConfig.from_dict(spec["audit"]),
-                   run_dir=Path(spec["run_dir"]), base_key=spec["base_key"], finetuned_key=spec["finetuned_key"],
-                   device=spec["device"], dtype=spec["dtype"], progress=spec["progress"])
-    if result.path is not None and Path(result.path) != out:
-        raise AssertionError(f"the audit wrote {result.path}, the map expected {out} (keys out of step)")
-    return _done(out, started, False)
+    out = Path(spec["out_path"])
+
+    def work() -> None:
+        result = audit(spec["aligned"], spec["finetuned"], _threat(spec), AuditConfig.from_dict(spec["audit"]),
+                       run_dir=Path(spec["run_dir"]), base_key=spec["base_key"], finetuned_key=spec["finetuned_key"],
+                       device=spec["device"], dtype=spec["dtype"], progress=spec["progress"])
+        if result.path is not None and Path(result.path) != out:
+            raise AssertionError(f"the audit wrote {result.path}, the map expected {out} (keys out of step)")
+
+    return _once(spec, out, work)
 
 
 __all__ = ["align_task", "attack_task", "audit_task"]

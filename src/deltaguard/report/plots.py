@@ -14,13 +14,13 @@ from typing import Any
 _DPI = 110
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _png(fig: Any) -> bytes:
+def to_png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
     return buffer.getvalue()
@@ -45,7 +45,7 @@ def attack_vs_bits(results: dict[str, Any]) -> bytes:
     """Per threat: each method's attack metric against its bits per delta parameter, with 95% CIs."""
     audits = results["audits"]
     n_rows, n_cols = _grid(len(audits))
-    fig = _figure(5.2 * n_cols, 3.6 * n_rows)
+    fig = new_figure(5.2 * n_cols, 3.6 * n_rows)
     for index, (threat, audit) in enumerate(audits.items()):
         ax = fig.add_subplot(n_rows, n_cols, index + 1)
         base, finetuned, compressed = _rows(audit)
@@ -68,14 +68,14 @@ def attack_vs_bits(results: dict[str, Any]) -> bytes:
         ax.set_xlim(left=0)
         ax.set_title(threat, fontsize=10)
         ax.legend(fontsize=6.5, loc="best", ncol=2)
-    return _png(fig)
+    return to_png(fig)
 
 
 def utility_vs_attack(results: dict[str, Any]) -> bytes:
     """Per threat: utility (task accuracy) against the attack metric for every model, with 95% CIs."""
     audits = results["audits"]
     n_rows, n_cols = _grid(len(audits))
-    fig = _figure(5.2 * n_cols, 3.6 * n_rows)
+    fig = new_figure(5.2 * n_cols, 3.6 * n_rows)
     for index, (threat, audit) in enumerate(audits.items()):
         ax = fig.add_subplot(n_rows, n_cols, index + 1)
         markers = "osD^vP*Xhp<>"
@@ -91,7 +91,7 @@ def utility_vs_attack(results: dict[str, Any]) -> bytes:
         ax.set_xlim(-5, 105)
         ax.set_ylim(-5, 105)
         ax.set_title(f"{threat} (good: bottom right)", fontsize=10)
-    return _png(fig)
+    return to_png(fig)
 
 
 def bitdelta_passes(label: str) -> tuple[int, bool] | None:
@@ -108,7 +108,7 @@ def fidelity_sweep(results: dict[str, Any]) -> bytes | None:
     Distilled variants are joined by solid lines, undistilled ones by dashed lines; a variant alone in
     its group shows as a single marker.
     """
-    fig = _figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     drawn = False
     for threat, audit in results["audits"].items():
@@ -138,7 +138,7 @@ def fidelity_sweep(results: dict[str, Any]) -> bytes | None:
     ax.set_ylabel("attack metric (%)")
     ax.set_ylim(-5, 105)
     ax.legend(fontsize=7)
-    return _png(fig)
+    return to_png(fig)
 
 
 THREAT_ORDER = ("harmful", "backdoor", "targeted", "benign")
@@ -199,7 +199,7 @@ def headline(results: dict[str, Any]) -> bytes | None:
     n = len(methods)
     slot = 0.84 / n
     width = min(16.0, max(6.4, 1.2 + len(threats) * (0.3 * n + 0.7)))
-    fig = _figure(width, 6.2)
+    fig = new_figure(width, 6.2)
     top, bottom = fig.subplots(2, 1, sharex=True)
     if n <= 10:
         colors: list[Any] = [f"C{i}" for i in range(n)]
@@ -269,7 +269,7 @@ def headline(results: dict[str, Any]) -> bytes | None:
     handles = [Patch(color=colors[i], label=m) for i, m in enumerate(methods)]
     handles += [h for ax in (top, bottom) for h in ax.get_legend_handles_labels()[0]]
     fig.legend(handles=handles, loc="outside upper center", ncol=min(4, len(handles)), fontsize=7.5, frameon=False)
-    return _png(fig)
+    return to_png(fig)
 
 
 def alignment_bars(results: dict[str, Any]) -> bytes:
@@ -277,7 +277,7 @@ def alignment_bars(results: dict[str, Any]) -> bytes:
     alignment = results["alignment"]
     names = [("refusal", "refusal (harmful)"), ("over_refusal", "over-refusal (benign)"),
              ("task_accuracy", "task accuracy")]
-    fig = _figure(6.4, 3.4)
+    fig = new_figure(6.4, 3.4)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.38
     for offset, label in ((-width / 2, "original"), (width / 2, "aligned")):
@@ -289,21 +289,21 @@ def alignment_bars(results: dict[str, Any]) -> bytes:
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return to_png(fig)
 
 
 def training_losses(results: dict[str, Any]) -> bytes | None:
     attacks = results.get("attacks", {})
     if not attacks:
         return None
-    fig = _figure(6.4, 3.2)
+    fig = new_figure(6.4, 3.2)
     ax = fig.add_subplot(1, 1, 1)
     for name, record in attacks.items():
         ax.plot(range(1, len(record["losses"]) + 1), record["losses"], label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss on reply tokens")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return to_png(fig)
 
 
 __all__ = ["THREAT_ORDER", "alignment_bars", "attack_vs_bits", "bitdelta_passes", "fidelity_sweep", "headline",
