@@ -37,8 +37,20 @@ def audit_path(run_dir: str | Path, base_key: str, finetuned_key: str, threat: T
     precision = {"dtype": dtype} if dtype != "float32" else {}  # fp32 audits keep their keys
     harm = {"harm_judge": harm_judge_of(config).prompt_hash} if config.harm_judge else {}
     key = content_key("audit", {"base": base_key, "finetuned": finetuned_key, "threat": threat.to_dict(),
-                                "config": config.to_dict(), **precision, **harm})
+                                "config": config.to_dict(), "methods": resolved_methods(config), **precision, **harm})
     return Path(run_dir) / "audits" / f"{key}.json"
+
+
+def resolved_methods(config: AuditConfig) -> dict[str, Any]:
+    """Every method's and transform's settings as this code resolves them, defaults included.
+
+    The config names methods by spec ("bitdelta"), so without this a changed default (BitDelta's distillation
+    lr went 1e-4 -> 2e-5) would leave an audit of the old settings cached under the new ones.
+    """
+    from deltaguard.transforms import is_transform_spec
+
+    return {spec: (config.transform_config(spec) if is_transform_spec(spec) else config.method_config(spec)).to_dict()
+            for spec in config.methods if spec != FULL}
 
 
 def harm_judge_of(config: AuditConfig) -> Any:
