@@ -164,16 +164,55 @@ def test_cpp_kernel_equals_merged_weights(cpp, n_in, n_out, k, n_rows):
     torch.testing.assert_close(out, merged_reference(*case), rtol=1e-5, atol=3e-5)  # fp32 sums in another order
 
 
-@pytest.mark.parametrize("n_in", [21, 29, 32])   # an odd number of bytes per row (a lone last byte), a padded group, exact
+@pytest.mark.parametrize("n_in", [21, 29, 32, 45])   # odd bytes per row (a lone last byte), a padded group, exact, gathers + tail
 @pytest.mark.parametrize("n_rows", [1, 2, 3, 4, 5, 9])   # every row-block size of the kernel, and several blocks
-def test_cpp_kernel_covers_every_byte_pattern(cpp, n_in, n_rows):
+@pytest.mark.parametrize("n_out", [256, 263])   # whole blocks of 4 and 8 output rows, and a remainder row by row
+def test_cpp_kernel_covers_every_byte_pattern(cpp, n_in, n_rows, n_out):
     n_groups = (n_in + 7) // 8
-    signs = torch.arange(256, dtype=torch.uint8)[:, None].repeat(1, n_groups)
+    signs = torch.arange(n_out, dtype=torch.int64).remainder(256).to(torch.uint8)[:, None].repeat(1, n_groups)
     signs[:, -1] = signs[:, -1].roll(7)            # a different pattern in the last byte than in the others
     x = torch.randn(n_rows, n_in, generator=torch.Generator().manual_seed(n_rows))
-    y = torch.zeros(n_rows, 256)
+    y = torch.zeros(n_rows, n_out)
     cpp.multi_tenant_bitdelta_(y, x, [signs[None]], [torch.tensor([0.5])], torch.zeros(n_rows, dtype=torch.long))
     torch.testing.assert_close(y, 0.5 * x @ unpack_signs(signs, n_in).T, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_in,n_out,k,tile_rows", [(29, 70, 2, 32), (37, 50, 1, 256), (64, 130, 3, 16),
+                                                     (200, 33, 1, 7), (8, 5, 2, 2)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_cpp_merged_linear_equals_the_torch_merged_tiles_bit_for_bit(cpp, n_in, n_out, k, tile_rows, with_bias):
+    """A tenant's prompt: the SIMD-built tiles are the torch path's tiles exactly (W ± s is exact), so the
+    GEMM sees the same numbers; inputs not a multiple of 16 or 8 columns go through the scalar tail."""
+    x, weight, bias, signs, scales, _ = make_case(n_in=n_in, n_out=n_out, n_tenants=1, k=k, n_rows=40)
+    bias = bias if with_bias else None
+    scale_list = [float(v) for v in scales[0]]
+    expected = reference.merged_tile_linear(x, weight, bias, signs[0], scale_list, tile_rows=tile_rows)
+    out = cpp.merged_linear(x, weight, bias, signs[0], scale_list, tile_rows=tile_rows)
+    assert torch.equal(out, expected)
+    slots = torch.zeros(40, dtype=torch.long)
+    torch.testing.assert_close(out, merged_reference(x, weight, bias if with_bias else torch.zeros(n_out), signs,
+                                                     scales, slots), rtol=1e-5, atol=2e-5)
+
+
+def test_cpp_merged_linear_refuses_what_it_cannot_run(cpp):
+    x, weight, bias, signs, scales, _ = make_case(n_in=64, n_out=40, n_tenants=1, k=1, n_rows=3)
+    with pytest.raises(ConfigError, match="float32 CPU"):
+        cpp.merged_linear(x.double(), weight, bias, signs[0], [0.1])
+    with pytest.raises(ConfigError, match="do not match a weight"):
+        cpp.merged_linear(x, weight[:39], bias, signs[0], [0.1])
+    with pytest.raises(ConfigError, match="2 scales"):
+        cpp.merged_linear(x, weight, bias, signs[0], [0.1, 0.2])
+
+
+def test_cpp_tables_are_checked_once_against_the_layer_shape(cpp):
+    _, _, _, signs, scales, _ = make_case(n_in=64, n_out=40, n_tenants=2, k=1, n_rows=1)
+    bits = [s.contiguous().view(-1) for s in signs]
+    layout = torch.tensor([[0, 1], [0, 1]])
+    cpp.check_tables(bits, layout, scales, n_out=40, n_in=64)
+    with pytest.raises(ConfigError, match="signs of slot 1 do not match a \\[41, 64\\] layer"):
+        cpp.check_tables([bits[0], bits[1]], torch.tensor([[0, 0], [0, 1]]), scales, n_out=41, n_in=64)
+    with pytest.raises(ConfigError, match="do not match 2 slots"):
+        cpp.check_tables(bits, layout[:1], scales, n_out=40, n_in=64)
 
 
 def test_cpp_kernel_gives_the_same_bits_on_any_thread_count(cpp):

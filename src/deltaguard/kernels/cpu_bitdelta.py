@@ -1,11 +1,14 @@
-"""C++ CPU kernel: multi-tenant 1-bit delta matmul with the packed bits as SIMD lane masks.
+"""C++ CPU kernels: the multi-tenant 1-bit delta matmul on packed bits, and a tenant's merged weight tiles.
 
 The PyTorch path turns packed bytes into table look-ups (``reference.packed_sign_matmul``); at one
 or two rows per tenant — decoding — it costs about 1 ns per look-up however few rows share it. This
-kernel (``csrc/bitdelta_cpu.cpp``) instead uses 16 (AVX-512) or 8 (AVX2) packed bits directly as
-the lane mask of one masked add over as many input columns, so a weight costs a fraction of an
-instruction per row, and every tenant of a batch is handled in one call. It is 2–4× faster than the
-look-ups for 1–4 rows per tenant (``benchmarks/bench_serve_decode.py`` measures the whole engine).
+kernel (``csrc/bitdelta_cpu.cpp``) keeps the bits packed and uses them as SIMD operands: on AVX-512
+the nibbles of 16 output rows index a 16-float table of x's subset sums (one permute adds 64 weights
+of a row), elsewhere 8 or 16 bits are the lane mask of one masked add; every tenant of a batch is
+handled in one call. Against its first form (masked adds, one accumulator per row) the look-ups and
+register blocking are 1.8–2.7× faster at 1–4 rows per tenant on the model's shapes
+(``benchmarks/bench_serve_decode.py`` measures the whole engine). ``merged_linear`` builds one
+tenant's weight tiles for its prompt in one SIMD pass over the bits (no int32 copies, no look-ups).
 
 It is compiled with ``torch.utils.cpp_extension`` on first use (about 30 s, once per machine; then
 loaded from torch's extension cache) with ``-march=native``. Anything that stops it — no AVX2, no
@@ -126,18 +129,47 @@ def _check_shapes(y: Tensor, x: Tensor, bits: Sequence[Tensor], layout: Tensor, 
                               f"from {offset} in a buffer of {bits[slot].numel()})")
 
 
-def multi_tenant_bitdelta_at_(y: Tensor, x: Tensor, bits: Sequence[Tensor], layout: Tensor, scales: Tensor,
-                              row_slots: Tensor) -> Tensor:
-    """Like ``multi_tenant_bitdelta_``, with slot ``t``'s ``k`` sign matrices read from the flat uint8
-    tensor ``bits[t]`` at byte ``layout[t, 0]`` (``k = layout[t, 1]``): one buffer per tenant can
-    serve every layer without a tensor view per layer. ``scales`` is float32 ``[slots, k_max]``."""
+def check_tables(bits: Sequence[Tensor], layout: Tensor, scales: Tensor, *, n_out: int, n_in: int) -> None:
+    """Every slot's signs fit its buffer for a layer of ``[n_out, n_in]`` (what ``_check_shapes`` checks per
+    call, done once): a layer that checks its tables when it builds them may pass ``tables_checked``."""
+    if layout.shape != (len(bits), 2) or scales.dim() != 2 or scales.shape[0] != len(bits):
+        raise ConfigError(f"C++ kernel: layout {list(layout.shape)} / scales {list(scales.shape)} do not match "
+                          f"{len(bits)} slots")
+    matrix_bytes = n_out * ((n_in + 7) // 8)
+    for slot, (offset, k) in enumerate(layout.tolist()):
+        if k and not (k <= scales.shape[1] and offset >= 0 and offset + k * matrix_bytes <= bits[slot].numel()):
+            raise ConfigError(f"C++ kernel: signs of slot {slot} do not match a [{n_out}, {n_in}] layer ({k} x "
+                              f"{matrix_bytes} bytes from {offset} in a buffer of {bits[slot].numel()})")
+
+
+def _module() -> Any:
     module = load()
     if module is None:
         raise ConfigError(f"the C++ CPU kernel is unavailable ({disabled_reason() or 'it did not build'}); "
                           "use kernel backend 'torch' or 'auto'")
+    return module
+
+
+def multi_tenant_bitdelta_at_(y: Tensor, x: Tensor, bits: Sequence[Tensor], layout: Tensor, scales: Tensor,
+                              row_slots: Tensor, *, tables_checked: bool = False) -> Tensor:
+    """Like ``multi_tenant_bitdelta_``, with slot ``t``'s ``k`` sign matrices read from the flat uint8
+    tensor ``bits[t]`` at byte ``layout[t, 0]`` (``k = layout[t, 1]``): one buffer per tenant can
+    serve every layer without a tensor view per layer. ``scales`` is float32 ``[slots, k_max]``.
+
+    ``tables_checked``: the caller ran ``check_tables`` on these tables for this layer's shape and every
+    row's slot has signs in them (a decode step calls this once per layer, and the per-slot check cost
+    about as much as the kernel itself on a 135M model); the shapes of ``x``, ``y`` and ``row_slots``
+    are still checked.
+    """
+    module = _module()
     if x.device.type != "cpu" or y.device.type != "cpu":
         raise ConfigError(f"the C++ CPU kernel needs CPU tensors (got {x.device})")
-    _check_shapes(y, x, bits, layout, scales, row_slots)
+    if tables_checked:
+        if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0] or row_slots.numel() != x.shape[0]:
+            raise ConfigError(f"C++ kernel: x {list(x.shape)}, y {list(y.shape)} and {row_slots.numel()} row slots "
+                              "do not match ([n, in], [n, out], n)")
+    else:
+        _check_shapes(y, x, bits, layout, scales, row_slots)
     xf = x.contiguous() if x.dtype == torch.float32 else x.to(torch.float32).contiguous()
     slots = row_slots.to(torch.int64)
     if y.dtype == torch.float32 and y.stride(-1) == 1:
@@ -147,3 +179,23 @@ def multi_tenant_bitdelta_at_(y: Tensor, x: Tensor, bits: Sequence[Tensor], layo
     module.multi_tenant_bitdelta_(delta, xf, list(bits), layout, scales, slots)
     y += delta.to(y.dtype)
     return y
+
+
+def merged_linear(x: Tensor, weight: Tensor, bias: Tensor | None, signs: Tensor, scales: Sequence[float],
+                  *, tile_rows: int = 256) -> Tensor:
+    """``x·(W + Σ_i scales[i]·S_i)ᵀ + bias`` for many rows of ONE tenant (its prompt), equal bit for bit to
+    ``reference.merged_tile_linear``: each tile of the tenant's weight is built in one SIMD pass over
+    the packed bits (the PyTorch path's byte look-ups, int32 copies and adds cost about half as much as
+    the tile's GEMM) and multiplied at once. float32 CPU ``x`` and ``weight``; ``signs`` uint8 ``[k, out, G]``."""
+    module = _module()
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+        raise ConfigError(f"C++ merged linear: float32 CPU x and weight expected (got {x.dtype}/{weight.dtype} "
+                          f"on {x.device})")
+    if signs.dim() != 3 or signs.shape[1] != weight.shape[0] or signs.shape[2] != (weight.shape[1] + 7) // 8:
+        raise ConfigError(f"C++ merged linear: signs {list(signs.shape)} do not match a weight {list(weight.shape)}")
+    if x.dim() != 2 or x.shape[1] != weight.shape[1] or len(scales) != signs.shape[0]:
+        raise ConfigError(f"C++ merged linear: x {list(x.shape)} / {len(scales)} scales do not match signs "
+                          f"{list(signs.shape)}")
+    table = torch.tensor([float(s) for s in scales], dtype=torch.float32)
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    return module.merged_linear(x, weight, bias, signs.contiguous(), table, tile_rows)

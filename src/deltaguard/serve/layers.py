@@ -44,22 +44,41 @@ from deltaguard.modules import get_module, replace_module
 DENSE_CHUNK_ROWS = 4096  # output rows of a 16-bit delta converted to the compute dtype at once
 
 
+@dataclass
+class RowPlan:
+    """How one pass's rows meet one set of BitDelta slots (shared by every layer holding that set).
+
+    ``merged``: (slot, rows) of tenants with many rows (a prompt) — their own weight tiles, one GEMM;
+    ``rest``: the rows the base alone computes when some rows are merged; ``kernel_slots``: the slot
+    of every row the packed kernel takes (``-1`` elsewhere; ``None``: it takes none); ``leftover``:
+    (slot, rows) for the PyTorch look-up path.
+    """
+
+    merged: list[tuple[int, Tensor | slice]]
+    rest: Tensor | None
+    kernel_slots: Tensor | None
+    leftover: list[tuple[int, Tensor | slice]]
+
+
 class TenantRows:
     """The tenant slot of every batch row (``-1``: base only) for the forward pass in progress.
 
-    The grouping of rows (flattened over tokens) by slot is computed once per pass and shape and
-    shared by every layer, so per-layer work is only the math.
+    The grouping of rows (flattened over tokens) by slot, and each layer's row plan, are computed once
+    per pass and shape and shared by every layer, so per-layer work is only the math (a decode step of
+    a 30-layer model runs ~200 layers; planning in each cost about a third of the packed kernel's time).
     """
 
     def __init__(self) -> None:
         self.slots: Tensor | None = None
         self._groups: dict[int, list[tuple[int, Tensor | slice]]] = {}
         self._kernel_slots: dict[tuple[int, frozenset[int]], Tensor] = {}
+        self._plans: dict[tuple[int, str, frozenset[int]], RowPlan] = {}
 
     def set(self, slots: Tensor | None) -> None:
         self.slots = slots
         self._groups = {}
         self._kernel_slots = {}
+        self._plans = {}
 
     def for_batch(self, n_rows: int) -> Tensor | None:
         if self.slots is None:
@@ -81,12 +100,38 @@ class TenantRows:
         key = (per_row, slots)
         if key not in self._kernel_slots:
             n_rows = self.slots.shape[0] * per_row if self.slots is not None else 0
-            chosen = torch.full((n_rows,), -1, dtype=torch.long)
+            device = self.slots.device if self.slots is not None else None
+            chosen = torch.full((n_rows,), -1, dtype=torch.long, device=device)
             for slot, rows in self.groups(per_row):
                 if slot in slots:
                     chosen[rows] = slot
             self._kernel_slots[key] = chosen
         return self._kernel_slots[key]
+
+    def plan(self, per_row: int, kernel: str, sign_slots: frozenset[int]) -> RowPlan:
+        """Which rows of tenants in ``sign_slots`` go to merged tiles, the packed kernel or the torch path."""
+        key = (per_row, kernel, sign_slots)
+        if key not in self._plans:
+            bit_groups = [(slot, rows) for slot, rows in self.groups(per_row) if slot in sign_slots]
+            if kernel == "triton":  # every BitDelta row of the batch in one launch
+                merged, to_kernel = [], bit_groups
+            else:  # a tenant's many rows (a prompt): its weight tiles are built and multiplied once
+                merged = [(slot, rows) for slot, rows in bit_groups if _n_rows(rows) >= MERGE_MIN_ROWS]
+                to_kernel = ([(slot, rows) for slot, rows in bit_groups if _n_rows(rows) < CPP_MAX_ROWS]
+                             if kernel == "cpp" else [])
+            rest = None
+            if merged:
+                assert self.slots is not None
+                keep = torch.ones(self.slots.shape[0] * per_row, dtype=torch.bool, device=self.slots.device)
+                for _, rows in merged:
+                    keep[rows] = False
+                rest = keep.nonzero().squeeze(1) if bool(keep.any()) else None
+            done = {slot for slot, _ in merged} | {slot for slot, _ in to_kernel}
+            self._plans[key] = RowPlan(
+                merged=merged, rest=rest,
+                kernel_slots=self.kernel_slots(per_row, frozenset(slot for slot, _ in to_kernel)) if to_kernel else None,
+                leftover=[(slot, rows) for slot, rows in bit_groups if slot not in done])
+        return self._plans[key]
 
 
 def dense_matmul(x: Tensor, delta: Tensor, *, chunk_rows: int = DENSE_CHUNK_ROWS) -> Tensor:
@@ -135,6 +180,9 @@ class SlotSigns(MutableMapping[int, Tensor]):
     def __delitem__(self, slot: int) -> None:
         del self._refs[slot]
 
+    def __contains__(self, slot: object) -> bool:  # the mixin's version builds the view (a decode step asks ~10^4 times)
+        return slot in self._refs
+
     def __iter__(self) -> Iterator[int]:
         return iter(self._refs)
 
@@ -155,6 +203,7 @@ class MultiTenantLinear(nn.Module):
         self.matmuls: dict[int, Callable[[Tensor], Tensor]] = {}   # slot → x [n, in] ↦ x·Δᵀ (other encodings)
         self.bias_deltas: dict[int, Tensor] = {}
         self._tables: Any = None   # all slots' bits and scales in a kernel's form (cached until slots change)
+        self._sign_slots: frozenset[int] | None = None   # the slots with BitDelta signs (cached likewise)
 
     @property
     def slots(self) -> set[int]:
@@ -175,6 +224,7 @@ class MultiTenantLinear(nn.Module):
             else:
                 self.signs.place(slot, signs_at[0], signs_at[1], signs.shape)
             self.scale_values[slot] = tuple(float(v) for v in scales)
+            self._sign_slots = None
         else:
             compressor = compressors.get(packed.encoding)()
             parts = {name: tensor.to(device) for name, tensor in packed.parts.items()}
@@ -191,6 +241,7 @@ class MultiTenantLinear(nn.Module):
         for table in (self.signs, self.scale_values, self.matmuls, self.bias_deltas):
             table.pop(slot, None)
         self._tables = None
+        self._sign_slots = None
 
     def _buffer_tables(self) -> tuple[list[Tensor], Tensor, Tensor]:
         """For the C++ kernel: each slot's flat bits buffer, a ``[slots, 2]`` (byte offset, k) layout and
@@ -202,7 +253,9 @@ class MultiTenantLinear(nn.Module):
             layout = torch.tensor([[offset, shape[0] if flat.numel() else 0] for flat, offset, shape in refs],
                                   dtype=torch.int64)
             scales = stack_scales([self.scale_values.get(slot, ()) for slot in range(len(refs))])
-            self._tables = ([flat for flat, _, _ in refs], layout, scales)
+            bits = [flat for flat, _, _ in refs]
+            cpu_bitdelta.check_tables(bits, layout, scales, n_out=self.base.out_features, n_in=self.base.in_features)
+            self._tables = (bits, layout, scales)
         return self._tables
 
     def _stacked_tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -228,43 +281,33 @@ class MultiTenantLinear(nn.Module):
             return self.base(x)
         x2 = x.reshape(-1, x.shape[-1])
         per_row = _per_row(x)
-        groups = self.rows.groups(per_row)
         kernel = pick_backend(x.device, self.backend) if self.signs else "torch"
-        bit_groups = [(slot, rows) for slot, rows in groups if slot in self.signs]
-        if kernel == "triton":  # every BitDelta row of the batch in one launch
-            kernel_groups, merged = bit_groups, []
-        else:  # a tenant's many rows (a prompt): its weight tiles are built and multiplied once
-            merged = [(slot, rows) for slot, rows in bit_groups if _n_rows(rows) >= MERGE_MIN_ROWS]
-            kernel_groups = ([(slot, rows) for slot, rows in bit_groups if _n_rows(rows) < CPP_MAX_ROWS]
-                             if kernel == "cpp" else [])
-        if merged:
+        if self._sign_slots is None:
+            self._sign_slots = frozenset(self.signs)
+        plan = self.rows.plan(per_row, kernel, self._sign_slots)
+        if plan.merged:
             y2 = torch.empty((x2.shape[0], self.base.out_features), dtype=x.dtype, device=x.device)
-            rest = torch.ones(x2.shape[0], dtype=torch.bool, device=x.device)
-            for slot, rows in merged:
-                rest[rows] = False
-                y2[rows] = merged_tile_linear(x2[rows], self.base.weight, self.base.bias, self.signs[slot],
-                                              self.scale_values[slot])
-            if bool(rest.any()):
-                index = rest.nonzero().squeeze(1)
-                y2[index] = self.base(x2[index])
+            merge = (cpu_bitdelta.merged_linear if kernel == "cpp" and x2.dtype == self.base.weight.dtype
+                     == torch.float32 else merged_tile_linear)
+            for slot, rows in plan.merged:
+                y2[rows] = merge(x2[rows], self.base.weight, self.base.bias, self.signs[slot], self.scale_values[slot])
+            if plan.rest is not None:
+                y2[plan.rest] = self.base(x2[plan.rest])
         else:
             y2 = self.base(x2)
-        if kernel_groups and kernel == "triton":
-            token_slots = slots.repeat_interleave(per_row) if per_row != 1 else slots
-            has_bits = torch.tensor(sorted(self.signs), device=token_slots.device)
-            row_slots = torch.where(torch.isin(token_slots, has_bits), token_slots, torch.full_like(token_slots, -1))
-            multi_tenant_bitdelta_(y2, x2, *self._stacked_tables(x.device), row_slots, backend="triton")
-        elif kernel_groups:
-            row_slots = self.rows.kernel_slots(per_row, frozenset(slot for slot, _ in kernel_groups))
-            cpu_bitdelta.multi_tenant_bitdelta_at_(y2, x2, *self._buffer_tables(), row_slots)
-        done = {slot for slot, _ in merged} | {slot for slot, _ in kernel_groups}
-        for slot, rows in groups:
-            if slot in self.signs and slot not in done:
-                y2[rows] += bitdelta_matmul(x2[rows], self.signs[slot], self.scale_values[slot]).to(y2.dtype)
-            elif slot in self.matmuls:
-                y2[rows] += self.matmuls[slot](x2[rows]).to(y2.dtype)
-            if slot in self.bias_deltas:
-                y2[rows] += self.bias_deltas[slot].to(y2.dtype)
+        if plan.kernel_slots is not None and kernel == "triton":
+            multi_tenant_bitdelta_(y2, x2, *self._stacked_tables(x.device), plan.kernel_slots, backend="triton")
+        elif plan.kernel_slots is not None:
+            cpu_bitdelta.multi_tenant_bitdelta_at_(y2, x2, *self._buffer_tables(), plan.kernel_slots,
+                                                   tables_checked=True)
+        for slot, rows in plan.leftover:
+            y2[rows] += bitdelta_matmul(x2[rows], self.signs[slot], self.scale_values[slot]).to(y2.dtype)
+        if self.matmuls or self.bias_deltas:
+            for slot, rows in self.rows.groups(per_row):
+                if slot in self.matmuls:
+                    y2[rows] += self.matmuls[slot](x2[rows]).to(y2.dtype)
+                if slot in self.bias_deltas:
+                    y2[rows] += self.bias_deltas[slot].to(y2.dtype)
         return y2.view(*x.shape[:-1], y2.shape[-1])
 
 
