@@ -74,6 +74,28 @@ def test_constant_rows_get_a_finite_grid():
     assert torch.equal(fake_quant(torch.zeros(2, 4), step[:2], zero[:2], 8), torch.zeros(2, 4))
 
 
+@pytest.mark.parametrize("w_bits", [2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("n_in", [9, 64])
+def test_weight_codes_round_trip_in_exactly_their_bits(w_bits, n_in):
+    from deltaguard.quant.linear import code_layout, pack_weight_codes, stored_codes_shape, unpack_weight_codes
+
+    codes = torch.randint(0, 1 << w_bits, (5, n_in), dtype=torch.uint8, generator=torch.Generator().manual_seed(w_bits))
+    stored = pack_weight_codes(codes, w_bits)
+    assert stored.dtype == torch.uint8 and tuple(stored.shape) == stored_codes_shape(w_bits, 5, n_in)
+    assert torch.equal(unpack_weight_codes(stored, w_bits, n_in), codes)
+    if n_in == 64:   # no padding: the stored bits are exactly w_bits a weight
+        assert stored.numel() * 8 == 5 * 64 * w_bits
+    assert code_layout(w_bits) == {4: "nibbles", 8: "bytes"}.get(w_bits, "planes")
+
+
+def test_a_3_bit_linear_stores_3_bits_a_weight_and_its_fake_quantized_values():
+    w = torch.randn(6, 64)
+    linear = QuantLinear.quantize(w, None, w_bits=3, a_bits=16, group_size=32)
+    assert linear.codes.shape == (3, 6, 8)
+    assert torch.equal(linear.dequantized_weight(), fake_quant_weight(w, 3, 32))
+    assert linear.stored_bits() == 6 * 64 * 3 + 6 * 2 * (32 + 8)   # codes + a float32 step and uint8 zero per group
+
+
 def test_nibble_packing_round_trips_odd_widths():
     codes = torch.randint(0, 16, (5, 9), dtype=torch.uint8)
     packed = pack_nibbles(codes)

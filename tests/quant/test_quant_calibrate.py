@@ -113,13 +113,14 @@ def test_probes_for_another_depth_and_bad_groups_fail_before_work(tiny_tokenizer
         BlockwiseConfig(scheme="w2a2")
 
 
-@pytest.mark.parametrize("scheme", ["w8a8", "w4a8"])
+@pytest.mark.parametrize("scheme", ["w8a8", "w4a8", "w3a16"])
 def test_saved_quantized_model_reloads_to_identical_outputs(tiny_tokenizer, prompts, tmp_path, scheme):
+    """Stored bits are exact: 8 a weight, 4 (two a byte), 3 (three bit planes), plus 40 bits of grid per group."""
     from deltaguard.models import load_model
 
     model = _tiny(tiny_tokenizer, tied=True)
     config = BlockwiseConfig(epochs_first=1, epochs_second=1, scheme=scheme,
-                             group_size=32 if scheme == "w4a8" else -1)   # the tiny model has 64 inputs
+                             group_size=-1 if scheme == "w8a8" else 32)   # the tiny model has 64 inputs
     quantize_blockwise(model, tiny_tokenizer, prompts, config, progress=False)
     out = save_quantized(model, tiny_tokenizer, tmp_path / "q", record={"note": "test"})
     again = load_model(out)
@@ -180,3 +181,39 @@ def test_an_interrupted_calibration_resumes_to_the_same_model(tiny_tokenizer, pr
     other = quantize_blockwise(copy.deepcopy(finetuned), tiny_tokenizer, prompts, config.replace(epochs_second=1),
                                progress=False, checkpoint=tmp_path / "ckpt")
     assert len(other["blocks"]) == 3 and other["blocks"][0]["epochs"] == 1
+
+
+def test_a_version_1_directory_with_3_bit_nibbles_still_loads(tiny_tokenizer, prompts, tmp_path):
+    """Version 1 stored 3-bit codes as nibbles; the loader converts them to bit planes, same model."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from deltaguard.io import sha256_file
+    from deltaguard.quant.linear import pack_nibbles, unpack_weight_codes
+
+    model = _tiny(tiny_tokenizer)
+    quantize_blockwise(model, tiny_tokenizer, CalibrationPrompts((), ()),
+                       BlockwiseConfig(epochs_first=0, epochs_second=0, smooth=False, clip=False, scheme="w3a16",
+                                       group_size=32), progress=False)
+    out = save_quantized(model, tiny_tokenizer, tmp_path / "q", record={})
+    manifest = json.loads((out / "quantized.json").read_text())
+    assert manifest["format_version"] == 2
+    tensors = load_file(str(out / "model.safetensors"))
+    for name in manifest["quantized"]:   # rewrite as version 1 did: two 3-bit codes a byte
+        planes = tensors[f"{name}.codes"]
+        assert planes.shape[0] == 3
+        n_in = model.get_submodule(name).in_features
+        tensors[f"{name}.codes"] = pack_nibbles(unpack_weight_codes(planes, 3, n_in))
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "deltaguard-quantized"})
+    manifest["format_version"] = 1
+    manifest["files"]["model.safetensors"] = sha256_file(out / "model.safetensors")
+    (out / "quantized.json").write_text(json.dumps(manifest))
+    again = load_quantized(out)
+    ids = torch.randint(3, len(tiny_tokenizer), (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
+    manifest["format_version"] = 3
+    (out / "quantized.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match="version 3 is not supported"):
+        load_quantized(out)

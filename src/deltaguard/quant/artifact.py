@@ -2,8 +2,8 @@
 
 A quantized model directory holds:
 
-- ``model.safetensors`` — for every ``QuantLinear``: ``<name>.codes`` (uint8, packed two a byte at ≤ 4
-  bits), ``<name>.step`` (float32) and ``<name>.zero`` (uint8) per row or group, the bias if any; every other
+- ``model.safetensors`` — for every ``QuantLinear``: ``<name>.codes`` (uint8 in ``quant.linear.code_layout``:
+  two a byte at 4 bits, one at 8, bit planes at other widths), ``<name>.step`` (float32) and ``<name>.zero`` (uint8) per row or group, the bias if any; every other
   tensor (embedding, norms with their folded smoothing, an untied head) in float;
 - ``config.json`` and the tokenizer files, so ``load_model`` builds the architecture;
 - ``probes.safetensors`` + ``probes.json`` when Q-realign made it (``quant.probes``);
@@ -26,7 +26,8 @@ from deltaguard.errors import FormatError
 from deltaguard.io import atomic_dir, read_json, sha256_file, write_json
 
 FORMAT = "deltaguard-quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: codes of 2, 3, 5, 6 and 7 bits are bit planes (version 1 stored them as
+READABLE_VERSIONS = (1, 2)  # nibbles or bytes; a version-1 directory is read and converted on load)
 MANIFEST = "quantized.json"
 WEIGHTS = "model.safetensors"
 
@@ -79,9 +80,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     manifest = read_json(path / MANIFEST, what="quantized-model manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FormatError(f"{path / MANIFEST} is not a {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise FormatError(f"{path}: quantized format version {manifest.get('format_version')!r} is not supported "
-                          f"(this deltaguard reads {FORMAT_VERSION})")
+                          f"(this deltaguard reads {', '.join(map(str, READABLE_VERSIONS))})")
     files, scheme = manifest.get("files"), manifest.get("scheme")
     if not isinstance(files, dict) or WEIGHTS not in files or not isinstance(scheme, dict) \
             or not isinstance(manifest.get("quantized"), list):
@@ -104,7 +105,7 @@ def load_quantized(path: str | Path, *, device: torch.device | str = "cpu",
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from deltaguard.modules import get_module, replace_module
-    from deltaguard.quant.linear import QuantLinear
+    from deltaguard.quant.linear import QuantLinear, code_layout, pack_weight_codes, unpack_nibbles
 
     path = Path(path)
     manifest = read_manifest(path)
@@ -121,8 +122,12 @@ def load_quantized(path: str | Path, *, device: torch.device | str = "cpu",
             codes, step, zero = tensors[f"{name}.codes"], tensors[f"{name}.step"], tensors[f"{name}.zero"]
         except (KeyError, AttributeError, ValueError):
             raise FormatError(f"{path}: quantized layer {name} is not in the model or its tensors are missing") from None
+        w_bits = int(scheme["w_bits"])
+        if manifest["format_version"] == 1 and code_layout(w_bits) == "planes":  # stored before bit planes
+            codes = pack_weight_codes(unpack_nibbles(codes, linear.in_features) if w_bits < 4 else codes, w_bits)
+            tensors[f"{name}.codes"] = codes   # the state dict loaded below must carry the new layout too
         replace_module(model, name, QuantLinear(codes, step, zero, tensors.get(f"{name}.bias"),
-                                                in_features=linear.in_features, w_bits=int(scheme["w_bits"]),
+                                                in_features=linear.in_features, w_bits=w_bits,
                                                 a_bits=int(scheme["a_bits"]), group_size=int(scheme["group_size"])))
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
@@ -163,5 +168,5 @@ def stored_bits(model: nn.Module) -> dict[str, float]:
             "linear_bits_per_param": linear_bits / linear_params if linear_params else float("nan")}
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "is_quantized_dir", "load_quantized", "read_manifest",
-           "save_quantized", "stored_bits"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "READABLE_VERSIONS", "is_quantized_dir", "load_quantized",
+           "read_manifest", "save_quantized", "stored_bits"]
