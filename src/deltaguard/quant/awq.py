@@ -81,7 +81,8 @@ def quantize_awq(model: Any, tokenizer: Any, prompts: Any, *, plan: QuantScheme,
                     s = mean.clamp(min=1e-4).pow(alpha)
                     s = s / (s.max() * s.min()).sqrt()
                     quantizer.smooth[pair].copy_(s)
-                    error = sum(float((quantizer(h, **b.kwargs) - t).pow(2).mean())
+                    params = quantizer.effective()   # once per candidate, shared by the search batches
+                    error = sum(float((quantizer.run(params, h, **b.kwargs) - t).pow(2).mean())
                                 for b, h, t in zip(batches, inputs, targets))
                     best = min(best, (error, alpha))
                 s = mean.clamp(min=1e-4).pow(best[1])

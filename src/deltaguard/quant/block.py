@@ -163,7 +163,12 @@ class BlockQuantizer(nn.Module):
                     lambda _module, args, _bits=bits: (fake_quant_tokens(args[0], _bits), *args[1:])))
 
     def forward(self, hidden: Tensor, **kwargs: Any) -> Tensor:
-        out = functional_call(self.layer, self.effective(), (hidden,), kwargs, strict=False)
+        return self.run(self.effective(), hidden, **kwargs)
+
+    def run(self, params: dict[str, Tensor], hidden: Tensor, **kwargs: Any) -> Tensor:
+        """The block on ``hidden`` with the given parameters (``effective()``'s, computed once and reused when
+        several batches see the same scales: AWQ's grid search quantized every weight again per batch)."""
+        out = functional_call(self.layer, params, (hidden,), kwargs, strict=False)
         return out[0] if isinstance(out, tuple) else out
 
     def trainable(self) -> dict[str, list[nn.Parameter]]:
