@@ -104,40 +104,35 @@ def multi_tenant_bitdelta_(y: Tensor, x: Tensor, signs: Sequence[Tensor] | Tenso
     return multi_tenant_bitdelta_at_(y, x, flat, layout, stack_scales(scales), row_slots)
 
 
-def _check_shapes(y: Tensor, x: Tensor, bits: Sequence[Tensor], layout: Tensor, scales: Tensor,
-                  row_slots: Tensor) -> None:
-    """Refuse mismatched inputs here, before the extension sees them.
-
-    The extension checks the same (``TORCH_CHECK``), but an exception thrown inside a compiled extension
-    must cross into libtorch's error handling; where the extension and libtorch were built by different
-    compilers that crossing can crash the process (seen on a GPU machine: a segmentation fault instead
-    of the error). A Python check costs a few microseconds per call.
-    """
+def _check_rows(y: Tensor, x: Tensor, row_slots: Tensor) -> None:
+    """``x [n, in]``, ``y [n, out]`` and one slot per row."""
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0] or row_slots.numel() != x.shape[0]:
         raise ConfigError(f"C++ kernel: x {list(x.shape)}, y {list(y.shape)} and {row_slots.numel()} row slots "
                           "do not match ([n, in], [n, out], n)")
-    if layout.shape != (len(bits), 2) or scales.dim() != 2 or scales.shape[0] != len(bits):
-        raise ConfigError(f"C++ kernel: layout {list(layout.shape)} / scales {list(scales.shape)} do not match "
-                          f"{len(bits)} slots")
-    matrix_bytes = y.shape[1] * ((x.shape[1] + 7) // 8)
-    for slot in set(row_slots[row_slots >= 0].tolist()):
-        if slot >= len(bits):
-            raise ConfigError(f"C++ kernel: slot {slot} has no signs ({len(bits)} slots)")
-        offset, k = (int(v) for v in layout[slot])
-        if not (1 <= k <= scales.shape[1] and offset >= 0 and offset + k * matrix_bytes <= bits[slot].numel()):
-            raise ConfigError(f"C++ kernel: signs of slot {slot} do not match x and y ({k} x {matrix_bytes} bytes "
-                              f"from {offset} in a buffer of {bits[slot].numel()})")
 
 
-def check_tables(bits: Sequence[Tensor], layout: Tensor, scales: Tensor, *, n_out: int, n_in: int) -> None:
-    """Every slot's signs fit its buffer for a layer of ``[n_out, n_in]`` (what ``_check_shapes`` checks per
-    call, done once): a layer that checks its tables when it builds them may pass ``tables_checked``."""
+def check_tables(bits: Sequence[Tensor], layout: Tensor, scales: Tensor, *, n_out: int, n_in: int,
+                 slots: set[int] | None = None) -> None:
+    """The slots' signs fit their buffers for a layer of ``[n_out, n_in]``: every slot that has signs, or
+    exactly ``slots`` (which then must have them). A layer checks its tables once when it builds them and
+    then passes ``tables_checked``; a call without it checks the slots its rows use, every time.
+
+    Why check in Python at all: the extension checks the same (``TORCH_CHECK``), but an exception thrown
+    inside a compiled extension must cross into libtorch's error handling; where the extension and
+    libtorch were built by different compilers that crossing can crash the process (seen on a GPU machine:
+    a segmentation fault instead of the error).
+    """
     if layout.shape != (len(bits), 2) or scales.dim() != 2 or scales.shape[0] != len(bits):
         raise ConfigError(f"C++ kernel: layout {list(layout.shape)} / scales {list(scales.shape)} do not match "
                           f"{len(bits)} slots")
     matrix_bytes = n_out * ((n_in + 7) // 8)
-    for slot, (offset, k) in enumerate(layout.tolist()):
-        if k and not (k <= scales.shape[1] and offset >= 0 and offset + k * matrix_bytes <= bits[slot].numel()):
+    rows = layout.tolist()
+    for slot in sorted(slots) if slots is not None else range(len(bits)):
+        if slot >= len(bits):
+            raise ConfigError(f"C++ kernel: slot {slot} has no signs ({len(bits)} slots)")
+        offset, k = rows[slot]
+        if (k or slots is not None) and not (1 <= k <= scales.shape[1] and offset >= 0
+                                             and offset + k * matrix_bytes <= bits[slot].numel()):
             raise ConfigError(f"C++ kernel: signs of slot {slot} do not match a [{n_out}, {n_in}] layer ({k} x "
                               f"{matrix_bytes} bytes from {offset} in a buffer of {bits[slot].numel()})")
 
@@ -164,12 +159,10 @@ def multi_tenant_bitdelta_at_(y: Tensor, x: Tensor, bits: Sequence[Tensor], layo
     module = _module()
     if x.device.type != "cpu" or y.device.type != "cpu":
         raise ConfigError(f"the C++ CPU kernel needs CPU tensors (got {x.device})")
-    if tables_checked:
-        if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0] or row_slots.numel() != x.shape[0]:
-            raise ConfigError(f"C++ kernel: x {list(x.shape)}, y {list(y.shape)} and {row_slots.numel()} row slots "
-                              "do not match ([n, in], [n, out], n)")
-    else:
-        _check_shapes(y, x, bits, layout, scales, row_slots)
+    _check_rows(y, x, row_slots)
+    if not tables_checked:
+        check_tables(bits, layout, scales, n_out=y.shape[1], n_in=x.shape[1],
+                     slots=set(row_slots[row_slots >= 0].tolist()))
     xf = x.contiguous() if x.dtype == torch.float32 else x.to(torch.float32).contiguous()
     slots = row_slots.to(torch.int64)
     if y.dtype == torch.float32 and y.stride(-1) == 1:
