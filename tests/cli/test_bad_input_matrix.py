@@ -91,7 +91,7 @@ VERBS = {
                        ("--set", "align_levels=bad"), ("--set", "attack_levels=weak: epochz=1"), ("--workers", "0"),
                        ("--ray", "local", "--workers", "2"), ("--set", "n_prompts=1"))),
     "guard check": Verb(("guard", "check", "{delta}"), deltas=("",), ints=("--n-test",),
-                        extra=(("--stages", "nope"), ("--n-test", "-1"))),
+                        extra=(("--stages", "nope"), ("--n-test", "-1"), ("--split", "train"))),
 }
 
 

@@ -136,6 +136,34 @@ def test_check_measures_every_stage_and_the_keyword_judge(built):
     assert len(format_table(report)) == 5
 
 
+def test_the_validation_report_never_reads_the_test_or_check_split(built, monkeypatch):
+    import deltaguard.guard.check as check_module
+
+    result, _ = built
+    scored_splits: set[str] = set()
+    real_scorer = check_module._scorer
+
+    def recording_scorer(*args, **kwargs):
+        run = real_scorer(*args, **kwargs)
+
+        def scored(examples, label):
+            scored_splits.update(e.split for e in examples)
+            return run(examples, label)
+        return scored
+
+    monkeypatch.setattr(check_module, "_scorer", recording_scorer)
+    report = check_module.check_guard(result.guard_dir, split="val", stages=("student", "int4", "keyword"),
+                                      progress=False)
+    assert scored_splits == {"val"}
+    val = load_data(next(result.run_dir.glob("guard-data-*.json"))).split("val")
+    assert report["split"] == "val" and report["n_test"] == len(val) and report["n_check"] == 0
+    for stage in ("student", "int4"):
+        row = report["stages"][stage]
+        assert row["check_agreement"] is None and row["n"] == len(val) and 0.0 <= row["f1"]["value"] <= 1.0
+    with pytest.raises(ConfigError, match="split 'train'"):
+        check_module.check_guard(result.guard_dir, split="train", progress=False)
+
+
 def test_judge_check_leaves_out_what_the_guard_trained_on(built):
     from deltaguard.data import load_prompts
     from deltaguard.guard.data import group_of

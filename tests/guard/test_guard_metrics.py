@@ -30,3 +30,38 @@ def test_classification_metrics_counts():
     assert m["f1"]["low"] <= m["f1"]["value"] <= m["f1"]["high"]
     with pytest.raises(ConfigError, match="no examples"):
         classification_metrics([], [], 0.5)
+
+
+def test_per_example_thresholds_equal_one_threshold_when_they_agree():
+    scores = [0.9, 0.8, 0.7, 0.2, 0.1, 0.6]
+    labels = [True, True, False, False, False, True]
+    one = classification_metrics(scores, labels, 0.65)
+    many = classification_metrics(scores, labels, [0.65] * 6)
+    assert many["confusion"] == one["confusion"] and many["f1"] == one["f1"]
+    # a per-example cut changes only its own example: 0.7 (a safe one) judged at 0.75 becomes a true negative
+    moved = classification_metrics(scores, labels, [0.65, 0.65, 0.75, 0.65, 0.65, 0.65])
+    assert moved["confusion"] == {"tp": 2, "fp": 0, "fn": 1, "tn": 3}
+    with pytest.raises(ConfigError, match="2 thresholds for 6 scores"):
+        classification_metrics(scores, labels, [0.5, 0.5])
+
+
+def test_cross_fitted_thresholds_come_from_the_other_half():
+    from deltaguard.guard.build import choose_threshold
+    from deltaguard.guard.check import cross_fitted_thresholds, fold_of
+    from deltaguard.guard.data import GuardExample
+
+    groups = [f"prompt {i}" for i in range(40)]
+    examples = [GuardExample(id=f"e{i}", prompt=g, response=None, unsafe=i % 3 == 0, categories=(), source="s", weak=False,
+                             split="val", group=g) for i, g in enumerate(groups)]
+    scores = [((i * 37) % 100) / 100 for i in range(40)]
+    folds = [fold_of(g) for g in groups]
+    assert set(folds) == {0, 1}
+    cuts = cross_fitted_thresholds(scores, examples)
+    for fold in (0, 1):
+        other = [(s, e.unsafe) for s, e, f in zip(scores, examples, folds) if f != fold]
+        expected = choose_threshold([s for s, _ in other], [y for _, y in other])
+        assert {c for c, f in zip(cuts, folds) if f == fold} == {expected}
+    # the same group always lands in the same half
+    assert all(fold_of(g) == f for g, f in zip(groups, folds))
+    with pytest.raises(ConfigError, match="one prompt group"):
+        cross_fitted_thresholds([0.1, 0.9], [examples[0], examples[0]])

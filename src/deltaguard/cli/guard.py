@@ -40,15 +40,17 @@ def build_cmd(
 @guard_app.command("check")
 def check_cmd(
     guard_dir: Path = typer.Argument(..., help="a guard directory (OUT/guard of a build)"),
-    n_test: int = typer.Option(0, "--n-test", help="test examples measured (0 = the whole test split)"),
+    n_test: int = typer.Option(0, "--n-test", help="examples measured (0 = the whole split)"),
+    split: str = typer.Option("test", "--split", help="test (the model card) or val (for choosing a recipe: "
+                                                      "cross-fitted thresholds; test and check are not read)"),
     stages: str = typer.Option("teacher,pruned,student,int4,keyword", "--stages",
                                help="comma-separated: teacher, pruned, student, int4, keyword"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """F1 / FPR / accuracy / AUPRC on the test split for every stage and the keyword judge, size, speed
-    (also written to check.json in the build directory)."""
+    (also written to check.json, or check-val.json for --split val, in the build directory)."""
     from deltaguard.errors import ConfigError
-    from deltaguard.guard.check import check_guard, format_table
+    from deltaguard.guard.check import SPLITS, check_guard, format_table
     from deltaguard.io import write_json
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
@@ -57,18 +59,21 @@ def check_cmd(
         raise ConfigError(f"--stages {stages!r}: choose from teacher, pruned, student, int4, keyword")
     if n_test < 0:
         raise ConfigError(f"--n-test={n_test} must be >= 0")
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
     def log(line: str) -> None:
         if not as_json:
             console.print(line, highlight=False, markup=False)
 
-    result = check_guard(guard_dir, n_test=n_test, stages=chosen, progress=not as_json, log=log)
-    write_json(Path(guard_dir).resolve().parent / "check.json", result)
+    result = check_guard(guard_dir, n_test=n_test, split=split, stages=chosen, progress=not as_json, log=log)
+    write_json(Path(guard_dir).resolve().parent / ("check.json" if split == "test" else "check-val.json"), result)
     if as_json:
         print_json(result)
         return
     table = Table("model", "F1", "FPR", "accuracy", "AUPRC", "F1 human-graded replies", "refusal-check agreement",
                   "size", "judgments/s",
-                  title=f"guard check: {result['n_test']} test examples (95% intervals)")
+                  title=f"guard check: {result['n_test']} {split} examples (95% intervals; thresholds "
+                        f"{result['thresholds']})")
     for row in format_table(result):
         table.add_row(*row)
     console.print(table)

@@ -123,11 +123,4 @@ def check_set_name(spec: str) -> None:
         datasets.get(name)
 
 
-def check_set_name(spec: str) -> None:
-    """Fail early (before a model loads) on a prompt set name that is neither registered, a path nor hf:."""
-    name = parse_spec(spec, "eval")[0]
-    if not name.startswith(HUB_PREFIX) and not looks_like_path(name) and not Path(name).expanduser().exists():
-        datasets.get(name)
-
-
 __all__ = ["EvalConfig", "check_set_name"]

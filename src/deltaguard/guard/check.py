@@ -1,4 +1,5 @@
-"""``check_guard``: every stage of a built guard, and the keyword judge, measured on the test split.
+"""``check_guard``: every stage of a built guard, and the keyword judge, measured on the test split
+(or, to choose a recipe without touching the test split, on the validation split).
 
 One row per model (teacher, pruned, distilled student, INT4 guard; the keyword judge for contrast), one
 column set like the Llama Guard model card's: F1 with unsafe as the positive class, false-positive rate,
@@ -10,14 +11,22 @@ Each float stage gets its own threshold chosen on the validation split (as the I
 time), so no stage is judged at another stage's operating point. The keyword judge only reads replies,
 so it is measured on the response examples alone, with "unsafe" meaning "did not refuse" — exactly how
 the studies count an attack success with it.
+
+``split="val"`` is the report for choosing between build recipes. It never reads the test or check
+splits. A threshold chosen on the examples it is then measured on flatters F1 and FPR, so on the
+validation split every stage's thresholds are *cross-fitted*: the prompt groups are cut into two halves
+by a hash, the cut that maximises F1 on one half is applied to the other, and each example is judged by
+the threshold its own half did not choose (``cross_fitted_thresholds``). AUPRC needs no threshold.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -51,11 +60,17 @@ def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2 * tp / denom if denom else 0.0
 
 
-def classification_metrics(scores: list[float], labels: list[bool], threshold: float, *, seed: int = 0) -> dict[str, Any]:
-    """F1 / FPR / accuracy / AUPRC with 95% intervals (bootstrap for F1 and AUPRC, Wilson for the rates)."""
+def classification_metrics(scores: list[float], labels: list[bool], threshold: float | Sequence[float], *,
+                           seed: int = 0) -> dict[str, Any]:
+    """F1 / FPR / accuracy / AUPRC with 95% intervals (bootstrap for F1 and AUPRC, Wilson for the rates).
+
+    ``threshold`` is one cut for every example, or one per example (cross-fitted thresholds)."""
     if not scores:
         raise ConfigError("no examples to measure")
-    predicted = [s >= threshold for s in scores]
+    cuts = [threshold] * len(scores) if isinstance(threshold, (int, float)) else list(threshold)
+    if len(cuts) != len(scores):
+        raise ConfigError(f"{len(cuts)} thresholds for {len(scores)} scores")
+    predicted = [s >= t for s, t in zip(scores, cuts)]
     stats = agreement(labels, predicted)
     c = stats.confusion
     rng = np.random.default_rng(seed)
@@ -71,7 +86,8 @@ def classification_metrics(scores: list[float], labels: list[bool], threshold: f
     negatives = c.fp + c.tn
     fpr = c.fp / negatives if negatives else math.nan
     return {
-        "n": c.n, "n_unsafe": c.tp + c.fn, "threshold": threshold,
+        "n": c.n, "n_unsafe": c.tp + c.fn,
+        "threshold": threshold if isinstance(threshold, (int, float)) else sorted(set(cuts)),
         "f1": Interval(stats.f1, float(f1_low), float(f1_high)).to_dict(),
         "fpr": Interval(fpr, *wilson(c.fp, negatives)).to_dict(),
         "accuracy": Interval(stats.accuracy, *wilson(c.tp + c.tn, c.n)).to_dict(),
@@ -81,12 +97,18 @@ def classification_metrics(scores: list[float], labels: list[bool], threshold: f
     }
 
 
-def per_category_recall(scores: list[float], examples: list[GuardExample], threshold: float) -> dict[str, Any]:
+def _cuts(threshold: float | Sequence[float], n: int) -> list[float]:
+    return [float(threshold)] * n if isinstance(threshold, (int, float)) else list(threshold)
+
+
+def per_category_recall(scores: list[float], examples: list[GuardExample],
+                        threshold: float | Sequence[float]) -> dict[str, Any]:
     """Recall on the unsafe test examples of each hazard category (with a Wilson interval)."""
     out: dict[str, Any] = {}
     codes = sorted({c for e in examples for c in e.categories}, key=lambda c: int(c[1:]))
+    cuts = _cuts(threshold, len(scores))
     for code in codes:
-        hits = [s >= threshold for s, e in zip(scores, examples) if e.unsafe and code in e.categories]
+        hits = [s >= t for s, t, e in zip(scores, cuts, examples) if e.unsafe and code in e.categories]
         k = sum(hits)
         out[code] = {"n": len(hits), "recall": Interval(k / len(hits), *wilson(k, len(hits))).to_dict()}
     return out
@@ -98,14 +120,49 @@ def _sample(examples: list[GuardExample], n: int, seed: int) -> list[GuardExampl
     return sorted(random.Random(f"guard-check:{seed}").sample(examples, n), key=lambda e: e.id)
 
 
+SPLITS = ("test", "val")
+
+
+def fold_of(group: str) -> int:
+    """0 or 1: the half of the validation split a prompt group falls in (a hash, stable across machines)."""
+    return int(hashlib.sha256(f"guard-check-fold:{group}".encode()).hexdigest()[:8], 16) % 2
+
+
+def cross_fitted_thresholds(scores: list[float], examples: list[GuardExample]) -> list[float]:
+    """Each example's threshold, chosen (max F1) on the *other* half of the prompt groups.
+
+    Why: measuring at a threshold chosen on the same examples overstates F1 and understates FPR, most of
+    all for a model whose scores moved (the INT4 guard's threshold sits ~0.13 below the student's). Folds
+    follow prompt groups, like the splits, so no prompt informs its own threshold.
+    """
+    from deltaguard.guard.build import choose_threshold
+
+    folds = [fold_of(e.group) for e in examples]
+    chosen = {}
+    for fold in (0, 1):
+        other = [(s, e.unsafe) for s, e, f in zip(scores, examples, folds) if f != fold]
+        if not other:
+            raise ConfigError("the validation split holds one prompt group; a cross-fitted threshold needs two")
+        chosen[fold] = choose_threshold([s for s, _ in other], [y for _, y in other])
+    return [chosen[f] for f in folds]
+
+
 def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = None, n_check: int = 0,
+                split: str = "test",
                 stages: tuple[str, ...] = ("teacher", "pruned", "student", "int4", "keyword"),
                 batch_size: int = 16, progress: bool = True, log: Callable[[str], None] = lambda line: None,
                 ) -> dict[str, Any]:
-    """Measure each stage of the guard at ``guard_dir`` (its build directory supplies the float stages)."""
+    """Measure each stage of the guard at ``guard_dir`` (its build directory supplies the float stages).
+
+    ``split="test"``: the model card (thresholds from the validation split, the refusal check split's
+    agreement). ``split="val"``: the recipe-choosing report — the whole validation split (``n_test`` caps
+    it), cross-fitted thresholds, and neither the test nor the check split is read.
+    """
     from deltaguard.guard.artifact import load_guard, size_on_disk
     from deltaguard.guard.build import GuardBuildConfig, choose_threshold, sample_examples
 
+    if split not in SPLITS:
+        raise ConfigError(f"guard check split {split!r} is not one of {', '.join(SPLITS)}")
     guard_dir = Path(guard_dir)
     guard = load_guard(guard_dir)
     manifest = guard.manifest
@@ -115,18 +172,21 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
         raise FormatError(f"{guard_dir}: its manifest's build settings cannot be read ({exc})") from None
     build_root = guard_dir.resolve().parent
     data = build_data_of(guard_dir, build, manifest, progress=progress, log=log)
-    test = _sample(data.split("test"), n_test, 0)
-    val = sample_examples(data.split("val"), build.n_val if n_val is None else n_val, build.seed + 2)  # the build's
-    check = _sample(data.split("check"), n_check, 1)
+    if split == "test":
+        measured = _sample(data.split("test"), n_test, 0)
+        val = sample_examples(data.split("val"), build.n_val if n_val is None else n_val, build.seed + 2)  # the build's
+        check = _sample(data.split("check"), n_check, 1)
+    else:
+        measured, val, check = _sample(data.split("val"), n_test, 0), [], []
     stage_root = build_root / "models"
     rows: dict[str, Any] = {}
     for stage in stages:
         if stage == "keyword":
-            rows["keyword"] = _keyword_row(test, check)
+            rows["keyword"] = _keyword_row(measured, check)
             continue
         if stage == "int4":
             model, head_ids, size = guard.model, guard.head_token_ids, size_on_disk(guard_dir)
-            threshold = guard.threshold
+            threshold: float | list[float] | None = guard.threshold
         else:
             stage_dir = stage_root / manifest.get("stage_dirs", {}).get(stage, "?")
             if not stage_dir.is_dir():
@@ -138,24 +198,31 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
             threshold = None
         log(f"[score] {stage}")
         score = _scorer(model, guard, head_ids, batch_size, progress)
-        if threshold is None:
+        if split == "test" and threshold is None:
             threshold = choose_threshold(score(val, f"{stage} val"), [e.unsafe for e in val])
         started = time.perf_counter()
-        test_scores = score(test, f"{stage} test")
-        per_second = len(test) / (time.perf_counter() - started)
-        check_scores = score(check, f"{stage} check")
-        row = classification_metrics(test_scores, [e.unsafe for e in test], threshold)
-        row["response_task"] = _subset_metrics(test_scores, test, threshold, lambda e: e.response is not None)
-        row["prompt_task"] = _subset_metrics(test_scores, test, threshold, lambda e: e.response is None)
-        row["human_responses"] = _subset_metrics(test_scores, test, threshold, _human_response)
-        row["per_source"] = _per_source(test_scores, test, threshold)
-        row["per_category"] = per_category_recall(test_scores, test, threshold)
-        row["check_agreement"] = _check_agreement(check_scores, check, threshold)
+        scores = score(measured, f"{stage} {split}")
+        per_second = len(measured) / (time.perf_counter() - started)
+        if split == "val":
+            threshold = cross_fitted_thresholds(scores, measured)
+        assert threshold is not None
+        row = classification_metrics(scores, [e.unsafe for e in measured], threshold)
+        row["response_task"] = _subset_metrics(scores, measured, threshold, lambda e: e.response is not None)
+        row["prompt_task"] = _subset_metrics(scores, measured, threshold, lambda e: e.response is None)
+        row["human_responses"] = _subset_metrics(scores, measured, threshold, _human_response)
+        row["per_source"] = _per_source(scores, measured, threshold)
+        row["per_category"] = per_category_recall(scores, measured, threshold)
+        if check:
+            row["check_agreement"] = _check_agreement(score(check, f"{stage} check"), check, threshold)
+        else:
+            row["check_agreement"] = None
         row["size_bytes"] = size
         row["judgments_per_second"] = round(per_second, 2)
         rows[stage] = row
         del model
-    return {"guard": str(guard_dir), "n_test": len(test), "n_val": len(val), "n_check": len(check),
+    return {"guard": str(guard_dir), "split": split, "n_test": len(measured), "n_val": len(val), "n_check": len(check),
+            "thresholds": ("chosen on the build's validation examples" if split == "test" else
+                           "cross-fitted on the validation split (two halves by prompt group)"),
             "data": manifest["data"]["split_hashes"], "stages": rows,
             "teacher_bf16_bytes": _bf16_bytes(stage_root / manifest.get("stage_dirs", {}).get("teacher", "?"))}
 
@@ -195,28 +262,32 @@ def _human_response(example: GuardExample) -> bool:
     return example.source == "pyrit-harm"
 
 
-def _subset_metrics(scores: list[float], examples: list[GuardExample], threshold: float,
+def _subset_metrics(scores: list[float], examples: list[GuardExample], threshold: float | Sequence[float],
                     keep: Callable[[GuardExample], bool]) -> Any:
-    pairs = [(s, e) for s, e in zip(scores, examples) if keep(e)]
-    if not pairs or len({e.unsafe for _, e in pairs}) < 2:
+    triples = [(s, t, e) for s, t, e in zip(scores, _cuts(threshold, len(scores)), examples) if keep(e)]
+    if not triples or len({e.unsafe for _, _, e in triples}) < 2:
         return None
-    return classification_metrics([s for s, _ in pairs], [e.unsafe for _, e in pairs], threshold)
+    return classification_metrics([s for s, _, _ in triples], [e.unsafe for _, _, e in triples],
+                                  [t for _, t, _ in triples])
 
 
-def _per_source(scores: list[float], examples: list[GuardExample], threshold: float) -> dict[str, Any]:
+def _per_source(scores: list[float], examples: list[GuardExample], threshold: float | Sequence[float]) -> dict[str, Any]:
     """Share called unsafe per (source, label): where the errors are (e.g. refusals flagged as unsafe)."""
     out: dict[str, Any] = {}
+    cuts = _cuts(threshold, len(scores))
     for key in sorted({(e.source, e.unsafe) for e in examples}):
-        flagged = [s >= threshold for s, e in zip(scores, examples) if (e.source, e.unsafe) == key]
+        flagged = [s >= t for s, t, e in zip(scores, cuts, examples) if (e.source, e.unsafe) == key]
         k = sum(flagged)
         out[f"{key[0]}:{'unsafe' if key[1] else 'safe'}"] = {
             "n": len(flagged), "called_unsafe": Interval(k / len(flagged), *wilson(k, len(flagged))).to_dict()}
     return out
 
 
-def _check_agreement(scores: list[float], examples: list[GuardExample], threshold: float) -> Any:
+def _check_agreement(scores: list[float], examples: list[GuardExample], threshold: float | Sequence[float]) -> Any:
     if not examples:
         return None
+    if not isinstance(threshold, (int, float)):
+        raise ConfigError("the refusal check split is measured at one threshold")
     hits = [(s >= threshold) == e.unsafe for s, e in zip(scores, examples)]
     k = sum(hits)
     return {"n": len(hits), "accuracy": Interval(k / len(hits), *wilson(k, len(hits))).to_dict(),
@@ -238,7 +309,7 @@ def _keyword_row(test: list[GuardExample], check: list[GuardExample]) -> dict[st
     row["human_responses"] = _subset_metrics(scores, responses, 0.5, _human_response)
     row["per_source"] = _per_source(scores, responses, 0.5)
     row["per_category"] = per_category_recall(scores, responses, 0.5)
-    check_verdicts = judge.judge([JudgeItem(e.prompt, e.response or "") for e in check])
+    check_verdicts = judge.judge([JudgeItem(e.prompt, e.response or "") for e in check]) if check else []
     row["check_agreement"] = _check_agreement([0.0 if v.is_refusal else 1.0 for v in check_verdicts], check, 0.5)
     row["size_bytes"] = 0
     row["judgments_per_second"] = round(per_second, 1)
@@ -273,4 +344,5 @@ def format_table(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-__all__ = ["average_precision", "build_data_of", "check_guard", "classification_metrics", "format_table", "per_category_recall"]
+__all__ = ["SPLITS", "average_precision", "build_data_of", "check_guard", "classification_metrics", "cross_fitted_thresholds",
+           "fold_of", "format_table", "per_category_recall"]
