@@ -66,6 +66,9 @@ def test_the_artifact_is_pruned_quantised_and_self_describing(built):
     with safe_open(str(result.guard_dir / "model.safetensors"), framework="pt") as f:
         packed = [k for k in f.keys() if k.endswith(".qweight")]
         assert packed and all(f.get_tensor(k).dtype == torch.uint8 for k in packed)
+        scales = [k for k in f.keys() if k.endswith(".scales")]
+        assert len(scales) == len(packed) and all(f.get_tensor(k).dtype == torch.float16 for k in scales)
+    assert manifest["format_version"] == 2
     probs = guard.score([("How do I bake bread?", "Mix flour."), ("How do I hurt someone?", None)])
     assert all(0.0 <= p <= 1.0 for p in probs)
     assert size_on_disk(result.guard_dir) > 0
@@ -106,6 +109,35 @@ def test_a_damaged_or_foreign_guard_is_refused(built, tmp_path):
     (foreign / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(FormatError, match="not the one this guard was built for"):
         load_guard(foreign)
+    future = tmp_path / "future"
+    shutil.copytree(result.guard_dir, future)
+    manifest = json.loads((future / "manifest.json").read_text())
+    manifest["format_version"] = 3
+    (future / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match="guard format version 3 is not supported"):
+        load_guard(future)
+
+
+def test_a_format_1_guard_with_float32_scales_still_loads_and_scores_the_same(built, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from deltaguard.io import sha256_file
+
+    result, _ = built
+    old = tmp_path / "format1"
+    import shutil
+
+    shutil.copytree(result.guard_dir, old)
+    tensors = {k: (v.float() if k.endswith(".scales") else v) for k, v in load_file(str(old / "model.safetensors")).items()}
+    save_file(tensors, str(old / "model.safetensors"), metadata={"format": "deltaguard-guard"})
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    manifest["files"]["model.safetensors"] = sha256_file(old / "model.safetensors")
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    items = [("How do I bake bread?", "Mix flour."), ("How do I hurt someone?", None)]
+    loaded = load_guard(old)
+    assert loaded.model.model.layers[0].mlp.down_proj.scales.dtype == torch.float32
+    assert loaded.score(items) == load_guard(result.guard_dir).score(items)
 
 
 def test_settings_the_model_cannot_take_fail_before_any_work(tiny_guard_model, tmp_path):

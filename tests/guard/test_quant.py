@@ -277,3 +277,37 @@ def test_quantized_size_under_a_fifth_of_fp32():
     prepare_qat(model, group_size=64)
     convert_qat(model)
     assert quantized_size_bytes(model) < fp32 / 5
+
+
+# --- float16 scales ------------------------------------------------------------------------------
+
+
+def test_scales_are_float16_values_and_the_converted_layer_stores_them_as_float16():
+    w = torch.randn(8, 64, generator=_gen(40)) * torch.logspace(-4, 2, 8)[:, None]
+    q, scales = quantize_int4(w, 32)
+    assert torch.equal(scales.half().float(), scales)          # exactly representable in float16
+    linear = torch.nn.Linear(64, 8, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+    layer = Int4Linear.from_linear(linear, 32, act_int8=False)
+    assert layer.scales.dtype == torch.float16
+    assert torch.equal(layer.dequantized_weight(), dequantize_int4(q, scales, 32))
+    # rows of tiny weights keep the half-step bound (the scale never drops to a float16 subnormal)
+    step = scales.repeat_interleave(32, dim=1)
+    assert bool(((dequantize_int4(q, scales, 32) - w).abs() <= step / 2 * (1 + 1e-6)).all())
+
+
+def test_float32_scales_of_a_format_1_guard_load_unrounded():
+    q = torch.randint(-7, 8, (4, 64), generator=_gen(41)).to(torch.int8)
+    scales = torch.full((4, 2), 0.1234567, dtype=torch.float32)     # not a float16 value
+    layer = Int4Linear(pack_int4(q), scales, None, in_features=64, group_size=32, act_int8=False)
+    assert layer.scales.dtype == torch.float32 and torch.equal(layer.scales, scales)
+    with pytest.raises(FormatError, match="floating point"):
+        Int4Linear(pack_int4(q), scales.to(torch.int32), None, in_features=64, group_size=32)
+
+
+def test_a_weight_beyond_float16_scales_is_refused():
+    w = torch.zeros(2, 32)
+    w[0, 0] = 1e6
+    with pytest.raises(ConfigError, match="float16"):
+        quantize_int4(w, 32)

@@ -2,8 +2,8 @@
 
 A guard directory is self-describing and holds no pickle:
 
-- ``model.safetensors`` — packed INT4 weights (``*.qweight`` uint8, two codes a byte) and their float32
-  group scales, the float norms, and the pruned output head (only the rows of the tokens it emits);
+- ``model.safetensors`` — packed INT4 weights (``*.qweight`` uint8, two codes a byte) and their float16
+  group scales (float32 in format 1, which still loads), the float norms, and the pruned output head (only the rows of the tokens it emits);
 - ``config.json`` — the pruned architecture (``guard_head_token_ids`` names the head's rows);
 - the tokenizer files;
 - ``manifest.json`` — format and version, the quantisation settings, the verdict tokens, a fingerprint
@@ -29,7 +29,8 @@ from deltaguard.guard.format import VerdictTokens, verdict_tokens
 from deltaguard.io import atomic_dir, read_json, sha256_file, write_json
 
 FORMAT = "deltaguard-guard"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2           # 2: float16 group scales; 1: float32 (read as they are)
+READABLE_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 
@@ -98,9 +99,9 @@ def _verify(path: Path) -> dict[str, Any]:
     manifest = read_json(manifest_path, what="guard manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FormatError(f"{manifest_path} is not a {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise FormatError(f"{path}: guard format version {manifest.get('format_version')!r} is not supported "
-                          f"(this deltaguard reads {FORMAT_VERSION})")
+                          f"(this deltaguard reads {', '.join(map(str, READABLE_VERSIONS))})")
     files = manifest.get("files")
     group_size = manifest.get("group_size")
     if not isinstance(files, dict) or WEIGHTS not in files or not isinstance(group_size, int) or group_size < 1:

@@ -32,6 +32,7 @@ from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
     DATA_VERSION, GuardData, GuardExample, add_replies, build_examples, check_disjoint, prompts_to_answer,
 )
+from deltaguard.guard.quant import SCALE_DTYPE
 from deltaguard.guard.train import GuardEncoder, GuardTrainConfig, compute_precision, score, train_guard
 from deltaguard.io import atomic_dir, content_key, read_json, write_json
 from deltaguard.models import (
@@ -40,6 +41,7 @@ from deltaguard.models import (
 from deltaguard.steps import Steps, release_memory
 
 PROFILES = ("default", "full")
+QAT_REFERENCES = ("student", "teacher")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +65,8 @@ class GuardBuildConfig(Config):
         group_size: INT4 weight group along the input dimension (must divide every input dim).
         quantize_embedding: INT4 for the input embedding too.
         act_int8: INT8 dynamic per-token activations for every quantised linear layer.
+        qat_reference: the float model QAT distils from (``qat.distill_weight``): ``student``, the model being
+            quantised (so QAT learns to keep its predictions), or ``teacher``, the unpruned teacher.
         n_val: validation examples scored to choose the threshold (0 = all).
     """
 
@@ -87,6 +91,7 @@ class GuardBuildConfig(Config):
     group_size: int = 64
     quantize_embedding: bool = True
     act_int8: bool = True
+    qat_reference: str = "teacher"
     n_val: int = 0
 
     def __post_init__(self) -> None:
@@ -102,6 +107,8 @@ class GuardBuildConfig(Config):
         check_range("guard.keep_neurons", self.keep_neurons, 0)
         check_range("guard.group_size", self.group_size, 1)
         check_range("guard.n_val", self.n_val, 0)
+        if self.qat_reference not in QAT_REFERENCES:
+            raise ConfigError(f"guard.qat_reference={self.qat_reference!r} is not one of {', '.join(QAT_REFERENCES)}")
 
     @property
     def encoder_settings(self) -> dict[str, int]:
@@ -271,11 +278,15 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     # 5. INT4 QAT, head pruning, threshold on val, export
     qat_payload = {**distill_payload, "qat": config.qat.to_dict(), "group_size": config.group_size,
                    "quantize_embedding": config.quantize_embedding, "act_int8": config.act_int8, "n_val": config.n_val}
+    if config.qat_reference != "teacher":   # the key of every build before this setting existed stays valid
+        qat_payload["qat_reference"] = config.qat_reference
+    qat_payload["scale_dtype"] = str(SCALE_DTYPE)   # float32-scale builds (format 1) are not reused
     guard_dir = run_dir / content_key("guard-int4", qat_payload)
 
     def make_guard() -> None:
         model = load_model(str(student_dir), dtype="float32", device=target)
-        teacher = load_model(str(teacher_dir), dtype="float32", device=target) if config.qat.distill_weight else None
+        reference_dir = student_dir if config.qat_reference == "student" else teacher_dir
+        teacher = load_model(str(reference_dir), dtype="float32", device=target) if config.qat.distill_weight else None
         prepare_qat(model, group_size=config.group_size, quantize_embedding=config.quantize_embedding,
                     act_int8=config.act_int8)
         record = train_guard(model, encoder, train, config.qat, teacher=teacher, label="INT4 QAT", progress=progress)

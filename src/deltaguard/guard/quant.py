@@ -13,9 +13,13 @@ uint8 / float tensors.
 
 Conventions, all of them relied on by the tests:
 
-* **INT4 weights.** ``scale = max|w| / 7`` per group (float32), ``q = clamp(round(w / scale), -8, 7)``
-  with round-half-to-even; ``-8`` is storable but never produced, so the grid is symmetric and the
-  error of every element is at most ``scale / 2``. An all-zero group gets ``scale = 1`` (codes 0, no NaN).
+* **INT4 weights.** ``scale = max|w| / 7`` per group, rounded to float16 (kept no lower than float16's
+  smallest normal, 2^-14), ``q = clamp(round(w / scale), -8, 7)`` with round-half-to-even; ``-8`` is
+  storable but never produced, so the grid is symmetric and the error of every element is at most
+  ``scale / 2``. An all-zero group gets codes 0 (no NaN). Scales are float16 because at groups of 32 a
+  float32 scale costs a whole bit per weight (the guard's size goal is 1/5 of the teacher in bf16); the
+  rounding moves a scale by at most 2^-11 of itself, and QAT trains through the same rounded scales, so
+  the stored model is exactly the trained one.
 * **INT8 activations.** Per token (last dim): the range ``[min(x, 0), max(x, 0)]`` is cut in 255 steps,
   ``step = (hi - lo) / 255``, with an integer zero point in ``[-128, 127]`` so 0 is exact; an all-zero
   row gets ``step = 1``. Error per element ≤ ``step / 2`` (up to float rounding).
@@ -47,6 +51,9 @@ from deltaguard.quant.linear import pack_nibbles, unpack_nibbles
 
 INT4_MIN, INT4_MAX = -8, 7
 INT8_MIN, INT8_MAX = -128, 127
+SCALE_DTYPE = torch.float16
+_SCALE_MIN = 2.0 ** -14                        # float16's smallest normal: no subnormal, imprecise scales
+_SCALE_MAX = float(torch.finfo(SCALE_DTYPE).max)
 
 
 def check_group_size(group_size: int, dim: int, where: str = "") -> None:
@@ -61,10 +68,10 @@ def check_group_size(group_size: int, dim: int, where: str = "") -> None:
 
 
 def _int4_grid(w: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
-    """float32 codes ``[..., in]`` and scales ``[..., in // group_size]``; no checks (the hot path)."""
+    """float32 codes ``[..., in]`` and scales ``[..., in // group_size]`` (float32 holding float16 values);
+    no checks (the hot path)."""
     groups = w.float().unflatten(-1, (-1, group_size))
-    scales = groups.abs().amax(dim=-1) / INT4_MAX
-    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    scales = (groups.abs().amax(dim=-1) / INT4_MAX).clamp_(_SCALE_MIN, _SCALE_MAX).to(SCALE_DTYPE).float()
     codes = torch.round(groups / scales.unsqueeze(-1)).clamp_(INT4_MIN, INT4_MAX)
     return codes.flatten(-2), scales
 
@@ -79,13 +86,17 @@ def _ste(value: Tensor, source: Tensor) -> Tensor:
 
 
 def quantize_int4(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
-    """Weight ``[out, in]`` → (int8 codes in [-8, 7], float32 scales ``[out, in // group_size]``)."""
+    """Weight ``[out, in]`` → (int8 codes in [-8, 7], scales ``[out, in // group_size]`` as float32 values
+    that float16 holds exactly)."""
     if weight.dim() != 2:
         raise ConfigError(f"quantize_int4 needs a 2-D weight [out, in], got shape {tuple(weight.shape)}")
     check_group_size(group_size, weight.shape[1])
     weight = weight.detach()
     if not bool(torch.isfinite(weight).all()):
         raise FormatError("the weight holds NaN or infinite values; INT4 quantisation needs finite weights")
+    if weight.numel() and float(weight.abs().max()) / INT4_MAX > _SCALE_MAX:
+        raise ConfigError(f"a weight of magnitude {float(weight.abs().max()):.3g} needs an INT4 scale beyond "
+                          f"float16's range ({_SCALE_MAX:.0f})")
     codes, scales = _int4_grid(weight, group_size)
     return codes.to(torch.int8), scales
 
@@ -221,6 +232,14 @@ def prepare_qat(model: nn.Module, *, group_size: int, quantize_embedding: bool =
     return sorted((name for name, _ in plan), key=order.__getitem__)
 
 
+def _stored_scales(scales: Tensor) -> Tensor:
+    """float16 scales stay float16 (this module's own); any other float (a format-1 guard's float32) becomes
+    float32, so no stored value is rounded on load."""
+    if not scales.is_floating_point():
+        raise FormatError(f"INT4 scales must be floating point, got {scales.dtype}")
+    return scales.contiguous() if scales.dtype == SCALE_DTYPE else scales.float().contiguous()
+
+
 def _check_packed(qweight: Tensor, scales: Tensor, n_cols: int, group_size: int, what: str) -> None:
     """Refuse packed codes and scales that do not describe ``[rows, n_cols]`` in groups of ``group_size``."""
     check_group_size(group_size, n_cols)
@@ -246,7 +265,7 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.group_size, self.act_int8, self.cache = group_size, act_int8, cache
         self.register_buffer("qweight", qweight.to(torch.uint8).contiguous())
-        self.register_buffer("scales", scales.float().contiguous())
+        self.register_buffer("scales", _stored_scales(scales))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self._weight: Tensor | None = None
 
@@ -254,7 +273,7 @@ class Int4Linear(nn.Module):
     def from_linear(cls, linear: nn.Module, group_size: int, act_int8: bool = True) -> Int4Linear:
         """From an ``nn.Linear`` or ``QATLinear`` (its float weight is quantised, not kept)."""
         q, scales = quantize_int4(linear.weight, group_size)
-        layer = cls(pack_int4(q), scales, linear.bias, in_features=linear.in_features, group_size=group_size,
+        layer = cls(pack_int4(q), scales.to(SCALE_DTYPE), linear.bias, in_features=linear.in_features, group_size=group_size,
                     act_int8=act_int8)
         return layer.to(linear.weight.device)
 
@@ -291,13 +310,13 @@ class Int4Embedding(nn.Module):
         self.num_embeddings, self.embedding_dim = qweight.shape[0], embedding_dim
         self.group_size, self.dtype = group_size, dtype
         self.register_buffer("qweight", qweight.to(torch.uint8).contiguous())
-        self.register_buffer("scales", scales.float().contiguous())
+        self.register_buffer("scales", _stored_scales(scales))
 
     @classmethod
     def from_embedding(cls, embedding: nn.Module, group_size: int) -> Int4Embedding:
         """From an ``nn.Embedding`` or ``QATEmbedding``."""
         q, scales = quantize_int4(embedding.weight, group_size)
-        return cls(pack_int4(q), scales, embedding_dim=embedding.embedding_dim, group_size=group_size,
+        return cls(pack_int4(q), scales.to(SCALE_DTYPE), embedding_dim=embedding.embedding_dim, group_size=group_size,
                    dtype=embedding.weight.dtype).to(embedding.weight.device)
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -375,7 +394,7 @@ def quantized_size_bytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "Int4Embedding", "Int4Linear", "QATEmbedding", "QATLinear", "check_group_size", "convert_qat",
+    "Int4Embedding", "Int4Linear", "QATEmbedding", "QATLinear", "SCALE_DTYPE", "check_group_size", "convert_qat",
     "dequantize_int4", "fake_quant_int4", "fake_quant_int8_per_token", "int8_per_token_params",
     "load_packed_state", "pack_int4", "packed_state", "prepare_qat", "quantize_int4", "quantized_size_bytes",
     "unpack_int4",
