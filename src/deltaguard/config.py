@@ -138,6 +138,8 @@ def _to_json(value: Any) -> Any:
 
 
 def _from_json(value: Any, annotation: Any) -> Any:
+    if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, Config):
+        return annotation.from_dict(value)    # a nested config (``to_dict`` wrote it as a dict)
     origin = typing.get_origin(annotation)
     if origin is tuple and isinstance(value, list):
         args = typing.get_args(annotation)

@@ -270,3 +270,26 @@ def test_an_audit_reports_the_guards_harm_beside_the_keyword_attack_metric(built
     assert audit_path(tmp_path / "run", "b", "f", threat, config) != first
     with pytest.raises(ConfigError, match="does not judge unsafe"):
         AuditConfig(harm_judge="keyword")
+
+
+def test_the_study_rebuilds_a_cached_guard_made_by_older_settings(built, tiny_guard_model, tmp_path):
+    import shutil
+
+    from deltaguard.study.judges_step import _forget, is_current_build
+
+    result, _ = built
+    config = _config(tiny_guard_model)
+    assert is_current_build(result.guard_dir, config)
+    assert not is_current_build(result.guard_dir, config.replace(group_size=64))
+    old = tmp_path / "old"
+    shutil.copytree(result.guard_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert not is_current_build(old, config)
+    (old / "manifest.json").write_text("{not json")
+    assert not is_current_build(old, config)
+    link = tmp_path / "guard"
+    link.symlink_to(result.guard_dir, target_is_directory=True)
+    _forget(link)
+    assert not link.exists() and result.guard_dir.is_dir()     # the pointer goes, the build stays

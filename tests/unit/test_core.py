@@ -54,6 +54,17 @@ def test_config_round_trip_and_overrides():
     assert cfg.rate == 0.5  # the original is never mutated
 
 
+def test_nested_configs_round_trip_as_configs_not_dicts():
+    import json
+
+    from deltaguard.guard.build import guard_profile
+    from deltaguard.guard.train import GuardTrainConfig
+
+    config = guard_profile("default")
+    back = type(config).from_dict(json.loads(json.dumps(config.to_dict())))
+    assert back == config and isinstance(back.qat, GuardTrainConfig)
+
+
 @pytest.mark.parametrize("override,match", [
     ("bits=four", "not a valid int"),
     ("nope=1", "has no field 'nope'"),

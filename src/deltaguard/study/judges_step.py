@@ -14,19 +14,53 @@ from deltaguard.steps import Steps
 
 def ensure_guard(steps: Steps, audit_config: AuditConfig, *, device: str, progress: bool,
                  log: Callable[[str], None]) -> None:
-    """Build the default guard into the user cache if the audit needs it and none is there (once per machine)."""
+    """Build the default guard into the user cache if the audit needs it and none is there (once per machine).
+
+    A cached guard built with other settings than today's default profile (an older deltaguard's) is rebuilt,
+    its finished stages reused: otherwise an upgrade would keep judging with the old recipe's guard.
+    """
     if audit_config.harm_judge != "guard":
         return
     from deltaguard.guard.build import build_guard, guard_profile
     from deltaguard.judges.guard import default_guard_dir
 
     guard_dir = default_guard_dir()
+    wanted = guard_profile("default")
     if (guard_dir / "manifest.json").is_file():
-        return
-    log(f"the audit's harm judge is the compact guard and none is built yet: building it once into {guard_dir.parent} "
-        "(`deltaguard guard build --profile default`; later runs reuse it)")
-    steps.run("guard build", guard_dir, lambda: build_guard(guard_profile("default"), guard_dir.parent, device=device,
+        if is_current_build(guard_dir, wanted):
+            return
+        log(f"the cached guard at {guard_dir} was built with older default settings: rebuilding it "
+            "(finished stages are reused)")
+        _forget(guard_dir)
+    else:
+        log(f"the audit's harm judge is the compact guard and none is built yet: building it once into "
+            f"{guard_dir.parent} (`deltaguard guard build --profile default`; later runs reuse it)")
+    steps.run("guard build", guard_dir, lambda: build_guard(wanted, guard_dir.parent, device=device,
                                                              progress=progress, log=log))
+
+
+def is_current_build(guard_dir: Path, wanted: Any) -> bool:
+    """Whether the guard at ``guard_dir`` is in this deltaguard's format and was built with ``wanted``."""
+    from deltaguard.errors import ConfigError, FormatError
+    from deltaguard.guard.artifact import FORMAT_VERSION
+    from deltaguard.guard.build import GuardBuildConfig
+
+    try:
+        manifest = read_json(guard_dir / "manifest.json", what="guard manifest")
+        return (manifest.get("format_version") == FORMAT_VERSION
+                and GuardBuildConfig.from_dict(manifest["build"]) == wanted)
+    except (ConfigError, FormatError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _forget(guard_dir: Path) -> None:
+    """Drop the cache's pointer to the latest build (a symlink, or a copy where links fail); builds stay."""
+    import shutil
+
+    if guard_dir.is_symlink() or guard_dir.is_file():
+        guard_dir.unlink()
+    elif guard_dir.is_dir():
+        shutil.rmtree(guard_dir)
 
 
 def judge_checks(steps: Steps, audit_config: AuditConfig, run_dir: Path) -> dict[str, Any]:
