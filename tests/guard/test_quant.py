@@ -311,3 +311,34 @@ def test_a_weight_beyond_float16_scales_is_refused():
     w[0, 0] = 1e6
     with pytest.raises(ConfigError, match="float16"):
         quantize_int4(w, 32)
+
+
+def test_scoring_quantises_each_shared_input_once_with_the_same_result(monkeypatch):
+    import deltaguard.guard.quant as quant
+
+    model = _qat_model()
+    ids = torch.randint(3, 256, (2, 16), generator=_gen(42))
+    with torch.no_grad():
+        convert_qat(model)
+        memoised = model(input_ids=ids).logits
+        calls = []
+        real = quant.fake_quant_int8_per_token
+        monkeypatch.setattr(quant, "fake_quant_int8_per_token", lambda x: calls.append(x.shape) or real(x))
+        again = model(input_ids=ids).logits
+        n_blocks = len(model.model.layers)
+        assert len(calls) == 4 * n_blocks         # q/k/v share one round trip, gate/up another; o and down their own
+        monkeypatch.setattr(quant, "quantized_input", real)   # every layer quantising on its own
+        separately = model(input_ids=ids).logits
+    assert torch.equal(memoised, again) and torch.equal(memoised, separately)
+
+
+def test_the_shared_input_memo_never_returns_a_stale_round_trip():
+    from deltaguard.guard.quant import quantized_input
+
+    x = torch.randn(3, 64, generator=_gen(43))
+    first = quantized_input(x)
+    assert quantized_input(x) is first
+    x.mul_(2.0)                                     # changed in place: its version moves on
+    assert torch.equal(quantized_input(x), fake_quant_int8_per_token(x))
+    y = x.clone()                                   # equal values, another tensor
+    assert quantized_input(y) is not quantized_input(x)

@@ -39,6 +39,7 @@ cast the float32 scales.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -181,6 +182,28 @@ def fake_quant_int8_per_token(x: Tensor) -> Tensor:
     return _int8_round_trip(x)
 
 
+_last_quantized: tuple[weakref.ref[Tensor], int, Tensor] | None = None
+
+
+def quantized_input(x: Tensor) -> Tensor:
+    """``fake_quant_int8_per_token(x)``, computed once per input tensor when scoring.
+
+    Why: q/k/v read the same normed hidden states, and so do gate/up; quantising each tensor once instead
+    of once per layer saves 3 of 7 round trips a block (the round trips are ~12% of a scoring pass). The
+    one-slot memo holds a weak reference to the input and its version counter, so it can only ever return
+    the round trip of this very tensor, unchanged since. Training (autograd on ``x``) never uses it.
+    """
+    global _last_quantized
+    if torch.is_grad_enabled() and x.requires_grad:
+        return fake_quant_int8_per_token(x)
+    memo = _last_quantized
+    if memo is not None and memo[0]() is x and memo[1] == x._version:
+        return memo[2]
+    out = fake_quant_int8_per_token(x)
+    _last_quantized = (weakref.ref(x), x._version, out)
+    return out
+
+
 class QATLinear(nn.Module):
     """A linear layer trained through INT4 weights (and INT8 inputs); owns the original Parameters."""
 
@@ -314,7 +337,7 @@ class Int4Linear(nn.Module):
         if weight is None or weight.device != x.device or weight.dtype != x.dtype:
             weight = self.dequantized_weight(x.dtype)
             self._weight = weight if self.cache else None
-        x = fake_quant_int8_per_token(x) if self.act_int8 else x
+        x = quantized_input(x) if self.act_int8 else x
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -417,6 +440,6 @@ def quantized_size_bytes(model: nn.Module) -> int:
 __all__ = [
     "Int4Embedding", "Int4Linear", "QATEmbedding", "QATLinear", "SCALE_DTYPE", "check_group_size", "convert_qat",
     "dequantize_int4", "fake_quant_int4", "fake_quant_int8_per_token", "int8_per_token_params",
-    "load_packed_state", "pack_int4", "packed_state", "prepare_qat", "quantize_int4", "quantized_size_bytes",
+    "load_packed_state", "pack_int4", "packed_state", "prepare_qat", "quantize_int4", "quantized_input", "quantized_size_bytes",
     "unpack_int4",
 ]
