@@ -275,7 +275,8 @@ def test_an_audit_reports_the_guards_harm_beside_the_keyword_attack_metric(built
 def test_the_study_rebuilds_a_cached_guard_made_by_older_settings(built, tiny_guard_model, tmp_path):
     import shutil
 
-    from deltaguard.study.judges_step import _forget, is_current_build
+    from deltaguard.guard.build import forget_latest
+    from deltaguard.study.judges_step import is_current_build
 
     result, _ = built
     config = _config(tiny_guard_model)
@@ -291,5 +292,5 @@ def test_the_study_rebuilds_a_cached_guard_made_by_older_settings(built, tiny_gu
     assert not is_current_build(old, config)
     link = tmp_path / "guard"
     link.symlink_to(result.guard_dir, target_is_directory=True)
-    _forget(link)
+    forget_latest(link)
     assert not link.exists() and result.guard_dir.is_dir()     # the pointer goes, the build stays

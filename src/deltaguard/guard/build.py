@@ -281,9 +281,9 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
 
     # 5. INT4 QAT, head pruning, threshold on val, export
     qat_payload = {**distill_payload, "qat": config.qat.to_dict(), "group_size": config.group_size,
-                   "quantize_embedding": config.quantize_embedding, "act_int8": config.act_int8, "n_val": config.n_val}
-    qat_payload["qat_reference"] = config.qat_reference
-    qat_payload["scale_dtype"] = str(SCALE_DTYPE)   # float32-scale builds (format 1) are not reused
+                   "quantize_embedding": config.quantize_embedding, "act_int8": config.act_int8, "n_val": config.n_val,
+                   "qat_reference": config.qat_reference,
+                   "scale_dtype": str(SCALE_DTYPE)}   # float32-scale builds (format 1) are not reused
     guard_dir = run_dir / content_key("guard-int4", qat_payload)
 
     def make_guard() -> None:
@@ -403,12 +403,17 @@ def check_build(config: GuardBuildConfig) -> None:
         check_group_size(config.group_size, dim, f" ({what})")
 
 
-def _point_latest(link: Path, target: Path) -> None:
-    """``guard`` → the newest build, as a relative symlink (a copy where symlinks fail)."""
+def forget_latest(link: Path) -> None:
+    """Remove the ``guard`` pointer (a symlink, or a copy where links fail); the builds it named stay."""
     if link.is_symlink() or link.is_file():
         link.unlink()
     elif link.is_dir():
         shutil.rmtree(link)
+
+
+def _point_latest(link: Path, target: Path) -> None:
+    """``guard`` → the newest build, as a relative symlink (a copy where symlinks fail)."""
+    forget_latest(link)
     try:
         link.symlink_to(target.name, target_is_directory=True)
     except OSError:
@@ -416,4 +421,4 @@ def _point_latest(link: Path, target: Path) -> None:
 
 
 __all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_data", "build_guard", "check_build", "choose_threshold",
-           "data_file_name", "guard_profile", "load_data", "sample_examples", "with_overrides"]
+           "data_file_name", "forget_latest", "guard_profile", "load_data", "sample_examples", "with_overrides"]

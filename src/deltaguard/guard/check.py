@@ -25,8 +25,8 @@ import hashlib
 import math
 import random
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -60,6 +60,11 @@ def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2 * tp / denom if denom else 0.0
 
 
+def _cuts(threshold: float | Sequence[float], n: int) -> list[float]:
+    """One threshold per example: the single cut repeated, or the per-example cuts as given."""
+    return [float(threshold)] * n if isinstance(threshold, (int, float)) else list(threshold)
+
+
 def classification_metrics(scores: list[float], labels: list[bool], threshold: float | Sequence[float], *,
                            seed: int = 0) -> dict[str, Any]:
     """F1 / FPR / accuracy / AUPRC with 95% intervals (bootstrap for F1 and AUPRC, Wilson for the rates).
@@ -67,7 +72,7 @@ def classification_metrics(scores: list[float], labels: list[bool], threshold: f
     ``threshold`` is one cut for every example, or one per example (cross-fitted thresholds)."""
     if not scores:
         raise ConfigError("no examples to measure")
-    cuts = [threshold] * len(scores) if isinstance(threshold, (int, float)) else list(threshold)
+    cuts = _cuts(threshold, len(scores))
     if len(cuts) != len(scores):
         raise ConfigError(f"{len(cuts)} thresholds for {len(scores)} scores")
     predicted = [s >= t for s, t in zip(scores, cuts)]
@@ -95,10 +100,6 @@ def classification_metrics(scores: list[float], labels: list[bool], threshold: f
         "precision": round(stats.precision, 4), "recall": round(stats.recall, 4),
         "confusion": {"tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn},
     }
-
-
-def _cuts(threshold: float | Sequence[float], n: int) -> list[float]:
-    return [float(threshold)] * n if isinstance(threshold, (int, float)) else list(threshold)
 
 
 def per_category_recall(scores: list[float], examples: list[GuardExample],

@@ -23,10 +23,11 @@ Conventions, all of them relied on by the tests:
 * **INT8 activations.** Per token (last dim): the range ``[min(x, 0), max(x, 0)]`` is cut in 255 steps,
   ``step = (hi - lo) / 255``, with an integer zero point in ``[-128, 127]`` so 0 is exact; an all-zero
   row gets ``step = 1``. Error per element ≤ ``step / 2`` (up to float rounding).
-* **Straight-through gradients.** The fake-quantised value is ``dq.detach() + (w - w.detach())``: the
-  gradient reaches ``w`` unchanged and — unlike ``w + (dq - w).detach()``, which can land one ulp away
-  from ``dq`` — the forward value is exactly ``dq``, so a converted ``Int4Linear`` reproduces its
-  ``QATLinear`` bit for bit.
+* **Straight-through gradients.** ``_StraightThrough`` returns the fake-quantised value ``dq`` itself and
+  passes the gradient to ``w`` unchanged. Unlike ``w + (dq - w).detach()``, which can land one ulp away
+  from ``dq``, the forward value is exactly ``dq``, so a converted ``Int4Linear`` reproduces its
+  ``QATLinear`` bit for bit; and unlike ``dq.detach() + (w - w.detach())`` it costs no extra passes over
+  the tensor (in QAT the trained blocks' activations are a step's largest tensors).
 * **Packing.** Two codes per byte along the last dim, the even column in the low nibble; an odd column
   count gets a zero high nibble in its last byte, which ``unpack_int4(packed, n_cols)`` drops.
 
@@ -81,9 +82,16 @@ def _dequant(codes: Tensor, scales: Tensor, group_size: int) -> Tensor:
     return (codes.float().unflatten(-1, (-1, group_size)) * scales.float().unsqueeze(-1)).flatten(-2)
 
 
-def _ste(value: Tensor, source: Tensor) -> Tensor:
-    """``value`` forward (exactly), identity gradient to ``source``."""
-    return value.detach() + (source - source.detach())
+class _StraightThrough(torch.autograd.Function):
+    """``value`` forward (exactly), the identity gradient to ``source``."""
+
+    @staticmethod
+    def forward(ctx: Any, source: Tensor, value: Tensor) -> Tensor:
+        return value.view_as(value)      # a new tensor object: autograd must not see an input returned as is
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
 
 
 def quantize_int4(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
@@ -132,7 +140,7 @@ def unpack_int4(packed: Tensor, n_cols: int) -> Tensor:
 def fake_quant_int4(weight: Tensor, group_size: int) -> Tensor:
     """INT4 round trip of ``weight`` along its last dim, in its dtype, with a straight-through gradient."""
     codes, scales = _int4_grid(weight.detach(), group_size)
-    return _ste(_dequant(codes, scales, group_size).to(weight.dtype), weight)
+    return _StraightThrough.apply(weight, _dequant(codes, scales, group_size).to(weight.dtype))
 
 
 def int8_per_token_params(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -154,32 +162,13 @@ def _int8_round_trip(x: Tensor) -> Tensor:
     return values.to(x.dtype)
 
 
-class _Int8StraightThrough(torch.autograd.Function):
-    """Forward: the INT8 round trip; backward: the gradient unchanged (straight through).
-
-    Why a Function and not ``_ste``: ``dq.detach() + (x - x.detach())`` costs two more passes over every
-    activation and keeps their results for backward; in QAT the activations of the trained blocks are the
-    largest tensors of a step.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return _int8_round_trip(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return grad
-
-
 def fake_quant_int8_per_token(x: Tensor) -> Tensor:
     """Dynamic asymmetric INT8 round trip per token (last dim), straight-through gradient, in ``x``'s dtype.
 
-    The round trip runs in place on one buffer (it was ~30% of a scoring pass when written out of place);
-    with autograd the same values pass through ``_Int8StraightThrough``.
+    The round trip runs in place on one buffer (it was ~30% of a scoring pass when written out of place).
     """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _Int8StraightThrough.apply(x)
-    return _int8_round_trip(x)
+    values = _int8_round_trip(x)
+    return _StraightThrough.apply(x, values) if torch.is_grad_enabled() and x.requires_grad else values
 
 
 _last_quantized: tuple[weakref.ref[Tensor], int, Tensor] | None = None

@@ -21,7 +21,7 @@ def ensure_guard(steps: Steps, audit_config: AuditConfig, *, device: str, progre
     """
     if audit_config.harm_judge != "guard":
         return
-    from deltaguard.guard.build import build_guard, guard_profile
+    from deltaguard.guard.build import build_guard, forget_latest, guard_profile
     from deltaguard.judges.guard import default_guard_dir
 
     guard_dir = default_guard_dir()
@@ -31,7 +31,7 @@ def ensure_guard(steps: Steps, audit_config: AuditConfig, *, device: str, progre
             return
         log(f"the cached guard at {guard_dir} was built with older default settings: rebuilding it "
             "(finished stages are reused)")
-        _forget(guard_dir)
+        forget_latest(guard_dir)
     else:
         log(f"the audit's harm judge is the compact guard and none is built yet: building it once into "
             f"{guard_dir.parent} (`deltaguard guard build --profile default`; later runs reuse it)")
@@ -51,16 +51,6 @@ def is_current_build(guard_dir: Path, wanted: Any) -> bool:
                 and GuardBuildConfig.from_dict(manifest["build"]) == wanted)
     except (ConfigError, FormatError, KeyError, TypeError, AttributeError):
         return False
-
-
-def _forget(guard_dir: Path) -> None:
-    """Drop the cache's pointer to the latest build (a symlink, or a copy where links fail); builds stay."""
-    import shutil
-
-    if guard_dir.is_symlink() or guard_dir.is_file():
-        guard_dir.unlink()
-    elif guard_dir.is_dir():
-        shutil.rmtree(guard_dir)
 
 
 def judge_checks(steps: Steps, audit_config: AuditConfig, run_dir: Path) -> dict[str, Any]:
