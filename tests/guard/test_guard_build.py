@@ -288,6 +288,10 @@ def test_the_study_rebuilds_a_cached_guard_made_by_older_settings(built, tiny_gu
     manifest["format_version"] = 1
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert not is_current_build(old, config)
+    manifest = json.loads((result.guard_dir / "manifest.json").read_text())
+    manifest["data_file"] = "guard-data-0000000000.json"      # same settings, examples of an older DATA_VERSION
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert not is_current_build(old, config)
     (old / "manifest.json").write_text("{not json")
     assert not is_current_build(old, config)
     link = tmp_path / "guard"

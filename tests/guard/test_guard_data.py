@@ -7,8 +7,8 @@ import pytest
 from deltaguard.data.base import datasets, normalise_text
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
-    GUARD_SPLITS, LABEL_SOURCES, UNSAFE_CUT, GuardData, add_replies, build_examples, check_disjoint, group_of,
-    hashed_split, prompts_to_answer,
+    GUARD_SPLITS, LABEL_SOURCES, UNSAFE_CUT, GuardData, GuardExample, add_replies, balance_labels, build_examples,
+    check_disjoint, group_of, hashed_split, prompts_to_answer,
 )
 
 
@@ -92,7 +92,35 @@ def test_hashed_split_is_stable_and_shares_are_close():
     splits = [hashed_split(g, seed=0) for g in groups]
     assert splits == [hashed_split(g, seed=0) for g in groups]
     share = {s: splits.count(s) / len(splits) for s in ("train", "val", "test")}
-    assert abs(share["test"] - 0.3) < 0.03 and abs(share["val"] - 0.1) < 0.02
+    assert abs(share["test"] - 0.3) < 0.03 and abs(share["val"] - 0.2) < 0.02
+
+
+def test_a_larger_validation_share_never_moves_a_test_group():
+    """Validation grows out of train only: the test split (and every figure measured on it) stays put."""
+    groups = [group_of(f"prompt {i}") for i in range(4000)]
+    for g in groups:
+        narrow, wide = hashed_split(g, seed=0, val=0.1), hashed_split(g, seed=0, val=0.2)
+        assert (narrow == "test") == (wide == "test")
+        assert narrow != "val" or wide == "val"
+
+
+def _example(i: int, source: str, unsafe: bool) -> GuardExample:
+    return GuardExample(id=f"{source}:{i}", prompt=f"p{i}", response="r", unsafe=unsafe, categories=(), source=source,
+                        weak=False, group=f"g{i}", split="train")
+
+
+def test_balance_labels_repeats_the_rarer_label_of_mixed_sources_only():
+    mixed = [_example(i, "pyrit-harm", i >= 3) for i in range(10)]          # 3 safe, 7 unsafe
+    single = [_example(100 + i, "advbench", True) for i in range(5)]
+    balanced = balance_labels(mixed + single, seed=0)
+    assert balanced[:15] == mixed + single                                    # the originals first, unchanged
+    extra = balanced[15:]
+    assert len(extra) == 4 and all(e.source == "pyrit-harm" and not e.unsafe for e in extra)
+    assert sum(not e.unsafe for e in balanced) == sum(e.unsafe and e.source == "pyrit-harm" for e in balanced)
+    assert len({e.id for e in extra[:3]}) == 3                                # every safe example once before any twice
+    assert balance_labels(mixed + single, seed=0) == balanced                 # seeded
+    assert balance_labels(single, seed=0) == single                           # one label: nothing added
+    assert balance_labels([], seed=0) == []
 
 
 def test_errors():

@@ -34,7 +34,7 @@ Splits are decided per *group* — the prompt's normalised text — so no prompt
 when one prompt comes from several sources: ``check`` > ``test`` > ``val`` > ``train``. Sets with
 deltaguard's own calib/train/eval splits keep them (calib → val, train → train, eval → test), so the guard
 never trains on a prompt that a study evaluates; ``pyrit-harm``, which only ever served judge checks,
-is split by a hash of the group.
+is split by a hash of the group (30% test, 20% validation, 50% train: ``hashed_split``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ GUARD_SPLITS = ("train", "val", "test", "check")
 _PRECEDENCE = {"check": 3, "test": 2, "val": 1, "train": 0}
 _FROM_DATA_SPLIT = {"calib": "val", "train": "train", "eval": "test"}
 UNSAFE_CUT = 0.5
-DATA_VERSION = 3   # raise when the labelling or the split rules change: it keys the build's data file
+DATA_VERSION = 4   # raise when the labelling or the split rules change: it keys the build's data file
 UNCAPPED_SOURCES = ("benign", "requests")   # prompt-only sources kept whole by ``max_prompt_only`` and answered first
 
 # pyrit-harm's harm areas → the Llama Guard 3 hazard codes they fall under (closest match).
@@ -133,8 +133,13 @@ class GuardData:
                 "label_sources": LABEL_SOURCES}
 
 
-def hashed_split(group: str, *, seed: int, val: float = 0.1, test: float = 0.3) -> str:
-    """train / val / test for a group that no source assigns: a seeded hash, stable across machines."""
+def hashed_split(group: str, *, seed: int, val: float = 0.2, test: float = 0.3) -> str:
+    """train / val / test for a group that no source assigns: a seeded hash, stable across machines.
+
+    Validation takes 20% (test keeps the same 30% of buckets, so the test split does not move when ``val``
+    changes). At 10% it held 9 human-graded harmless replies — the test split's main false positives — so
+    no threshold or recipe chosen on validation could see them.
+    """
     bucket = int(hashlib.sha256(f"guard:{seed}:{group}".encode()).hexdigest()[:12], 16) % 1000
     if bucket < round(test * 1000):
         return "test"
@@ -283,6 +288,30 @@ def add_replies(data: GuardData, asked: list[GuardExample], replies: list[str], 
     return GuardData(data.examples + tuple(added))
 
 
+def balance_labels(examples: list[GuardExample], *, seed: int) -> list[GuardExample]:
+    """``examples`` plus seeded repeats of each mixed-label source's rarer label, up to the commoner one's count.
+
+    Why: only ``pyrit-harm`` holds both labels, at ~3 unsafe replies to 1 safe. Trained on that mix, the guard
+    learns "a fluent human-graded reply is probably unsafe" and flagged 65% of the harmless ones in the test
+    split. Equal weight per label within a source removes that prior without inventing examples; sources
+    with one label (their label is their construction) are left as they are. Repeats cycle through a seeded
+    order, so no example is repeated twice before every other one once. (Measured on validation, it cost
+    more elsewhere than it gained there, so builds leave it off: ``GuardBuildConfig.balance_labels``.)
+    """
+    by_source: dict[str, dict[bool, list[GuardExample]]] = {}
+    for e in examples:
+        by_source.setdefault(e.source, {}).setdefault(e.unsafe, []).append(e)
+    extra: list[GuardExample] = []
+    for source, labels in sorted(by_source.items()):
+        if len(labels) < 2:
+            continue
+        rare, common = sorted(labels.values(), key=len)
+        order = sorted(rare, key=lambda e: e.id)
+        random.Random(f"guard-balance:{seed}:{source}").shuffle(order)
+        extra += [order[i % len(order)] for i in range(len(common) - len(rare))]
+    return list(examples) + extra
+
+
 def check_disjoint(data: GuardData) -> None:
     """Raise if a prompt group sits in two splits (``build_examples`` guarantees it; loaders re-check)."""
     owner: dict[str, str] = {}
@@ -300,5 +329,5 @@ def _hash(examples: Iterable[GuardExample]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
 
-__all__ = ["DATA_VERSION", "GUARD_SPLITS", "GuardData", "GuardExample", "LABEL_SOURCES", "add_replies",
+__all__ = ["DATA_VERSION", "GUARD_SPLITS", "GuardData", "GuardExample", "LABEL_SOURCES", "add_replies", "balance_labels",
            "build_examples", "check_disjoint", "group_of", "hashed_split", "prompts_to_answer"]

@@ -40,15 +40,18 @@ def ensure_guard(steps: Steps, audit_config: AuditConfig, *, device: str, progre
 
 
 def is_current_build(guard_dir: Path, wanted: Any) -> bool:
-    """Whether the guard at ``guard_dir`` is in this deltaguard's format and was built with ``wanted``."""
+    """Whether the guard at ``guard_dir`` is in this deltaguard's format and was built with ``wanted`` from the
+    examples this deltaguard would build (the data file's name keys ``DATA_VERSION``: new split or labelling
+    rules leave the settings unchanged but still need a new guard)."""
     from deltaguard.errors import ConfigError, FormatError
     from deltaguard.guard.artifact import FORMAT_VERSION
-    from deltaguard.guard.build import GuardBuildConfig
+    from deltaguard.guard.build import GuardBuildConfig, data_file_name
 
     try:
         manifest = read_json(guard_dir / "manifest.json", what="guard manifest")
         return (manifest.get("format_version") == FORMAT_VERSION
-                and GuardBuildConfig.from_dict(manifest["build"]) == wanted)
+                and GuardBuildConfig.from_dict(manifest["build"]) == wanted
+                and manifest.get("data_file") == data_file_name(wanted))
     except (ConfigError, FormatError, KeyError, TypeError, AttributeError):
         return False
 
