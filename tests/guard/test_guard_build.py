@@ -146,6 +146,14 @@ def test_settings_the_model_cannot_take_fail_before_any_work(tiny_guard_model, t
         with pytest.raises(ConfigError, match=message):
             build_guard(_config(tiny_guard_model).replace(**change), tmp_path / "run", progress=False)
         assert not (tmp_path / "run").exists()
+    config = _config(tiny_guard_model)   # 3 blocks, 1 dropped: the later stages train at most 2
+    for stage, blocks, message in (("teacher", 4, "teacher.train_blocks=4 exceeds the 3 blocks"),
+                                   ("distill", 3, "distill.train_blocks=3 exceeds the 2 blocks"),
+                                   ("qat", 3, "qat.train_blocks=3 exceeds the 2 blocks")):
+        change = {stage: getattr(config, stage).replace(train_blocks=blocks)}
+        with pytest.raises(ConfigError, match=message):
+            build_guard(config.replace(**change), tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
 
 
 def test_choose_threshold_and_profiles():
