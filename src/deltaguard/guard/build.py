@@ -133,7 +133,9 @@ def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
         # (the size of groups of 64 with float32 ones), distilling from the student it quantises, 40 steps at
         # 1e-4 on the top 10 blocks (all 20 with the fake-quant graph peaked at 7.6 GB). Chosen on the validation
         # split (`guard check --split val`, cross-fitted thresholds) among 8 recipes; the previous one (groups of
-        # 64, the teacher as reference, 20 steps at 2e-5) scored F1 0.72 / FPR 0.45 there, this one 0.86 / 0.08.
+        # 64, the teacher as reference, 20 steps at 2e-5) scored F1 0.72 / FPR 0.45 there, this one 0.86 / 0.08
+        # (on the validation split of DATA_VERSION 3; 0.83 / 0.20 on today's, which holds more of the human-graded
+        # harmless replies). Tried there and not kept: balance_labels, 896 MLP neurons, 18 blocks (README).
         config = GuardBuildConfig(profile="default", max_response_tokens=96, drop_blocks=10, keep_neurons=1024,
                                   answer_harmful=100, answer_benign=60, reply_tokens=40,
                                   teacher=GuardTrainConfig(lr=1e-4, max_steps=80, train_blocks=12),
