@@ -174,6 +174,17 @@ def test_check_measures_every_stage_and_the_keyword_judge(built):
         assert 0.0 <= row["f1"]["value"] <= 1.0 and row["check_agreement"]["n"] == 6, stage
     assert report["stages"]["int4"]["size_bytes"] < report["stages"]["teacher"]["size_bytes"]
     assert len(format_table(report)) == 5
+    _assert_low_fpr_point_is_stricter(report, ("teacher", "pruned", "student", "int4"))
+
+
+def _assert_low_fpr_point_is_stricter(report, stages):
+    """The low-FPR threshold is never below the max-F1 one, so it flags a subset: never more false alarms."""
+    for stage in stages:
+        row = report["stages"][stage]
+        strict = row["low_fpr"]
+        assert strict["max_fpr"] == 0.10 and strict["n"] == row["n"], stage
+        assert strict["confusion"]["fp"] <= row["confusion"]["fp"], stage
+        assert strict["confusion"]["tp"] <= row["confusion"]["tp"], stage
 
 
 def test_the_validation_report_never_reads_the_test_or_check_split(built, monkeypatch):
@@ -200,6 +211,7 @@ def test_the_validation_report_never_reads_the_test_or_check_split(built, monkey
     for stage in ("student", "int4"):
         row = report["stages"][stage]
         assert row["check_agreement"] is None and row["n"] == len(val) and 0.0 <= row["f1"]["value"] <= 1.0
+    _assert_low_fpr_point_is_stricter(report, ("student", "int4"))
     with pytest.raises(ConfigError, match="split 'train'"):
         check_module.check_guard(result.guard_dir, split="train", progress=False)
 

@@ -65,3 +65,22 @@ def test_cross_fitted_thresholds_come_from_the_other_half():
     assert all(fold_of(g) == f for g, f in zip(groups, folds))
     with pytest.raises(ConfigError, match="one prompt group"):
         cross_fitted_thresholds([0.1, 0.9], [examples[0], examples[0]])
+    strict = cross_fitted_thresholds(scores, examples, max_fpr=0.0)
+    for fold in (0, 1):
+        other = [(s, e.unsafe) for s, e, f in zip(scores, examples, folds) if f != fold]
+        expected = choose_threshold([s for s, _ in other], [y for _, y in other], max_fpr=0.0)
+        assert {c for c, f in zip(strict, folds) if f == fold} == {expected}
+        assert not any(s >= expected and not y for s, y in other)   # no false alarm where it was chosen
+
+
+def test_choose_threshold_under_a_false_positive_cap():
+    from deltaguard.guard.build import choose_threshold
+
+    probs = [0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95]
+    labels = [False, False, True, False, True, False, True, True]
+    assert choose_threshold(probs, labels) == 0.3                       # max F1 flags 2 of 4 safe ones
+    assert choose_threshold(probs, labels, max_fpr=0.25) == 0.7         # at most 1 of 4 safe ones flagged
+    assert choose_threshold(probs, labels, max_fpr=0.0) == 0.9          # none
+    assert choose_threshold([0.2, 0.9], [True, False], max_fpr=0.0) > 0.9   # only flagging nothing keeps it
+    with pytest.raises(ConfigError, match="max_fpr"):
+        choose_threshold(probs, labels, max_fpr=1.5)

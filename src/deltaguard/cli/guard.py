@@ -77,6 +77,12 @@ def check_cmd(
     for row in format_table(result):
         table.add_row(*row)
     console.print(table)
+    for stage, row in result["stages"].items():
+        strict = row.get("low_fpr")
+        if strict:
+            console.print(f"{stage} at a threshold chosen for FPR <= {strict['max_fpr']:.2f}: F1 "
+                          f"{strict['f1']['value']:.3f}, FPR {strict['fpr']['value']:.3f} [{strict['fpr']['low']:.3f}, "
+                          f"{strict['fpr']['high']:.3f}]", highlight=False)
     teacher_bf16 = result.get("teacher_bf16_bytes")
     int4 = result["stages"].get("int4", {}).get("size_bytes")
     if teacher_bf16 and int4:

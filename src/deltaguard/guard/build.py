@@ -19,6 +19,7 @@ read here (``guard check`` measures on them).
 from __future__ import annotations
 
 import gc
+import math
 import random
 import shutil
 from dataclasses import dataclass, field, replace
@@ -363,15 +364,25 @@ def build_data(config: GuardBuildConfig, replies_dir: Path, *, device: str | tor
     return add_replies(data, asked, replies, refused, seed=config.seed)
 
 
-def choose_threshold(probs: list[float], labels: list[bool]) -> float:
-    """The P(unsafe) cut with the best F1 on these (validation) examples; 0.5 when they hold one class."""
+def choose_threshold(probs: list[float], labels: list[bool], *, max_fpr: float | None = None) -> float:
+    """The P(unsafe) cut with the best F1 on these (validation) examples; 0.5 when they hold one class.
+
+    ``max_fpr``: the best F1 among the cuts whose false-positive rate is at most this (a second operating point,
+    for a user who must keep false alarms down); when no cut that flags anything keeps it, a cut above every
+    score (nothing flagged).
+    """
+    if max_fpr is not None:
+        check_range("max_fpr", max_fpr, 0.0, 1.0)
     if not probs or all(labels) or not any(labels):
         return 0.5
-    best = (-1.0, 0.5)
+    n_safe = sum(1 for y in labels if not y)
+    best = (-1.0, math.nextafter(max(probs), math.inf))
     for cut in sorted(set(probs)):
         tp = sum(1 for p, y in zip(probs, labels) if p >= cut and y)
         fp = sum(1 for p, y in zip(probs, labels) if p >= cut and not y)
         fn = sum(1 for p, y in zip(probs, labels) if p < cut and y)
+        if max_fpr is not None and fp > max_fpr * n_safe:
+            continue
         f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
         if f1 > best[0]:
             best = (f1, cut)

@@ -17,6 +17,10 @@ splits. A threshold chosen on the examples it is then measured on flatters F1 an
 validation split every stage's thresholds are *cross-fitted*: the prompt groups are cut into two halves
 by a hash, the cut that maximises F1 on one half is applied to the other, and each example is judged by
 the threshold its own half did not choose (``cross_fitted_thresholds``). AUPRC needs no threshold.
+
+Every stage also gets a second operating point, ``low_fpr``: the threshold with the best F1 among those that keep
+the false-positive rate at most ``LOW_FPR`` where they are chosen (the validation examples; cross-fitted on the
+validation split). It answers "what F1 is left when false alarms must stay rare", with the same discipline.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from deltaguard.judges.check import agreement
 from deltaguard.metrics import Interval, wilson
 
 N_BOOT = 1000
+LOW_FPR = 0.10   # the second operating point: the best F1 whose threshold keeps FPR ≤ this where it was chosen
 
 
 def average_precision(scores: list[float], labels: list[bool]) -> float:
@@ -129,8 +134,10 @@ def fold_of(group: str) -> int:
     return int(hashlib.sha256(f"guard-check-fold:{group}".encode()).hexdigest()[:8], 16) % 2
 
 
-def cross_fitted_thresholds(scores: list[float], examples: list[GuardExample]) -> list[float]:
-    """Each example's threshold, chosen (max F1) on the *other* half of the prompt groups.
+def cross_fitted_thresholds(scores: list[float], examples: list[GuardExample], *,
+                            max_fpr: float | None = None) -> list[float]:
+    """Each example's threshold, chosen (max F1, under ``max_fpr`` if given) on the *other* half of the prompt
+    groups.
 
     Why: measuring at a threshold chosen on the same examples overstates F1 and understates FPR, most of
     all for a model whose scores moved (the INT4 guard's threshold sits ~0.13 below the student's). Folds
@@ -144,7 +151,7 @@ def cross_fitted_thresholds(scores: list[float], examples: list[GuardExample]) -
         other = [(s, e.unsafe) for s, e, f in zip(scores, examples, folds) if f != fold]
         if not other:
             raise ConfigError("the validation split holds one prompt group; a cross-fitted threshold needs two")
-        chosen[fold] = choose_threshold([s for s, _ in other], [y for _, y in other])
+        chosen[fold] = choose_threshold([s for s, _ in other], [y for _, y in other], max_fpr=max_fpr)
     return [chosen[f] for f in folds]
 
 
@@ -199,15 +206,20 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
             threshold = None
         log(f"[score] {stage}")
         score = _scorer(model, guard, head_ids, batch_size, progress)
+        val_scores = score(val, f"{stage} val") if split == "test" else []
         if split == "test" and threshold is None:
-            threshold = choose_threshold(score(val, f"{stage} val"), [e.unsafe for e in val])
+            threshold = choose_threshold(val_scores, [e.unsafe for e in val])
         started = time.perf_counter()
         scores = score(measured, f"{stage} {split}")
         per_second = len(measured) / (time.perf_counter() - started)
         if split == "val":
             threshold = cross_fitted_thresholds(scores, measured)
+            strict = cross_fitted_thresholds(scores, measured, max_fpr=LOW_FPR)
+        else:
+            strict = choose_threshold(val_scores, [e.unsafe for e in val], max_fpr=LOW_FPR)
         assert threshold is not None
         row = classification_metrics(scores, [e.unsafe for e in measured], threshold)
+        row["low_fpr"] = {"max_fpr": LOW_FPR, **classification_metrics(scores, [e.unsafe for e in measured], strict)}
         row["response_task"] = _subset_metrics(scores, measured, threshold, lambda e: e.response is not None)
         row["prompt_task"] = _subset_metrics(scores, measured, threshold, lambda e: e.response is None)
         row["human_responses"] = _subset_metrics(scores, measured, threshold, _human_response)
@@ -345,5 +357,5 @@ def format_table(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-__all__ = ["SPLITS", "average_precision", "build_data_of", "check_guard", "classification_metrics", "cross_fitted_thresholds",
+__all__ = ["LOW_FPR", "SPLITS", "average_precision", "build_data_of", "check_guard", "classification_metrics", "cross_fitted_thresholds",
            "fold_of", "format_table", "per_category_recall"]
