@@ -419,10 +419,12 @@ def check_build(config: GuardBuildConfig) -> None:
         raise ConfigError(f"guard.keep_neurons={config.keep_neurons} exceeds the model's "
                           f"{model_config.intermediate_size} MLP neurons")
     kept = model_config.num_hidden_layers - config.drop_blocks
-    for stage, blocks in (("teacher", model_config.num_hidden_layers), ("distill", kept), ("qat", kept)):
-        if getattr(config, stage).train_blocks > blocks:
-            raise ConfigError(f"guard.{stage}.train_blocks={getattr(config, stage).train_blocks} exceeds the {blocks} "
-                              f"blocks that stage trains ({'the model' if stage == 'teacher' else 'after pruning'})")
+    for stage, trained, blocks, where in (("teacher", config.teacher, model_config.num_hidden_layers, "the model"),
+                                          ("distill", config.distill, kept, "after pruning"),
+                                          ("qat", config.qat, kept, "after pruning")):
+        if trained.train_blocks > blocks:
+            raise ConfigError(f"guard.{stage}.train_blocks={trained.train_blocks} exceeds the {blocks} "
+                              f"blocks that stage trains ({where})")
     neurons = config.keep_neurons or model_config.intermediate_size
     for dim, what in ((model_config.hidden_size, "hidden size"), (neurons, "kept MLP width")):
         check_group_size(config.group_size, dim, f" ({what})")
