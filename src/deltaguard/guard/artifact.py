@@ -8,7 +8,9 @@ A guard directory is self-describing and holds no pickle:
 - the tokenizer files;
 - ``manifest.json`` — format and version, the quantisation settings, the verdict tokens, a fingerprint
   of the tokenizer's vocabulary, the sha256 of every other file, and the build record (label sources,
-  data and split hashes, stage records, the decision threshold and the measured metrics).
+  data and split hashes, stage records, the decision thresholds and the measured metrics).
+
+A guard carries two operating points chosen on its validation examples at build time (``guard.points``).
 
 ``load_guard`` verifies every file before reading it and refuses one-line: a missing or edited file, an
 unknown format, or a tokenizer that is not the one the guard was built with.
@@ -17,7 +19,6 @@ unknown format, or a tokenizer that is not the one the guard was built with.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +27,7 @@ from torch import nn
 
 from deltaguard.errors import FormatError
 from deltaguard.guard.format import VerdictTokens, verdict_tokens
+from deltaguard.guard.points import OPERATING_POINTS, operating_threshold
 from deltaguard.io import atomic_dir, read_json, sha256_file, write_json
 
 FORMAT = "deltaguard-guard"
@@ -33,8 +35,6 @@ FORMAT_VERSION = 2           # 2: float16 group scales; 1: float32 (read as they
 READABLE_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
-
-
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of the vocabulary (token → id): two tokenizers that agree on it tokenise identically enough
     for the guard's verdict tokens and prefix to mean the same thing."""
@@ -76,8 +76,12 @@ class Guard:
 
     @property
     def threshold(self) -> float:
-        """P(unsafe) at or above which the guard says unsafe (chosen on the validation split)."""
-        return float(self.manifest.get("threshold", 0.5))
+        """P(unsafe) at or above which the guard says unsafe (chosen on the validation split, max F1)."""
+        return operating_threshold(self.manifest, "max_f1", self.path)
+
+    def threshold_at(self, point: str) -> float:
+        """The threshold of one of ``OPERATING_POINTS`` (chosen on the validation split at build time)."""
+        return operating_threshold(self.manifest, point, self.path)
 
     @property
     def head_token_ids(self) -> Any:
@@ -149,9 +153,14 @@ def load_guard(path: str | Path, *, device: str = "cpu") -> Guard:
     except (OSError, ValueError, SafetensorError) as exc:
         raise FormatError(f"{path} could not be read ({str(exc).splitlines()[0]})") from None
     load_packed_state(model, tensors, manifest["group_size"], bool(manifest.get("act_int8", True)))
-    threshold = manifest.get("threshold", 0.5)
-    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or not 0 <= threshold <= 1:
-        raise FormatError(f"{path}: threshold {threshold!r} is not a probability")
+    points = manifest.get("operating_points")
+    if points is not None and not isinstance(points, dict):
+        raise FormatError(f"{path}: operating_points is not a mapping of point -> threshold")
+    if unknown := sorted(set(points or {}) - set(OPERATING_POINTS[1:])):
+        raise FormatError(f"{path}: unknown operating points {unknown} (this deltaguard knows {', '.join(OPERATING_POINTS[1:])})")
+    for point in OPERATING_POINTS:   # every stored cut is a probability (a damaged manifest fails here, not mid-judging)
+        if point == "max_f1" or point in (points or {}):   # max_f1 is ``threshold``
+            operating_threshold(manifest, point, path)
     encoder = GuardEncoder(tokenizer, **manifest.get("encoder", {}))
     model = model.to(resolve_device(device)).eval()
     return Guard(model=model, tokenizer=tokenizer, manifest=manifest, path=path, encoder=encoder, tokens=tokens)

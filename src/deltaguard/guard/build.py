@@ -205,6 +205,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
                 log: Callable[[str], None] = lambda line: None) -> BuildResult:
     """Run (or resume) every stage of a guard build under ``run_dir``; returns the artifact's place."""
     from deltaguard.guard.artifact import save_guard
+    from deltaguard.guard.points import LOW_FPR
     from deltaguard.guard.format import verdict_tokens
     from deltaguard.guard.prune import (
         block_importance, choose_blocks_to_drop, neuron_importance, prune_blocks, prune_head, prune_neurons,
@@ -310,15 +311,18 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
         val = sample_examples(data.split("val"), config.n_val, config.seed + 2)
         probs = score(model, encoder, [(e.prompt, e.response) for e in val], tokens, head_token_ids=model.lm_head.token_ids,
                       progress=progress, label="score val")
-        threshold = choose_threshold(probs, [e.unsafe for e in val])
+        labels = [e.unsafe for e in val]
+        threshold = choose_threshold(probs, labels)
+        low_fpr = choose_threshold(probs, labels, max_fpr=LOW_FPR)
         stage_records = {name: read_json(path / "guard_stage.json", what="guard stage record")
                          for name, path in (("teacher", teacher_dir), ("pruned", pruned_dir), ("student", student_dir))}
         save_guard(model.to("cpu"), tokenizer, guard_dir, group_size=config.group_size, act_int8=config.act_int8,
                    tokens=tokens, record={
                        "build": config.to_dict(), "base_model": config.model, "base_identity": base_key,
                        "encoder": config.encoder_settings, "data": data.summary(), "data_file": data_path.name,
-                       "threshold": threshold,
-                       "threshold_chosen_on": f"val ({len(val)} examples, max F1)",
+                       "threshold": threshold, "operating_points": {"low_fpr": low_fpr},
+                       "threshold_chosen_on": f"val ({len(val)} examples): max_f1 = best F1, low_fpr = best F1 "
+                                              f"with FPR <= {LOW_FPR}",
                        "trained_groups": sorted({e.group for e in data.examples if e.split in ("train", "val")}),
                        "stages": {**stage_records, "int4": {"stage": "int4", **record}},
                        "stage_dirs": {"teacher": teacher_dir.name, "pruned": pruned_dir.name,

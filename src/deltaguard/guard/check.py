@@ -36,12 +36,12 @@ from typing import Any, Callable
 import numpy as np
 
 from deltaguard.errors import ConfigError, FormatError
+from deltaguard.guard.points import LOW_FPR
 from deltaguard.guard.data import GuardExample
 from deltaguard.judges.check import agreement
 from deltaguard.metrics import Interval, wilson
 
 N_BOOT = 1000
-LOW_FPR = 0.10   # the second operating point: the best F1 whose threshold keeps FPR ≤ this where it was chosen
 
 
 def average_precision(scores: list[float], labels: list[bool]) -> float:
@@ -192,9 +192,12 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
         if stage == "keyword":
             rows["keyword"] = _keyword_row(measured, check)
             continue
+        strict: float | list[float] | None = None
         if stage == "int4":
             model, head_ids, size = guard.model, guard.head_token_ids, size_on_disk(guard_dir)
             threshold: float | list[float] | None = guard.threshold
+            if n_val is None and "low_fpr" in (manifest.get("operating_points") or {}):
+                strict = guard.threshold_at("low_fpr")   # chosen at build time on these same validation examples
         else:
             stage_dir = stage_root / manifest.get("stage_dirs", {}).get(stage, "?")
             if not stage_dir.is_dir():
@@ -206,7 +209,7 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
             threshold = None
         log(f"[score] {stage}")
         score = _scorer(model, guard, head_ids, batch_size, progress)
-        val_scores = score(val, f"{stage} val") if split == "test" else []
+        val_scores = score(val, f"{stage} val") if split == "test" and strict is None else []
         if split == "test" and threshold is None:
             threshold = choose_threshold(val_scores, [e.unsafe for e in val])
         started = time.perf_counter()
@@ -215,9 +218,9 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
         if split == "val":
             threshold = cross_fitted_thresholds(scores, measured)
             strict = cross_fitted_thresholds(scores, measured, max_fpr=LOW_FPR)
-        else:
+        elif strict is None:
             strict = choose_threshold(val_scores, [e.unsafe for e in val], max_fpr=LOW_FPR)
-        assert threshold is not None
+        assert threshold is not None and strict is not None
         row = classification_metrics(scores, [e.unsafe for e in measured], threshold)
         row["low_fpr"] = {"max_fpr": LOW_FPR, **classification_metrics(scores, [e.unsafe for e in measured], strict)}
         row["response_task"] = _subset_metrics(scores, measured, threshold, lambda e: e.response is not None)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from deltaguard.config import Config, check_range
+from deltaguard.config import Config, check_choice, check_range
 from deltaguard.errors import ConfigError, FormatError, JudgeError
+from deltaguard.guard.points import OPERATING_POINTS, operating_threshold
 from deltaguard.judges.base import BaseJudge, JudgeItem, Verdict, check_items, judges
 
 
@@ -33,7 +34,10 @@ class GuardJudgeConfig(Config):
     Args:
         path: a guard directory (``deltaguard guard build -o DIR`` writes ``DIR/guard``); None: the
             guard in the user cache.
-        threshold: P(unsafe) at or above which a reply is unsafe; None: the guard's own (val-chosen).
+        threshold: P(unsafe) at or above which a reply is unsafe; None: the guard's own, at ``operating_point``.
+        operating_point: which of the guard's validation-chosen thresholds decides: ``max_f1`` (default) or
+            ``low_fpr`` (best F1 with at most 10% false positives on validation: fewer false alarms, lower recall;
+            for moderation that blocks). Ignored when ``threshold`` is set.
         batch_size: items per forward pass.
     """
 
@@ -41,11 +45,13 @@ class GuardJudgeConfig(Config):
     version: ClassVar[int] = 1
     path: str | None = None
     threshold: float | None = None
+    operating_point: str = "max_f1"
     batch_size: int = 16
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
             check_range("guard.threshold", self.threshold, 0.0, 1.0)
+        check_choice("guard.operating_point", self.operating_point, OPERATING_POINTS)
         check_range("guard.batch_size", self.batch_size, 1, 1024)
 
 
@@ -92,7 +98,12 @@ class GuardJudge(BaseJudge):
         return frozenset(self._manifest().get("trained_groups", ()))
 
     def _threshold(self, manifest: dict[str, Any]) -> float:
-        return self.config.threshold if self.config.threshold is not None else float(manifest.get("threshold", 0.5))
+        if self.config.threshold is not None:
+            return self.config.threshold
+        try:
+            return operating_threshold(manifest, self.config.operating_point, self.guard_dir)
+        except FormatError as exc:
+            raise JudgeError(f"guard judge: {exc}") from None
 
     def _load(self) -> Any:
         if self._guard is None:

@@ -1,0 +1,43 @@
+"""A guard's operating points: the decision thresholds chosen on its validation examples at build time.
+
+``max_f1`` is the default decision threshold (``threshold`` in the manifest). ``low_fpr`` is the best F1
+among the thresholds that keep the false-positive rate at most ``LOW_FPR`` on those examples: fewer false
+alarms for lower recall, for a caller such as a moderation policy that blocks replies. A light module (no
+torch) because judges read it from the manifest before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from deltaguard.errors import ConfigError, FormatError
+
+OPERATING_POINTS = ("max_f1", "low_fpr")
+LOW_FPR = 0.10   # the low_fpr point: the best F1 whose threshold keeps FPR <= this where it is chosen
+
+
+def operating_threshold(manifest: dict[str, Any], point: str, where: str | Path) -> float:
+    """The P(unsafe) cut of operating point ``point`` recorded in a guard's manifest.
+
+    ``max_f1`` is the manifest's ``threshold`` (the one decision threshold every guard has); the others are
+    in its ``operating_points`` mapping. Guards built before that mapping existed hold only ``threshold``:
+    asking them for another point is a one-line error that says to rebuild.
+    """
+    if point not in OPERATING_POINTS:
+        raise ConfigError(f"guard operating point {point!r} is not one of {', '.join(OPERATING_POINTS)}")
+    points = manifest.get("operating_points")
+    if point == "max_f1":
+        value = manifest.get("threshold", 0.5)
+    elif not isinstance(points, dict) or point not in points:
+        raise FormatError(f"{where}: this guard records no {point!r} operating point (built before operating "
+                          "points were stored); rebuild it with `deltaguard guard build` or give a threshold")
+    else:
+        value = points[point]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise FormatError(f"{where}: the {point} threshold {value!r} is not a probability")
+    return float(value)
+
+
+__all__ = ["LOW_FPR", "OPERATING_POINTS", "operating_threshold"]
