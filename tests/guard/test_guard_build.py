@@ -362,6 +362,14 @@ def test_the_guard_judge_decides_at_the_operating_point_it_is_given(built, tmp_p
     assert load_guard(old).threshold == guard.threshold
     with pytest.raises(JudgeError, match="records no 'low_fpr' operating point.*rebuild"):
         make_judge("guard", path=str(old), operating_point="low_fpr").judge(items)
+    from deltaguard.serve.moderation import ModerationConfig, ModeratorPool
+
+    policy = ModerationConfig(judge="guard", judge_options={"path": str(old), "operating_point": "low_fpr"})
+    with pytest.raises(JudgeError, match="records no 'low_fpr' operating point"):   # refused when the tenant is added
+        ModeratorPool().moderator(policy)
+    with pytest.raises(ConfigError, match="no guard at"):
+        ModeratorPool().moderator(ModerationConfig(judge="guard", judge_options={"path": str(tmp_path / "none")}))
+    assert ModeratorPool().moderator(ModerationConfig(judge="guard", judge_options={"path": str(old)})).trigger == "unsafe"
     for damaged, message in (([0.5], "not a mapping"), ({"low_fpr": 1.5}, "low_fpr threshold 1.5 is not a probability"),
                              ({"low_fpr": 0.5, "best": 0.2}, "unknown operating points \\['best'\\]")):
         manifest["operating_points"] = damaged

@@ -118,6 +118,11 @@ class BaseJudge(ABC):
         return Verdict(judge=self.name, judge_version=self.version, prompt_hash=self.prompt_hash, label=JUDGE_ERROR,
                        is_refusal=None, is_unsafe=None, score=None, error=error, raw=raw)
 
+    def check_ready(self) -> None:
+        """Raise the one-line error now if the judge cannot work as configured (e.g. its artifact is missing),
+        so a server refuses a policy at startup rather than failing every request. Cheap: loads no model.
+        Judges without such a precondition check nothing."""
+
     def trained_groups(self) -> frozenset[str]:
         """Prompt groups (``data.base.group_of``) the judge was trained or tuned on: a check against human
         labels must leave them out. Hand-written judges were trained on nothing."""

@@ -93,6 +93,10 @@ class GuardJudge(BaseJudge):
         return {"weights": manifest.get("files", {}).get("model.safetensors"), "threshold": self._threshold(manifest),
                 "tokenizer": manifest.get("tokenizer_fingerprint")}
 
+    def check_ready(self) -> None:
+        """The guard's manifest is there and holds the threshold this judge decides at (no model loaded)."""
+        self._threshold(self._manifest())
+
     def trained_groups(self) -> frozenset[str]:
         """The prompts of the guard's train and val splits (recorded in its manifest)."""
         return frozenset(self._manifest().get("trained_groups", ()))

@@ -91,6 +91,9 @@ class Moderator:
 
     def __init__(self, config: ModerationConfig, judge: Any, lock: threading.Lock) -> None:
         self.config, self.judge, self._lock = config, judge, lock
+        check_ready = getattr(judge, "check_ready", None)
+        if check_ready is not None:   # a policy whose judge cannot work is refused now, not on every request
+            check_ready()
         measures = tuple(getattr(type(judge), "measures", ()) or ())
         trigger = config.trigger
         if trigger == "auto":
