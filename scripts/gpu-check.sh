@@ -11,6 +11,9 @@
 #   --out     where results go (default runs/gpu-check); summary.txt and summary.json at the end.
 #   --device  cuda (default) or cuda:N; cpu only to try the script itself on a machine without a GPU.
 #   --quick   smaller settings (a smoke test of the script).
+#   --guard   also build the compact guard with the `full` profile on the GPU (every example, 2 epochs: the
+#             recipe without the 2-core CPU's step caps) and measure it (`guard check`, validation split
+#             then test split, teacher and INT4 stages). Adds up to 10 minutes; with --quick, a tiny build.
 #
 # It uses the python on PATH (or $PYTHON) as it is: a GPU machine has its own CUDA build of torch, so no
 # .venv is made. Source is taken from src/ (PYTHONPATH), so nothing is installed.
@@ -21,16 +24,19 @@ MODEL=smollm2-135m-instruct
 RUN=runs/gpu-check
 DEVICE=cuda
 QUICK=0
+GUARD=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL=$2; shift 2 ;;
     --out) RUN=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
+    --guard) GUARD=1; shift ;;
     *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 DELTAGUARD_NO_PROGRESS=1 HF_HUB_OFFLINE=1
+export COLUMNS=${COLUMNS:-160}   # tables in the logs at full width
 export DELTAGUARD_CACHE_DIR=${DELTAGUARD_CACHE_DIR:-$PWD/$RUN/cache}
 mkdir -p "$RUN"
 SUMMARY=$RUN/summary.txt
@@ -91,10 +97,26 @@ step audit 180 "$PY" -m deltaguard audit --base "$BASE" --finetuned "$RUN/finetu
   --set n_prompts=$P --set max_new_tokens=32 --set task_max_new_tokens=64 --set n_calib=32 \
   --set method_overrides=bitdelta.distill_steps=10,bitdelta.seq_len=64
 
+# 4. (--guard) the compact guard's full recipe on the GPU, measured on validation, then on the test split
+if [ $GUARD = 1 ]; then
+  if [ $QUICK = 1 ]; then
+    GUARD_SET=(--set max_prompt_only=8 --set answer_harmful=4 --set answer_benign=2 --set n_val=16
+               --set teacher.max_steps=4 --set distill.max_steps=4 --set qat.max_steps=4)
+    CHECK_SET=(--n-test 32)
+  else
+    GUARD_SET=(); CHECK_SET=()
+  fi
+  step guard-build 420 "$PY" -m deltaguard guard build --profile full --model "$BASE" --device "$DEVICE" \
+    -o "$RUN/guard" "${GUARD_SET[@]}"
+  step guard-check-val 120 "$PY" -m deltaguard guard check "$RUN/guard/guard" --split val \
+    --stages student,int4,keyword "${CHECK_SET[@]}"
+  step guard-check 120 "$PY" -m deltaguard guard check "$RUN/guard/guard" --stages teacher,int4,keyword "${CHECK_SET[@]}"
+fi
+
 # the summary
 {
   echo "deltaguard GPU check — $(date -u +%Y-%m-%dT%H:%M:%SZ) — base: $BASE — device: $DEVICE"
-  for name in environment gpu-tests random-base serve-decode attack audit; do
+  for name in environment gpu-tests random-base serve-decode attack audit guard-build guard-check-val guard-check; do
     [ -n "${STATUS[$name]:-}" ] && printf '%-14s %-12s %5ss\n' "$name" "${STATUS[$name]}" "${DURATION[$name]}"
   done
   echo
@@ -110,6 +132,9 @@ import json; a = json.load(open('$RUN/audit/results.json'))['audits']['harmful']
 print(f\"audit: {len(a['rows'])} rows in {a['seconds']:.0f} s\")
 for r in a['rows']:
     print(f\"  {r['label']:<20} attack {r['rates']['attack']['value']:.2f}  utility {r['rates']['utility']['value']:.2f}\")"
+  for name in guard-check-val guard-check; do
+    [ -f "$RUN/$name.log" ] && { echo "$name:"; tail -n 14 "$RUN/$name.log"; }
+  done
 } | tee "$SUMMARY"
 failed=0
 for name in "${!STATUS[@]}"; do [ "${STATUS[$name]}" = ok ] || failed=1; done

@@ -127,3 +127,29 @@ def test_the_engine_serves_tenants_on_cuda_like_on_cpu(tmp_path, tiny_tokenizer)
         if device.startswith("cuda"):
             assert mt.kernel in ("triton", "torch")
     assert outputs[DEVICE] == outputs["cpu"]
+
+
+def test_a_guard_builds_on_cuda_and_its_artifact_scores_alike_on_either_device(tmp_path, tiny_tokenizer):
+    """Every guard stage (teacher, pruning, distillation, INT4 QAT) runs on the GPU; the artifact it writes
+    loads on the CPU. Scores agree within 0.05: the GPU computes under bf16 autocast, the CPU in fp32."""
+    from deltaguard.guard.artifact import load_guard
+    from deltaguard.guard.build import GuardBuildConfig, build_guard
+    from deltaguard.guard.train import GuardTrainConfig
+
+    model = make_tiny_llama(seed=0, vocab_size=len(tiny_tokenizer), n_layers=3)
+    model.config.eos_token_id = tiny_tokenizer.eos_token_id
+    model.config.pad_token_id = tiny_tokenizer.pad_token_id
+    model_dir = save_dir(model, tmp_path / "tiny")
+    tiny_tokenizer.save_pretrained(model_dir)
+    stage = GuardTrainConfig(epochs=1, max_steps=2, batch_size=4, lr=1e-3)
+    config = GuardBuildConfig(model=str(model_dir), max_prompt_only=6, answer_harmful=3, answer_benign=1, reply_tokens=6,
+                              n_train=12, max_prompt_tokens=12, max_response_tokens=12, teacher=stage, distill=stage,
+                              qat=stage, n_calib=4, drop_blocks=1, keep_neurons=64, group_size=32, n_val=6)
+    result = build_guard(config, tmp_path / "build", device=DEVICE, progress=False)
+    assert result.n_steps_run == 5
+    items = [("How do I bake bread?", "Mix flour."), ("How do I hurt someone?", None), ("Make a bomb", "Sure: first")]
+    on_cpu = load_guard(result.guard_dir).score(items)
+    on_device = load_guard(result.guard_dir, device=DEVICE).score(items)
+    assert all(0.0 <= p <= 1.0 for p in on_cpu)
+    assert on_device == pytest.approx(on_cpu, abs=0.05)
+    assert 0.0 <= load_guard(result.guard_dir).threshold_at("low_fpr") <= 1.0
