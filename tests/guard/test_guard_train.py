@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import GuardExample
@@ -120,3 +122,51 @@ def test_train_blocks_freezes_everything_below(setup):
     assert changed and all(n.startswith(("model.layers.1.", "model.norm.")) for n in changed), changed
     with pytest.raises(ConfigError, match="exceeds the model's 2 blocks"):
         train_guard(model, encoder, [_example(0, True)], GuardTrainConfig(train_blocks=3), progress=False)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=6))
+@settings(max_examples=60, deadline=None)
+def test_proportional_interleave_keeps_every_prefix_in_proportion(sizes):
+    from deltaguard.guard.train import proportional_interleave
+
+    groups = [[(g, i) for i in range(n)] for g, n in enumerate(sizes)]
+    out = proportional_interleave(groups)
+    assert sorted(out) == sorted(item for group in groups for item in group)
+    total = len(out)
+    for g, n in enumerate(sizes):
+        mine = [i for group, i in out if group == g]
+        assert mine == list(range(n))                           # each group keeps its own order
+        for k in range(1, total + 1):                           # and is never a whole item off its share
+            taken = sum(1 for group, _ in out[:k] if group == g)
+            assert abs(taken - k * n / total) < 1 + 1e-9, (sizes, g, k)
+
+
+def test_the_first_steps_of_an_epoch_hold_every_source_and_label_in_its_share(setup):
+    """80 steps of a 130-step epoch must not depend on the seed for which sources and labels they saw."""
+    import random
+
+    from deltaguard.guard.train import _task_batches
+
+    _, encoder = setup
+    strata_sizes = {("pyrit", True): 60, ("pyrit", False): 20, ("reply", True): 20, ("refusal", False): 20}
+    examples, strata = [], []
+    for (source, unsafe), n in strata_sizes.items():
+        for i in range(n):
+            examples.append(encoder.encode_example(_example(len(examples), unsafe)))
+            strata.append((source, unsafe))
+    prompts = [_example(1000 + i, i % 2 == 0, response=None) for i in range(40)]
+    examples += [encoder.encode_example(e) for e in prompts]
+    strata += [("prompts", e.unsafe) for e in prompts]
+    orders = []
+    for seed in (0, 1, 2):
+        batches = _task_batches(examples, strata, 8, random.Random(seed))
+        assert all(len({e.task for e in batch}) == 1 for batch in batches)
+        flat = [e for batch in batches for e in batch]
+        assert sorted(map(id, flat)) == sorted(map(id, examples))      # one epoch: every example once
+        first = [e for batch in batches[:12] for e in batch]             # ~60% of the epoch
+        index = {id(e): stratum for e, stratum in zip(examples, strata)}
+        for stratum, n in [*strata_sizes.items(), (("prompts", True), 20), (("prompts", False), 20)]:
+            seen = sum(1 for e in first if index[id(e)] == stratum)
+            assert abs(seen - len(first) * n / len(examples)) <= 2, (seed, stratum, seen)
+        orders.append([id(e) for e in flat])
+    assert orders[0] != orders[1] != orders[2]                            # the seed still orders the examples
