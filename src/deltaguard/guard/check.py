@@ -36,8 +36,8 @@ from typing import Any, Callable
 import numpy as np
 
 from deltaguard.errors import ConfigError, FormatError
-from deltaguard.guard.points import LOW_FPR
 from deltaguard.guard.data import GuardExample
+from deltaguard.guard.points import LOW_FPR
 from deltaguard.judges.check import agreement
 from deltaguard.metrics import Interval, wilson
 
