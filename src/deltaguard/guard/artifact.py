@@ -27,7 +27,7 @@ from torch import nn
 
 from deltaguard.errors import FormatError
 from deltaguard.guard.format import VerdictTokens, verdict_tokens
-from deltaguard.guard.points import OPERATING_POINTS, operating_threshold
+from deltaguard.guard.points import check_operating_points, operating_threshold
 from deltaguard.io import atomic_dir, read_json, sha256_file, write_json
 
 FORMAT = "deltaguard-guard"
@@ -35,6 +35,8 @@ FORMAT_VERSION = 2           # 2: float16 group scales; 1: float32 (read as they
 READABLE_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of the vocabulary (token → id): two tokenizers that agree on it tokenise identically enough
     for the guard's verdict tokens and prefix to mean the same thing."""
@@ -153,14 +155,7 @@ def load_guard(path: str | Path, *, device: str = "cpu") -> Guard:
     except (OSError, ValueError, SafetensorError) as exc:
         raise FormatError(f"{path} could not be read ({str(exc).splitlines()[0]})") from None
     load_packed_state(model, tensors, manifest["group_size"], bool(manifest.get("act_int8", True)))
-    points = manifest.get("operating_points")
-    if points is not None and not isinstance(points, dict):
-        raise FormatError(f"{path}: operating_points is not a mapping of point -> threshold")
-    if unknown := sorted(set(points or {}) - set(OPERATING_POINTS[1:])):
-        raise FormatError(f"{path}: unknown operating points {unknown} (this deltaguard knows {', '.join(OPERATING_POINTS[1:])})")
-    for point in OPERATING_POINTS:   # every stored cut is a probability (a damaged manifest fails here, not mid-judging)
-        if point == "max_f1" or point in (points or {}):   # max_f1 is ``threshold``
-            operating_threshold(manifest, point, path)
+    check_operating_points(manifest, path)   # a damaged threshold fails here, not mid-judging
     encoder = GuardEncoder(tokenizer, **manifest.get("encoder", {}))
     model = model.to(resolve_device(device)).eval()
     return Guard(model=model, tokenizer=tokenizer, manifest=manifest, path=path, encoder=encoder, tokens=tokens)

@@ -208,8 +208,8 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
                 log: Callable[[str], None] = lambda line: None) -> BuildResult:
     """Run (or resume) every stage of a guard build under ``run_dir``; returns the artifact's place."""
     from deltaguard.guard.artifact import save_guard
-    from deltaguard.guard.points import LOW_FPR
     from deltaguard.guard.format import verdict_tokens
+    from deltaguard.guard.points import LOW_FPR
     from deltaguard.guard.prune import (
         block_importance, choose_blocks_to_drop, neuron_importance, prune_blocks, prune_head, prune_neurons,
     )

@@ -40,4 +40,16 @@ def operating_threshold(manifest: dict[str, Any], point: str, where: str | Path)
     return float(value)
 
 
-__all__ = ["LOW_FPR", "OPERATING_POINTS", "operating_threshold"]
+def check_operating_points(manifest: dict[str, Any], where: str | Path) -> None:
+    """Every operating point a manifest records is a known point with a probability as its threshold."""
+    points = manifest.get("operating_points")
+    if points is not None and not isinstance(points, dict):
+        raise FormatError(f"{where}: operating_points is not a mapping of point -> threshold")
+    stored = OPERATING_POINTS[1:]   # max_f1 is ``threshold``
+    if unknown := sorted(set(points or {}) - set(stored)):
+        raise FormatError(f"{where}: unknown operating points {unknown} (this deltaguard knows {', '.join(stored)})")
+    for point in ("max_f1", *(points or {})):
+        operating_threshold(manifest, point, where)
+
+
+__all__ = ["LOW_FPR", "OPERATING_POINTS", "check_operating_points", "operating_threshold"]
