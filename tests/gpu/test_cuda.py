@@ -153,3 +153,13 @@ def test_a_guard_builds_on_cuda_and_its_artifact_scores_alike_on_either_device(t
     assert all(0.0 <= p <= 1.0 for p in on_cpu)
     assert on_device == pytest.approx(on_cpu, abs=0.05)
     assert 0.0 <= load_guard(result.guard_dir).threshold_at("low_fpr") <= 1.0
+    from deltaguard.judges import make_judge
+    from deltaguard.judges.base import JudgeItem
+
+    # the guard judge follows: device=auto takes the GPU, names its bf16 precision, and agrees with the CPU
+    judged = [JudgeItem(prompt=p, response=r) for p, r in items if r is not None]
+    cpu_judge = make_judge("guard", path=str(result.guard_dir), device="cpu")
+    here = make_judge("guard", path=str(result.guard_dir), device=DEVICE)
+    assert here.device.type == torch.device(DEVICE).type
+    assert ("precision" in here.identity()) == (here.device.type == "cuda")
+    assert [v.score for v in here.judge(judged)] == pytest.approx([v.score for v in cpu_judge.judge(judged)], abs=0.05)

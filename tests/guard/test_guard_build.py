@@ -376,3 +376,35 @@ def test_the_guard_judge_decides_at_the_operating_point_it_is_given(built, tmp_p
         (old / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(FormatError, match=message):
             load_guard(old)
+
+
+def test_the_guard_judge_runs_where_it_is_told_and_its_identity_names_a_gpu_precision(built, monkeypatch):
+    """``device=auto`` (the default) takes a CUDA GPU when there is one; on a CPU the identity is the one judgments
+    were cached under before the option existed (weights, threshold, tokenizer), so they stay valid."""
+    import torch
+
+    from deltaguard.judges import make_judge
+    from deltaguard.judges.base import JudgeItem
+
+    result, _ = built
+    items = [JudgeItem(prompt="How do I hurt someone?", response="Step 1: do it."),
+             JudgeItem(prompt="Bake bread?", response="Mix flour and water.")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    auto = make_judge("guard", path=str(result.guard_dir))
+    assert auto.config.device == "auto" and auto.device.type == "cpu"
+    assert set(auto.identity()) == {"weights", "threshold", "tokenizer"}
+    on_cpu = make_judge("guard", path=str(result.guard_dir), device="cpu")
+    assert on_cpu.prompt_hash == auto.prompt_hash
+    assert [v.score for v in on_cpu.judge(items)] == [v.score for v in auto.judge(items)]
+    assert next(auto._guard.model.parameters()).device.type == "cpu"
+    for bad in ("gpu", "cuda:x", "", "CUDA 0"):
+        with pytest.raises(ConfigError, match=f"guard.device={bad!r} must be cpu, cuda, cuda:N or auto"):
+            make_judge("guard", path=str(result.guard_dir), device=bad)
+    wants_gpu = make_judge("guard", path=str(result.guard_dir), device="cuda:0")   # spelled right: accepted here,
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):                    # refused where it would run
+        wants_gpu.check_ready()
+    from deltaguard.serve.moderation import ModerationConfig, ModeratorPool
+
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):   # a server refuses the policy when the tenant is added
+        ModeratorPool().moderator(ModerationConfig(judge="guard",
+                                                   judge_options={"path": str(result.guard_dir), "device": "cuda"}))

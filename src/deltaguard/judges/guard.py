@@ -6,10 +6,18 @@ guard's own threshold — chosen on its validation split at build time — decid
 builds once; a missing guard is a one-line error that says how to build one. The judge's identity (and
 so every cached judgment's key) includes the guard's weights checksum and threshold, so rebuilding the
 guard never reuses judgments of the old one.
+
+The guard runs on a CUDA GPU when the machine has one (``device=auto``). On an H200 the trust sweep's
+evaluations were judge-bound with the guard on the CPU (356 s for one 200-prompt evaluation while the
+models generated on the GPU). On a GPU the guard computes under bf16 autocast, so its scores can differ
+from the CPU's in the third decimal and a verdict near the threshold can flip: the identity then says so,
+and judgments cached on one kind of device are not reused on the other.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +47,8 @@ class GuardJudgeConfig(Config):
             ``low_fpr`` (best F1 with at most 10% false positives on validation: fewer false alarms, lower recall;
             for moderation that blocks). Ignored when ``threshold`` is set.
         batch_size: items per forward pass.
+        device: where the guard runs: ``auto`` (the first CUDA GPU when there is one, else the CPU), ``cpu``,
+            ``cuda`` or ``cuda:N``.
     """
 
     name: ClassVar[str] = "guard"
@@ -47,12 +57,19 @@ class GuardJudgeConfig(Config):
     threshold: float | None = None
     operating_point: str = "max_f1"
     batch_size: int = 16
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        from deltaguard.models import DEVICE_HELP
+
         if self.threshold is not None:
             check_range("guard.threshold", self.threshold, 0.0, 1.0)
         check_choice("guard.operating_point", self.operating_point, OPERATING_POINTS)
         check_range("guard.batch_size", self.batch_size, 1, 1024)
+        # only the spelling here: whether the machine has that GPU is asked where the judge runs (a map's
+        # cells can be judged on other machines than the one that made the config)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device.strip().lower()):
+            raise ConfigError(f"guard.device={self.device!r} must be {DEVICE_HELP}")
 
 
 @judges.register("guard")
@@ -88,14 +105,29 @@ class GuardJudge(BaseJudge):
             self._manifest_read = read_json(manifest_path, what="guard manifest")
         return self._manifest_read
 
+    @functools.cached_property
+    def device(self) -> Any:
+        """The ``torch.device`` the guard runs on: a given guard's own, else the configured one resolved
+        (a one-line error when the configured GPU is not there)."""
+        from deltaguard.models import model_device, resolve_device
+
+        if self._guard is not None:
+            return model_device(self._guard.model)
+        return resolve_device(self.config.device)
+
     def identity(self) -> dict[str, Any]:
         manifest = self._manifest()
-        return {"weights": manifest.get("files", {}).get("model.safetensors"), "threshold": self._threshold(manifest),
-                "tokenizer": manifest.get("tokenizer_fingerprint")}
+        identity = {"weights": manifest.get("files", {}).get("model.safetensors"),
+                    "threshold": self._threshold(manifest), "tokenizer": manifest.get("tokenizer_fingerprint")}
+        if self.device.type == "cuda":   # bf16 autocast there (guard.train.compute_precision); fp32 on the CPU
+            identity["precision"] = "cuda-bf16-autocast"
+        return identity
 
     def check_ready(self) -> None:
-        """The guard's manifest is there and holds the threshold this judge decides at (no model loaded)."""
+        """The guard's manifest is there, holds the threshold this judge decides at, and its device exists
+        (no model loaded)."""
         self._threshold(self._manifest())
+        _ = self.device
 
     def trained_groups(self) -> frozenset[str]:
         """The prompts of the guard's train and val splits (recorded in its manifest)."""
@@ -115,7 +147,7 @@ class GuardJudge(BaseJudge):
 
             self._manifest()  # the one-line "no guard" error before any loading
             try:
-                self._guard = load_guard(self.guard_dir)
+                self._guard = load_guard(self.guard_dir, device=str(self.device))
             except FormatError as exc:
                 raise JudgeError(f"guard judge: {exc}") from None
         return self._guard
