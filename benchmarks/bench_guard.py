@@ -4,10 +4,12 @@ Both are scored the same way — one forward pass per batch, the verdict read at
 position, the shared policy prefix run once per batch — on the same examples of the guard's test split,
 after a warm-up batch. The teacher is measured in fp32 (how it is stored) and in bf16 weights; the guard
 runs its INT4 weights dequantised once into a float cache and INT8-fake-quantised activations (no INT4
-kernel on this CPU). On a CPU every model computes in fp32 (bf16 autocast was slower here; see
-``guard.train.compute_precision``).
+kernel on this CPU), computing in fp32 (the precision its thresholds were chosen in) and in bf16 (the guard
+judge's ``dtype=bfloat16``; ``guard check --stages int4,int4-bf16`` measures its verdicts). Which precision is
+faster depends on the CPU: with bf16 matrix units, bf16; without them, fp32.
 
-Goals (issue 12): size ≤ 1/5 of the teacher in bf16; judgments per second ≥ 2× the teacher's.
+Goals (issue 12): size ≤ 1/5 of the teacher in bf16; judgments per second ≥ 2× the teacher's, compared
+at the same precision (fp32 guard against the fp32 teacher, bf16 against bf16).
 
     python benchmarks/bench_guard.py runs/guard/guard [--n 64] [--batch-size 16]
 """
@@ -23,14 +25,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import serve_setup  # noqa: E402
 
 
-def _rate(model, guard, examples, batch_size: int, head_ids) -> float:
+def _rate(model, guard, examples, batch_size: int, head_ids) -> tuple[float, list[float]]:
+    """(judgments per second, the scores)."""
     from deltaguard.guard.train import score
 
     items = [(e.prompt, e.response) for e in examples]
     score(model, guard.encoder, items[:batch_size], guard.tokens, batch_size=batch_size, head_token_ids=head_ids)
     started = time.perf_counter()
-    score(model, guard.encoder, items, guard.tokens, batch_size=batch_size, head_token_ids=head_ids)
-    return len(items) / (time.perf_counter() - started)
+    scores = score(model, guard.encoder, items, guard.tokens, batch_size=batch_size, head_token_ids=head_ids)
+    return len(items) / (time.perf_counter() - started), scores
 
 
 def main() -> None:
@@ -59,26 +62,36 @@ def main() -> None:
     rows = []
     teacher = load_model(str(teacher_dir), dtype="float32")
     rows.append({"model": "teacher fp32", "bytes": teacher_bytes,
-                 "per_second": _rate(teacher, guard, test, args.batch_size, None)})
+                 "per_second": _rate(teacher, guard, test, args.batch_size, None)[0]})
     teacher = teacher.to(dtype=torch.bfloat16)
     rows.append({"model": "teacher bf16", "bytes": teacher_bytes // 2,
-                 "per_second": _rate(teacher, guard, test, args.batch_size, None)})
+                 "per_second": _rate(teacher, guard, test, args.batch_size, None)[0]})
     del teacher
-    rows.append({"model": "INT4 guard", "bytes": size_on_disk(args.guard),
-                 "per_second": _rate(guard.model, guard, test, args.batch_size, guard.head_token_ids)})
+    per_second, exact = _rate(guard.model, guard, test, args.batch_size, guard.head_token_ids)
+    rows.append({"model": "INT4 guard", "bytes": size_on_disk(args.guard), "per_second": per_second})
+    fast = load_guard(args.guard, dtype="bfloat16")
+    per_second, rounded = _rate(fast.model, fast, test, args.batch_size, fast.head_token_ids)
+    rows.append({"model": "INT4 guard bf16", "bytes": size_on_disk(args.guard), "per_second": per_second})
+    flips = sum((a >= guard.threshold) != (b >= guard.threshold) for a, b in zip(exact, rounded))
+    drift = max(abs(a - b) for a, b in zip(exact, rounded))
     reference = rows[0]["per_second"]
     bf16_bytes = rows[1]["bytes"]
-    print(f"{'model':<14} {'on disk':>10} {'vs teacher bf16':>16} {'judgments/s':>12} {'vs teacher fp32':>16}")
+    print(f"{'model':<16} {'on disk':>10} {'vs teacher bf16':>16} {'judgments/s':>12} {'vs teacher fp32':>16}")
     for row in rows:
         row["size_vs_teacher_bf16"] = round(row["bytes"] / bf16_bytes, 3)
         row["speed_vs_teacher_fp32"] = round(row["per_second"] / reference, 2)
-        print(f"{row['model']:<14} {row['bytes'] / 2**20:>6.1f} MiB {row['size_vs_teacher_bf16']:>15.3f}x "
+        print(f"{row['model']:<16} {row['bytes'] / 2**20:>6.1f} MiB {row['size_vs_teacher_bf16']:>15.3f}x "
               f"{row['per_second']:>12.2f} {row['speed_vs_teacher_fp32']:>15.2f}x")
-    guard_row = rows[-1]
-    print(f"goals: size <= 0.2 of the teacher in bf16: {'met' if guard_row['size_vs_teacher_bf16'] <= 0.2 else 'NOT met'}; "
-          f"speed >= 2x the teacher: {'met' if guard_row['speed_vs_teacher_fp32'] >= 2 else 'NOT met'}")
+    speedups = {"fp32": rows[2]["per_second"] / rows[0]["per_second"], "bf16": rows[3]["per_second"] / rows[1]["per_second"]}
+    print(f"goals: size <= 0.2 of the teacher in bf16: {'met' if rows[2]['size_vs_teacher_bf16'] <= 0.2 else 'NOT met'}; "
+          + "; ".join(f"speed >= 2x the teacher in {p}: {x:.2f}x, {'met' if x >= 2 else 'NOT met'}"
+                      for p, x in speedups.items()))
+    print(f"bf16 against fp32 guard: {flips} of {len(test)} verdicts differ at the stored threshold; "
+          f"max |P(unsafe) difference| {drift:.4f}")
     result = {"environment": serve_setup.environment(), "guard": str(args.guard), "n": len(test),
-              "batch_size": args.batch_size, "rows": rows}
+              "batch_size": args.batch_size, "rows": rows,
+              "speed_vs_teacher_same_precision": {p: round(x, 2) for p, x in speedups.items()},
+              "bf16_vs_fp32_guard": {"verdicts_differing": flips, "max_probability_difference": round(drift, 4)}}
     print(f"wrote {serve_setup.write_results('guard', result)}")
 
 

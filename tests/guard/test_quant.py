@@ -10,7 +10,7 @@ from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.quant import (
     Int4Embedding, Int4Linear, QATEmbedding, QATLinear, convert_qat, dequantize_int4, fake_quant_int4,
     fake_quant_int8_per_token, load_packed_state, pack_int4, packed_state, prepare_qat, quantize_int4,
-    quantized_size_bytes, unpack_int4,
+    quantized_size_bytes, set_compute_dtype, unpack_int4,
 )
 from tinymodels import make_tiny_llama
 
@@ -342,3 +342,30 @@ def test_the_shared_input_memo_never_returns_a_stale_round_trip():
     assert torch.equal(quantized_input(x), fake_quant_int8_per_token(x))
     y = x.clone()                                   # equal values, another tensor
     assert quantized_input(y) is not quantized_input(x)
+
+
+def test_bf16_compute_keeps_the_packed_weights_and_stays_close_to_float32():
+    """Only the arithmetic moves to bf16: codes and float16 scales are untouched, float32 buffers (rotary
+    frequencies) stay float32, and the logits stay within bf16's rounding of the float32 ones."""
+    model = _qat_model()
+    with torch.no_grad():
+        convert_qat(model)
+    ids = torch.randint(3, 256, (2, 16), generator=_gen(21))
+    stored = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("qweight", "scales"))}
+    float_buffers = {k for k, v in model.named_buffers() if v.dtype == torch.float32 and not k.endswith("scales")}
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        assert set_compute_dtype(model, torch.bfloat16) is model
+        fast = model(input_ids=ids).logits
+    for name, tensor in model.state_dict().items():
+        if name in stored:
+            assert tensor.dtype == stored[name].dtype and torch.equal(tensor, stored[name]), name
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(dict(model.named_buffers())[k].dtype == torch.float32 for k in float_buffers)
+    layer = model.model.layers[0].mlp.down_proj
+    assert layer._weight is not None and layer._weight.dtype == torch.bfloat16   # the cache was rebuilt in bf16
+    assert fast.dtype == torch.bfloat16 and torch.isfinite(fast).all()
+    scale = reference.abs().max()
+    assert (fast.float() - reference).abs().max() <= 0.05 * scale
+    with pytest.raises(ConfigError, match="not a floating-point type"):
+        set_compute_dtype(model, torch.int8)

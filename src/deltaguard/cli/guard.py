@@ -44,19 +44,20 @@ def check_cmd(
     split: str = typer.Option("test", "--split", help="test (the model card) or val (for choosing a recipe: "
                                                       "cross-fitted thresholds; test and check are not read)"),
     stages: str = typer.Option("teacher,pruned,student,int4,keyword", "--stages",
-                               help="comma-separated: teacher, pruned, student, int4, keyword"),
+                               help="comma-separated: teacher, pruned, student, int4, int4-bf16 (the INT4 guard "
+                                    "computing in bfloat16), keyword"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """F1 / FPR / accuracy / AUPRC on the test split for every stage and the keyword judge, size, speed
     (also written to check.json, or check-val.json for --split val, in the build directory)."""
     from deltaguard.errors import ConfigError
-    from deltaguard.guard.check import SPLITS, check_guard, format_table
+    from deltaguard.guard.check import SPLITS, STAGES, check_guard, format_table
     from deltaguard.io import write_json
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
-    unknown = [s for s in chosen if s not in ("teacher", "pruned", "student", "int4", "keyword")]
+    unknown = [s for s in chosen if s not in STAGES]
     if unknown or not chosen:
-        raise ConfigError(f"--stages {stages!r}: choose from teacher, pruned, student, int4, keyword")
+        raise ConfigError(f"--stages {stages!r}: choose from {', '.join(STAGES)}")
     if n_test < 0:
         raise ConfigError(f"--n-test={n_test} must be >= 0")
     if split not in SPLITS:

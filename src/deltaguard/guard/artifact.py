@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
-from deltaguard.errors import FormatError
+from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.format import VerdictTokens, verdict_tokens
-from deltaguard.guard.points import check_operating_points, operating_threshold
+from deltaguard.guard.points import COMPUTE_DTYPES, check_operating_points, operating_threshold
 from deltaguard.io import atomic_dir, read_json, sha256_file, write_json
 
 FORMAT = "deltaguard-guard"
@@ -123,14 +124,18 @@ def _verify(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_guard(path: str | Path, *, device: str = "cpu") -> Guard:
-    """Verify and load a guard directory written by ``save_guard``."""
+def load_guard(path: str | Path, *, device: str = "cpu", dtype: str = "float32") -> Guard:
+    """Verify and load a guard directory written by ``save_guard``; ``dtype`` is its arithmetic (``float32``, the
+    precision its thresholds were chosen in, or ``bfloat16``: faster on CPUs with bf16 units, see
+    ``quant.set_compute_dtype``)."""
+    if dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"guard dtype {dtype!r} must be one of {', '.join(COMPUTE_DTYPES)}")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from deltaguard.guard.prune import HEAD_IDS_KEY, VerdictHead
-    from deltaguard.guard.quant import load_packed_state
+    from deltaguard.guard.quant import load_packed_state, set_compute_dtype
     from deltaguard.guard.train import GuardEncoder
     from deltaguard.models import load_tokenizer, resolve_device
     from deltaguard.modules import get_module, replace_module
@@ -158,6 +163,8 @@ def load_guard(path: str | Path, *, device: str = "cpu") -> Guard:
     check_operating_points(manifest, path)   # a damaged threshold fails here, not mid-judging
     encoder = GuardEncoder(tokenizer, **manifest.get("encoder", {}))
     model = model.to(resolve_device(device)).eval()
+    if dtype != "float32":
+        set_compute_dtype(model, getattr(torch, dtype))
     return Guard(model=model, tokenizer=tokenizer, manifest=manifest, path=path, encoder=encoder, tokens=tokens)
 
 
@@ -166,4 +173,5 @@ def size_on_disk(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Guard", "load_guard", "save_guard", "size_on_disk", "tokenizer_fingerprint"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Guard", "load_guard", "save_guard", "size_on_disk",
+           "tokenizer_fingerprint"]

@@ -127,6 +127,8 @@ def _sample(examples: list[GuardExample], n: int, seed: int) -> list[GuardExampl
 
 
 SPLITS = ("test", "val")
+INT4_STAGES = {"int4": "float32", "int4-bf16": "bfloat16"}   # the artifact, by the dtype it computes in
+STAGES = ("teacher", "pruned", "student", *INT4_STAGES, "keyword")
 
 
 def fold_of(group: str) -> int:
@@ -171,6 +173,8 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
 
     if split not in SPLITS:
         raise ConfigError(f"guard check split {split!r} is not one of {', '.join(SPLITS)}")
+    if unknown := [s for s in stages if s not in STAGES]:
+        raise ConfigError(f"guard check stages {unknown} are not among {', '.join(STAGES)}")
     guard_dir = Path(guard_dir)
     guard = load_guard(guard_dir)
     manifest = guard.manifest
@@ -193,8 +197,11 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
             rows["keyword"] = _keyword_row(measured, check)
             continue
         strict: float | list[float] | None = None
-        if stage == "int4":
-            model, head_ids, size = guard.model, guard.head_token_ids, size_on_disk(guard_dir)
+        if stage in INT4_STAGES:
+            # int4-bf16: the same artifact computing in bfloat16 (faster on CPUs with bf16 units), judged at the
+            # thresholds chosen on its float32 scores, which is how the guard judge's dtype=bfloat16 uses it
+            loaded = guard if stage == "int4" else load_guard(guard_dir, dtype=INT4_STAGES[stage])
+            model, head_ids, size = loaded.model, loaded.head_token_ids, size_on_disk(guard_dir)
             threshold: float | list[float] | None = guard.threshold
             if n_val is None and "low_fpr" in (manifest.get("operating_points") or {}):
                 strict = guard.threshold_at("low_fpr")   # chosen at build time on these same validation examples
@@ -360,5 +367,6 @@ def format_table(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-__all__ = ["LOW_FPR", "SPLITS", "average_precision", "build_data_of", "check_guard", "classification_metrics", "cross_fitted_thresholds",
-           "fold_of", "format_table", "per_category_recall"]
+__all__ = ["INT4_STAGES", "LOW_FPR", "SPLITS", "STAGES", "average_precision", "build_data_of", "check_guard",
+           "classification_metrics", "cross_fitted_thresholds", "fold_of", "format_table",
+           "per_category_recall"]

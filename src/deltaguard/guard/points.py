@@ -2,8 +2,9 @@
 
 ``max_f1`` is the default decision threshold (``threshold`` in the manifest). ``low_fpr`` is the best F1
 among the thresholds that keep the false-positive rate at most ``LOW_FPR`` on those examples: fewer false
-alarms for lower recall, for a caller such as a moderation policy that blocks replies. A light module (no
-torch) because judges read it from the manifest before any model is loaded.
+alarms for lower recall, for a caller such as a moderation policy that blocks replies. Both were chosen on
+float32 scores: ``COMPUTE_DTYPES`` lists the arithmetic a loaded guard can judge in, float32 first. A light
+module (no torch) because judges read it from the manifest before any model is loaded.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from deltaguard.errors import ConfigError, FormatError
 
 OPERATING_POINTS = ("max_f1", "low_fpr")
 LOW_FPR = 0.10   # the low_fpr point: the best F1 whose threshold keeps FPR <= this where it is chosen
+COMPUTE_DTYPES = ("float32", "bfloat16")   # float32: the thresholds' own; bfloat16: faster where CPUs have bf16 units
 
 
 def operating_threshold(manifest: dict[str, Any], point: str, where: str | Path) -> float:
@@ -52,4 +54,4 @@ def check_operating_points(manifest: dict[str, Any], where: str | Path) -> None:
         operating_threshold(manifest, point, where)
 
 
-__all__ = ["LOW_FPR", "OPERATING_POINTS", "check_operating_points", "operating_threshold"]
+__all__ = ["COMPUTE_DTYPES", "LOW_FPR", "OPERATING_POINTS", "check_operating_points", "operating_threshold"]

@@ -360,6 +360,31 @@ class Int4Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, group_size={self.group_size}"
 
 
+def set_compute_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Run a converted model's arithmetic in ``dtype`` (in place): the embedding's output, the INT4 layers'
+    dequantised weights and biases, and every float parameter (norms, the verdict head) follow; the packed
+    codes and their float16 scales stay exactly as stored, and float32 buffers such as rotary frequencies
+    stay float32 (the model casts what it derives from them).
+
+    Why: on CPUs with fast bf16 matrix units the guard judges about twice as fast in bfloat16 as in float32.
+    Its thresholds were chosen on float32 scores, so a verdict near one can flip; ``guard check --stages
+    int4,int4-bf16`` measures what that costs.
+    """
+    if not dtype.is_floating_point:
+        raise ConfigError(f"compute dtype {dtype} is not a floating-point type")
+    for module in model.modules():
+        if isinstance(module, Int4Embedding):
+            module.dtype = dtype
+        elif isinstance(module, Int4Linear):
+            module.free_cache()
+            if module.bias is not None:
+                module.bias = module.bias.to(dtype)
+    for param in model.parameters():
+        if param.is_floating_point():
+            param.data = param.data.to(dtype)
+    return model
+
+
 def convert_qat(model: nn.Module) -> dict[str, int]:
     """Replace every QAT wrapper by its packed INT4 module, in place; returns ``{"linear": n, "embedding": m}``."""
     counts = {"linear": 0, "embedding": 0}
@@ -430,5 +455,5 @@ __all__ = [
     "Int4Embedding", "Int4Linear", "QATEmbedding", "QATLinear", "SCALE_DTYPE", "check_group_size", "convert_qat",
     "dequantize_int4", "fake_quant_int4", "fake_quant_int8_per_token", "int8_per_token_params",
     "load_packed_state", "pack_int4", "packed_state", "prepare_qat", "quantize_int4", "quantized_input", "quantized_size_bytes",
-    "unpack_int4",
+    "set_compute_dtype", "unpack_int4",
 ]
