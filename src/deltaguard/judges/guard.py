@@ -7,11 +7,12 @@ builds once; a missing guard is a one-line error that says how to build one. The
 so every cached judgment's key) includes the guard's weights checksum and threshold, so rebuilding the
 guard never reuses judgments of the old one.
 
-The guard runs on a CUDA GPU when the machine has one (``device=auto``). On an H200 the trust sweep's
-evaluations were judge-bound with the guard on the CPU (356 s for one 200-prompt evaluation while the
-models generated on the GPU). On a GPU the guard computes under bf16 autocast, so its scores can differ
-from the CPU's in the third decimal and a verdict near the threshold can flip: the identity then says so,
-and judgments cached on one kind of device are not reused on the other.
+The guard runs on a CUDA GPU when the machine has one (``device=auto``). On an H200, with the guard on the
+CPU, the trust sweep's evaluations spent much of their time judging: one 200-prompt evaluation took 356 s, of
+which ~2,400 guard judgments at a CPU's 10–20 per second are 120–240 s (an estimate from the counts). On a GPU
+the guard computes under bf16 autocast, so its scores can differ from the CPU's in the third decimal and a
+verdict near the threshold can flip: the identity then says so, and judgments cached on one kind of device are
+not reused on the other.
 """
 
 from __future__ import annotations
