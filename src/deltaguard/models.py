@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +349,15 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def device_spec(device: str | torch.device, *, field: str = "device") -> str:
+    """``device`` spelled as one of ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (lower case), asking nothing of this
+    machine: a config made here may run on another (``resolve_device`` asks). A misspelling is a ConfigError."""
+    spec = str(device).strip().lower() if isinstance(device, (str, torch.device)) else ""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
+        raise ConfigError(f"{field}={device!r} must be {DEVICE_HELP}")
+    return spec
+
+
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the first CUDA GPU when there is one, else the CPU).
 
@@ -355,23 +365,18 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """
     if isinstance(device, torch.device):
         device = str(device)
-    spec = str(device).strip().lower()
+    spec = device_spec(device)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        index_text = spec.partition(":")[2]
-        if index_text and not index_text.isdigit():
-            raise ConfigError(f"device={device!r} must be {DEVICE_HELP}")
-        if not torch.cuda.is_available():
-            build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible CUDA GPU"
-            raise ConfigError(f"device={device!r} needs a CUDA GPU, but this machine has {build}; use --device cpu")
-        index = int(index_text) if index_text else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-        return torch.device("cuda", index)
-    raise ConfigError(f"device={device!r} must be {DEVICE_HELP}")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible CUDA GPU"
+        raise ConfigError(f"device={device!r} needs a CUDA GPU, but this machine has {build}; use --device cpu")
+    index = int(spec.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return torch.device("cuda", index)
 
 
 def model_device(model: Any) -> torch.device:
@@ -503,7 +508,7 @@ def dir_size_bytes(path: Path) -> int:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "DEVICE_HELP", "EMBEDDED", "ModelInfo", "chat_prompt", "convert_gguf", "dir_size_bytes",
+    "DEFAULT_MODEL", "DEVICE_HELP", "EMBEDDED", "ModelInfo", "chat_prompt", "convert_gguf", "device_spec", "dir_size_bytes",
     "hub_commit", "is_model_dir", "list_models", "load_model", "load_tokenizer", "model_device", "model_identity",
     "pull_model", "resolve_device", "resolve_dtype", "resolve_model_dir", "save_model", "set_threads",
 ]

@@ -18,7 +18,6 @@ not reused on the other.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,7 +64,7 @@ class GuardJudgeConfig(Config):
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        from deltaguard.models import DEVICE_HELP
+        from deltaguard.models import device_spec
 
         if self.threshold is not None:
             check_range("guard.threshold", self.threshold, 0.0, 1.0)
@@ -74,8 +73,7 @@ class GuardJudgeConfig(Config):
         check_choice("guard.dtype", self.dtype, COMPUTE_DTYPES)
         # only the spelling here: whether the machine has that GPU is asked where the judge runs (a map's
         # cells can be judged on other machines than the one that made the config)
-        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device.strip().lower()):
-            raise ConfigError(f"guard.device={self.device!r} must be {DEVICE_HELP}")
+        device_spec(self.device, field="guard.device")
 
 
 @judges.register("guard")
