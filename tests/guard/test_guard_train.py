@@ -13,8 +13,8 @@ from deltaguard.errors import ConfigError
 from deltaguard.guard.data import GuardExample
 from deltaguard.guard.format import verdict_tokens
 from deltaguard.guard.train import (
-    GuardEncoder, GuardTrainConfig, pad_batch, answer_logits, full_sequence_hidden, score, shared_prefix_hidden,
-    train_guard,
+    GuardEncoder, GuardTrainConfig, pad_batch, answer_logits, full_sequence_hidden, prefix_cache, score,
+    shared_prefix_hidden, train_guard,
 )
 from tinymodels import make_tiny_llama
 
@@ -38,6 +38,37 @@ def test_shared_prefix_equals_running_each_example_whole(setup):
     fast = shared_prefix_hidden(model, prefix, ids, real)
     reference = full_sequence_hidden(model, prefix, ids, real)
     assert torch.allclose(fast[real.bool()], reference[real.bool()], atol=1e-5)
+
+
+def test_a_reused_prefix_cache_gives_bit_identical_results_and_is_never_changed(setup):
+    model, encoder = setup
+    prefix = encoder.prefixes["response"]
+    with torch.no_grad():
+        state = prefix_cache(model, prefix, torch.device("cpu"))
+    length = state.get_seq_length()
+    for n in (3, 2):   # two batches of different sizes through the same cache
+        batch = [encoder.encode_example(_example(i, i % 2 == 0)) for i in range(n)]
+        ids, real, answer = pad_batch(batch, 0)
+        with torch.no_grad():
+            fresh, targets = answer_logits(model, prefix, ids, real, answer)
+            reused, same_targets = answer_logits(model, prefix, ids, real, answer, prefix_state=state)
+        assert torch.equal(fresh, reused) and torch.equal(targets, same_targets)
+        assert state.get_seq_length() == length   # copied per batch, not extended
+
+
+def test_the_frozen_teacher_runs_its_prefixes_once_per_stage(setup, monkeypatch):
+    from deltaguard.guard import train
+
+    model, encoder = setup
+    calls: list[int] = []
+    real_prefix_cache = train.prefix_cache
+    monkeypatch.setattr(train, "prefix_cache", lambda m, *a: calls.append(id(m)) or real_prefix_cache(m, *a))
+    teacher = copy.deepcopy(model)
+    examples = [_example(i, i % 2 == 0, response=None if i % 3 == 0 else "ok") for i in range(9)]
+    record = train_guard(model, encoder, examples, GuardTrainConfig(epochs=2, batch_size=2), teacher=teacher,
+                         progress=False)
+    assert record["n_steps"] > 4
+    assert calls.count(id(teacher)) == 2   # one per task (response, prompt), not one per step
 
 
 def test_shared_prefix_gradients_equal_the_reference(setup):

@@ -13,6 +13,7 @@ from deltaguard.guard.prune import (
     VerdictHead,
     block_importance,
     choose_blocks_to_drop,
+    importances,
     neuron_importance,
     prune_blocks,
     prune_head,
@@ -142,6 +143,14 @@ def test_neuron_importance_has_one_row_per_block():
     model = make_tiny_llama(n_layers=3, hidden=64, intermediate=96, vocab_size=256)
     got = neuron_importance(model, _padded_batches())
     assert got.shape == (3, 96) and bool((got > 0).all())
+
+
+def test_one_pass_importances_equal_the_two_separate_measurements():
+    """The build measures both in one pass; it must give exactly what the two passes give."""
+    model = make_tiny_llama(n_layers=3, hidden=64, intermediate=96, vocab_size=256)
+    blocks, neurons = importances(model, _padded_batches())
+    assert torch.equal(blocks, block_importance(model, _padded_batches()))
+    assert torch.equal(neurons, neuron_importance(model, _padded_batches()))
 
 
 # --- block pruning ----------------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     from deltaguard.guard.format import verdict_tokens
     from deltaguard.guard.points import LOW_FPR
     from deltaguard.guard.prune import (
-        block_importance, choose_blocks_to_drop, neuron_importance, prune_blocks, prune_head, prune_neurons,
+        choose_blocks_to_drop, importances, prune_blocks, prune_head, prune_neurons,
     )
     from deltaguard.guard.quant import convert_qat, prepare_qat
 
@@ -268,8 +268,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
         model = load_model(str(teacher_dir), dtype="float32", device=target)
         batches = _calibration_batches(encoder, sample_examples(drawn, config.n_calib, config.seed + 1), target)
         with torch.no_grad(), compute_precision(target):
-            blocks = block_importance(model, batches)
-            neurons = neuron_importance(model, batches)
+            blocks, neurons = importances(model, batches)
         drop = choose_blocks_to_drop(blocks, config.drop_blocks)
         if config.keep_neurons and config.keep_neurons < model.config.intermediate_size:
             prune_neurons(model, config.keep_neurons, neurons)
