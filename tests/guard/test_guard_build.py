@@ -51,6 +51,19 @@ def test_every_stage_runs_and_a_rerun_resumes(built, tiny_guard_model):
     assert (result.run_dir / "guard").resolve() == result.guard_dir.resolve()
 
 
+def test_refuse_graded_trains_a_new_teacher_on_more_examples_from_the_same_data(built, tiny_guard_model):
+    result, _ = built
+    logged: list[str] = []
+    again = build_guard(_config(tiny_guard_model).replace(refuse_graded=True), result.run_dir, progress=False,
+                        log=logged.append)
+    assert [line.split()[1] for line in logged if line.startswith("[cached]")] == ["data"]   # same examples
+    assert again.guard_dir != result.guard_dir
+    stages = {name: load_guard(d).manifest["stages"]["teacher"] for name, d in (("off", result.guard_dir),
+                                                                                 ("on", again.guard_dir))}
+    assert stages["on"]["n_examples"] > stages["off"]["n_examples"]
+    build_guard(_config(tiny_guard_model), result.run_dir, progress=False)   # leave the module's latest as it was
+
+
 def test_the_artifact_is_pruned_quantised_and_self_describing(built):
     result, _ = built
     guard = load_guard(result.guard_dir)
@@ -302,9 +315,13 @@ def test_the_study_rebuilds_a_cached_guard_made_by_older_settings(built, tiny_gu
     config = _config(tiny_guard_model)
     assert is_current_build(result.guard_dir, config)
     assert not is_current_build(result.guard_dir, config.replace(group_size=64))
+    assert not is_current_build(result.guard_dir, config.replace(refuse_graded=True))
     old = tmp_path / "old"
     shutil.copytree(result.guard_dir, old)
     manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["build"]["fields"]["refuse_graded"]           # built before the option existed: still current
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert is_current_build(old, config)
     manifest["format_version"] = 1
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert not is_current_build(old, config)

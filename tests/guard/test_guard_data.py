@@ -8,7 +8,7 @@ from deltaguard.data.base import datasets, normalise_text
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
     GUARD_SPLITS, LABEL_SOURCES, UNSAFE_CUT, GuardData, GuardExample, add_replies, balance_labels, build_examples,
-    check_disjoint, group_of, hashed_split, prompts_to_answer,
+    check_disjoint, graded_refusals, group_of, hashed_split, prompts_to_answer,
 )
 
 
@@ -121,6 +121,24 @@ def test_balance_labels_repeats_the_rarer_label_of_mixed_sources_only():
     assert balance_labels(mixed + single, seed=0) == balanced                 # seeded
     assert balance_labels(single, seed=0) == single                           # one label: nothing added
     assert balance_labels([], seed=0) == []
+
+
+def test_graded_refusals_pair_each_graded_unsafe_prompt_once_with_a_safe_refusal():
+    graded = [_example(i, "pyrit-harm", i >= 3) for i in range(6)]          # g0-g2 safe, g3-g5 unsafe
+    twice = GuardExample(id="pyrit-harm:33", prompt="p3", response="another", unsafe=True, categories=(),
+                         source="pyrit-harm", weak=False, group="g3", split="train")
+    other = [_example(100 + i, "advbench", True) for i in range(3)]          # not graded: left alone
+    examples = graded + [twice] + other
+    out = graded_refusals(examples, seed=0)
+    assert out[:len(examples)] == examples                                    # the originals first, unchanged
+    added = out[len(examples):]
+    assert [e.group for e in added] == ["g3", "g4", "g5"]                     # one per graded unsafe prompt
+    for e in added:
+        assert e.source == "graded-refusal" and not e.unsafe and e.categories == () and not e.weak
+        assert e.split == "train" and e.prompt == f"p{e.group[1:]}" and e.response.strip()
+    assert "graded-refusal" in LABEL_SOURCES
+    assert graded_refusals(examples, seed=0) == out                           # seeded
+    assert graded_refusals(other, seed=0) == other and graded_refusals([], seed=0) == []
 
 
 def test_errors():

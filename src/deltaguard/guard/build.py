@@ -32,7 +32,7 @@ from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
     DATA_VERSION, GuardData, GuardExample, add_replies, balance_labels, build_examples, check_disjoint,
-    prompts_to_answer,
+    graded_refusals, prompts_to_answer,
 )
 from deltaguard.guard.quant import SCALE_DTYPE
 from deltaguard.guard.train import GuardEncoder, GuardTrainConfig, compute_precision, score, train_guard
@@ -63,6 +63,8 @@ class GuardBuildConfig(Config):
             label's training examples up to the commoner's count (``guard.data.balance_labels``). Off by
             default: on the validation split it lowered the teacher's AUPRC from 0.92 to 0.75 (the guard
             began flagging arithmetic problems and benign replies) for a small gain on the human-graded replies.
+        refuse_graded: add, to the training examples only, every human-graded unsafe reply's prompt answered by a
+            composed refusal (``guard.data.graded_refusals``); the validation and test splits are unchanged.
         max_prompt_tokens / max_response_tokens: each example's prompt and reply are cut to these.
         teacher / distill / qat: the three training stages.
         n_calib: training examples whose activations rank blocks and neurons.
@@ -87,6 +89,7 @@ class GuardBuildConfig(Config):
     reply_tokens: int = 48
     n_train: int = 0
     balance_labels: bool = False
+    refuse_graded: bool = False
     max_prompt_tokens: int = 96
     max_response_tokens: int = 128
     teacher: GuardTrainConfig = field(default_factory=lambda: GuardTrainConfig(epochs=1, lr=5e-5))
@@ -235,7 +238,8 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     steps.run("data", data_path, make_data)
     data = load_data(data_path)
     drawn = sample_examples(data.split("train"), config.n_train, config.seed)
-    train = balance_labels(drawn, seed=config.seed) if config.balance_labels else drawn
+    train = graded_refusals(drawn, seed=config.seed) if config.refuse_graded else drawn
+    train = balance_labels(train, seed=config.seed) if config.balance_labels else train
     data_key = data.content_hash
 
     def stage_dir(name: str, payload: dict[str, Any]) -> Path:
@@ -249,7 +253,9 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
 
     # 2. teacher
     teacher_payload = {"model": base_key, "data": data_key, "n_train": config.n_train, "encoder": config.encoder_settings,
-                       "balance_labels": config.balance_labels, "teacher": config.teacher.to_dict()}
+                       "balance_labels": config.balance_labels, "teacher": config.teacher.to_dict(),
+                       # only when on, so that the stages of builds without it keep their keys
+                       **({"refuse_graded": True} if config.refuse_graded else {})}
     teacher_dir = stage_dir("teacher", teacher_payload)
 
     def make_teacher() -> None:

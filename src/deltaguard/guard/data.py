@@ -82,6 +82,8 @@ LABEL_SOURCES = {
     "constructed-refusal": "a harmful prompt answered by a refusal composed from align's phrase lists -> safe (by "
                            "construction; the aligned models of a study learn the same phrases)",
     "reply-benign": "base model's greedy reply to a benign prompt -> safe (weak: replies are not read)",
+    "graded-refusal": "only with guard.refuse_graded, train split only, never in the data file: the prompt of a "
+                      "human-graded unsafe reply answered by a refusal composed from align's phrase lists -> safe",
     "pyrit-refusal": "check split only (never trained on). Weak: refused -> safe; not refused -> unsafe if the "
                      "request is an AdvBench behaviour, else safe",
 }
@@ -312,6 +314,34 @@ def balance_labels(examples: list[GuardExample], *, seed: int) -> list[GuardExam
     return list(examples) + extra
 
 
+def graded_refusals(examples: list[GuardExample], *, seed: int) -> list[GuardExample]:
+    """``examples`` plus, once for every prompt among them with a human-graded *unsafe* reply, that prompt
+    answered by a composed refusal (``safe``, source ``graded-refusal``).
+
+    Why: the human-graded harmless replies are most of the guard's false positives. They answer harmful-sounding
+    requests harmlessly, and among the graded replies to such a request the guard saw mostly unsafe ones (282
+    against 99 in training), so it learned to read the request. The composed refusals already pair AdvBench and
+    Do-Not-Answer prompts with a reply that makes them safe; this gives the graded prompts the same pair. It adds
+    examples only to what it is given (a build passes its training examples), and each keeps its prompt's
+    group and split, so the splits stay disjoint.
+    """
+    rng = random.Random(f"guard-graded-refusals:{seed}")
+    seen = {(e.group, normalise_text(e.response or "")) for e in examples}
+    first_of_group: dict[str, GuardExample] = {}
+    for e in sorted(examples, key=lambda e: e.id):
+        if e.source == "pyrit-harm" and e.unsafe:
+            first_of_group.setdefault(e.group, e)
+    added = []
+    for group, e in sorted(first_of_group.items()):
+        refusal = write_refusal(rng)
+        if (group, normalise_text(refusal)) in seen:
+            continue
+        seen.add((group, normalise_text(refusal)))
+        added.append(GuardExample(id=f"{e.id}:graded-refusal", prompt=e.prompt, response=refusal, unsafe=False,
+                                  categories=(), source="graded-refusal", weak=False, group=group, split=e.split))
+    return list(examples) + added
+
+
 def check_disjoint(data: GuardData) -> None:
     """Raise if a prompt group sits in two splits (``build_examples`` guarantees it; loaders re-check)."""
     owner: dict[str, str] = {}
@@ -330,4 +360,4 @@ def _hash(examples: Iterable[GuardExample]) -> str:
 
 
 __all__ = ["DATA_VERSION", "GUARD_SPLITS", "GuardData", "GuardExample", "LABEL_SOURCES", "add_replies", "balance_labels",
-           "build_examples", "check_disjoint", "group_of", "hashed_split", "prompts_to_answer"]
+           "build_examples", "check_disjoint", "graded_refusals", "group_of", "hashed_split", "prompts_to_answer"]
