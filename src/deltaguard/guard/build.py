@@ -128,7 +128,7 @@ class GuardBuildConfig(Config):
 def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
     """The named build settings (``default``: planned for a 2-core CPU; ``full``: every example, longer)."""
     if name == "default":
-        # Sized for the 2-core CPU (~20 minutes, 5.3 GB peak, measured): ~3.5 s a teacher step with 12 of 30 blocks
+        # Sized for the 2-core CPU (~19 minutes, 5.7 GB peak, measured): ~3.5 s a teacher step with 12 of 30 blocks
         # trained. Pruning 8 blocks and MLP 1536 -> 896 (30 -> 22 blocks) halves the teacher's linear-layer work in
         # under 1/5 of its bf16 size. Distillation trains all 22 remaining blocks for 80 steps at 2e-4 (50 steps
         # at 1e-4 on the top 14 of 20 left the student where pruning put it; 100 and 80 steps on all of them did
@@ -142,15 +142,18 @@ def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
         # linear work) 0.807 / 0.256 / 0.900 (two seeds; 0.805 / 0.27 / 0.899 over three on another machine);
         # 22 x 896 0.834 +- 0.038 / 0.198 +- 0.099 / 0.913 (three seeds); 22 x 896 with the stratified example
         # order of guard-train v2 0.857 +- 0.011 / 0.155 +- 0.009 / 0.929 (two seeds; the third was not run for
-        # time). Tried and not kept: balance_labels, 20 x 896, 18 x 1024 (README).
+        # time). Then refuse_graded (each human-graded unsafe reply's prompt also answered by a composed refusal, in
+        # training only): 0.879 +- 0.001 / 0.093 +- 0.011 / 0.949 (two distillation seeds, teacher seed 0), the
+        # human-graded harmless replies flagged 0.50 and 0.54 of the time against 0.62-0.65. Tried and not kept:
+        # balance_labels, 20 x 896, 18 x 1024, a shuffled-order teacher (guard-train "v3") (README).
         config = GuardBuildConfig(profile="default", max_response_tokens=96, drop_blocks=8, keep_neurons=896,
-                                  answer_harmful=100, answer_benign=60, reply_tokens=40,
+                                  refuse_graded=True, answer_harmful=100, answer_benign=60, reply_tokens=40,
                                   teacher=GuardTrainConfig(lr=1e-4, max_steps=80, train_blocks=12),
                                   distill=GuardTrainConfig(lr=2e-4, max_steps=80, train_blocks=22),
                                   qat=GuardTrainConfig(lr=1e-4, max_steps=40, train_blocks=10), n_val=240)
     elif name == "full":
         config = GuardBuildConfig(profile="full", max_prompt_only=400, answer_harmful=400, answer_benign=150,
-                                  drop_blocks=8, keep_neurons=896,   # the default's structure (see above)
+                                  drop_blocks=8, keep_neurons=896, refuse_graded=True,   # the default's recipe (above)
                                   teacher=GuardTrainConfig(epochs=2, lr=1e-4), distill=GuardTrainConfig(epochs=2, lr=1e-4),
                                   qat=GuardTrainConfig(epochs=1, lr=1e-4))
     else:
