@@ -143,9 +143,10 @@ def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
         # 22 x 896 0.834 +- 0.038 / 0.198 +- 0.099 / 0.913 (three seeds); 22 x 896 with the stratified example
         # order of guard-train v2 0.857 +- 0.011 / 0.155 +- 0.009 / 0.929 (two seeds; the third was not run for
         # time). Then refuse_graded (each human-graded unsafe reply's prompt also answered by a composed refusal, in
-        # training only): 0.879 +- 0.001 / 0.093 +- 0.011 / 0.949 (two distillation seeds, teacher seed 0), the
-        # human-graded harmless replies flagged 0.50 and 0.54 of the time against 0.62-0.65. Tried and not kept:
-        # balance_labels, 20 x 896, 18 x 1024, a shuffled-order teacher (guard-train "v3") (README).
+        # training only): 0.879 +- 0.001 / 0.093 +- 0.011 / 0.949 (two distillation seeds, teacher seed 0; a third
+        # seed, run after the decision, 0.870 / 0.104 / 0.941), the human-graded harmless replies flagged 0.50-0.54
+        # of the time against 0.62-0.65. Tried and not kept: balance_labels, 20 x 896, 18 x 1024, a shuffled-order
+        # teacher (guard-train "v3") (README).
         config = GuardBuildConfig(profile="default", max_response_tokens=96, drop_blocks=8, keep_neurons=896,
                                   refuse_graded=True, answer_harmful=100, answer_benign=60, reply_tokens=40,
                                   teacher=GuardTrainConfig(lr=1e-4, max_steps=80, train_blocks=12),
