@@ -344,6 +344,5 @@ def pruned_parameter_count(model: nn.Module) -> int:
 
 __all__ = [
     "VerdictHead", "block_importance", "choose_blocks_to_drop", "importances", "neuron_importance", "prune_blocks",
-    "prune_head",
-    "prune_neurons", "pruned_parameter_count", "restore_head_pruned", "scatter_logits",
+    "prune_head", "prune_neurons", "pruned_parameter_count", "restore_head_pruned", "scatter_logits",
 ]

@@ -306,6 +306,7 @@ def train_guard(model: nn.Module, encoder: GuardEncoder, examples: Sequence[Guar
     teacher_prefix: dict[str, Any] = {}
     if teacher is not None:
         teacher.eval().requires_grad_(False)
+    if teacher is not None and config.distill_weight > 0:
         with torch.no_grad(), compute_precision(device):   # the frozen teacher's prefix is the same every step
             teacher_prefix = {task: prefix_cache(teacher, prefix, device) for task, prefix in encoder.prefixes.items()}
     model.train()
