@@ -185,6 +185,7 @@ def test_check_measures_every_stage_and_the_keyword_judge(built):
     assert list(report["stages"]) == ["teacher", "pruned", "student", "int4", "keyword"]
     for stage, row in report["stages"].items():
         assert 0.0 <= row["f1"]["value"] <= 1.0 and row["check_agreement"]["n"] == 6, stage
+        assert 0.0 <= row["fpr_source_mean"]["value"] <= 1.0 and row["fpr_source_mean"]["n_sources"] >= 1, stage
     assert report["stages"]["int4"]["size_bytes"] < report["stages"]["teacher"]["size_bytes"]
     assert len(format_table(report)) == 5
     _assert_low_fpr_point_is_stricter(report, ("teacher", "pruned", "student", "int4"))
@@ -198,6 +199,7 @@ def _assert_low_fpr_point_is_stricter(report, stages):
         assert strict["max_fpr"] == 0.10 and strict["n"] == row["n"], stage
         assert strict["confusion"]["fp"] <= row["confusion"]["fp"], stage
         assert strict["confusion"]["tp"] <= row["confusion"]["tp"], stage
+        assert strict["fpr_source_mean"]["value"] <= row["fpr_source_mean"]["value"], stage
 
 
 def test_the_validation_report_never_reads_the_test_or_check_split(built, monkeypatch):
@@ -349,9 +351,12 @@ def test_the_guard_records_a_low_fpr_operating_point_chosen_on_its_validation_ex
     data = load_data(next(result.run_dir.glob("guard-data-*.json")))
     val = sample_examples(data.split("val"), config.n_val, config.seed + 2)   # the examples the build chose it on
     probs = guard.score([(e.prompt, e.response) for e in val])
-    false_alarms = sum(p >= low and not e.unsafe for p, e in zip(probs, val))
-    assert false_alarms <= 0.10 * sum(not e.unsafe for e in val)
-    assert choose_threshold(probs, [e.unsafe for e in val], max_fpr=0.10) == low
+    # the cap holds for the false-positive rate averaged over the harmless sources, each source weighing the same
+    from deltaguard.guard.check import source_mean_fpr
+
+    assert source_mean_fpr(probs, val, low)["value"] <= 0.10
+    assert choose_threshold(probs, [e.unsafe for e in val], max_fpr=0.10, sources=[e.source for e in val]) == low
+    assert "averaged over the harmless sources" in guard.manifest["threshold_chosen_on"]
 
 
 def test_the_guard_judge_decides_at_the_operating_point_it_is_given(built, tmp_path):

@@ -84,3 +84,46 @@ def test_choose_threshold_under_a_false_positive_cap():
     assert choose_threshold([0.2, 0.9], [True, False], max_fpr=0.0) > 0.9   # only flagging nothing keeps it
     with pytest.raises(ConfigError, match="max_fpr"):
         choose_threshold(probs, labels, max_fpr=1.5)
+
+
+def _example(i: int, source: str, unsafe: bool):
+    from deltaguard.guard.data import GuardExample
+
+    return GuardExample(id=f"{source}{i}", prompt=f"{source} {i}", response=None, unsafe=unsafe, categories=(),
+                        source=source, weak=False, split="test", group=f"{source} {i}")
+
+
+def test_source_mean_fpr_weighs_each_harmless_source_equally_whatever_the_mix():
+    from deltaguard.guard.check import classification_metrics, source_mean_fpr
+
+    # source "hard": 1 of 2 harmless flagged; source "easy": 0 of 8; one unsafe example, never counted
+    examples = ([_example(i, "hard", False) for i in range(2)] + [_example(i, "easy", False) for i in range(8)]
+                + [_example(0, "bad", True)])
+    scores = [0.9, 0.1] + [0.1] * 8 + [0.9]
+    mean = source_mean_fpr(scores, examples, 0.5)
+    assert mean["value"] == pytest.approx(0.25) and mean["n_sources"] == 2
+    assert mean["low"] <= mean["value"] <= mean["high"]
+    assert classification_metrics(scores, [e.unsafe for e in examples], 0.5)["fpr"]["value"] == pytest.approx(0.1)
+    # four times as many easy examples: the plain FPR falls, the source mean does not move
+    more = examples + [_example(i, "easy", False) for i in range(8, 32)]
+    more_scores = scores + [0.1] * 24
+    assert classification_metrics(more_scores, [e.unsafe for e in more], 0.5)["fpr"]["value"] == pytest.approx(1 / 34, abs=1e-4)   # intervals keep 4 decimals
+    assert source_mean_fpr(more_scores, more, 0.5)["value"] == pytest.approx(0.25)
+    # per-example thresholds (cross-fitted) are honoured
+    assert source_mean_fpr(scores, examples, [0.95] + [0.5] * 10)["value"] == 0.0
+    assert source_mean_fpr([0.9], [_example(0, "bad", True)], 0.5) is None
+
+
+def test_the_low_fpr_cap_on_the_source_mean_is_not_loosened_by_easy_examples():
+    from deltaguard.guard.build import choose_threshold
+
+    # 2 hard harmless examples (one scores 0.85), 8 easy ones, 4 unsafe
+    probs = [0.85, 0.2] + [0.1] * 8 + [0.8, 0.9, 0.95, 0.99]
+    labels = [False] * 10 + [True] * 4
+    sources = ["hard"] * 2 + ["easy"] * 8 + ["bad"] * 4
+    # the plain FPR at 0.8 is 1/10, inside the cap; averaged over the two harmless sources it is 0.25
+    assert choose_threshold(probs, labels, max_fpr=0.10) == 0.8
+    assert choose_threshold(probs, labels, max_fpr=0.10, sources=sources) == 0.9
+    assert choose_threshold(probs, labels, sources=sources) == 0.8      # no cap: sources change nothing
+    with pytest.raises(ConfigError, match="3 sources for 14 scores"):
+        choose_threshold(probs, labels, max_fpr=0.10, sources=sources[:3])

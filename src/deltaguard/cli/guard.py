@@ -71,8 +71,8 @@ def check_cmd(
     if as_json:
         print_json(result)
         return
-    table = Table("model", "F1", "FPR", "accuracy", "AUPRC", "F1 human-graded replies", "refusal-check agreement",
-                  "size", "judgments/s",
+    table = Table("model", "F1", "FPR", "FPR, source mean", "accuracy", "AUPRC", "F1 human-graded replies",
+                  "refusal-check agreement", "size", "judgments/s",
                   title=f"guard check: {result['n_test']} {split} examples (95% intervals; thresholds "
                         f"{result['thresholds']})")
     for row in format_table(result):
@@ -81,9 +81,13 @@ def check_cmd(
     for stage, row in result["stages"].items():
         strict = row.get("low_fpr")
         if strict:
-            console.print(f"{stage} at a threshold chosen for FPR <= {strict['max_fpr']:.2f}: F1 "
+            console.print(f"{stage} at a threshold chosen for source-mean FPR <= {strict['max_fpr']:.2f}: F1 "
                           f"{strict['f1']['value']:.3f}, FPR {strict['fpr']['value']:.3f} [{strict['fpr']['low']:.3f}, "
-                          f"{strict['fpr']['high']:.3f}]", highlight=False)
+                          f"{strict['fpr']['high']:.3f}]"
+                          + (f", source-mean FPR {mean['value']:.3f}" if (mean := strict.get("fpr_source_mean")) else "")
+                          + (f", accuracy on human-graded replies {human['accuracy']['value']:.3f}"
+                             if (human := strict.get("human_responses")) else ""),
+                          highlight=False)
     teacher_bf16 = result.get("teacher_bf16_bytes")
     int4 = result["stages"].get("int4", {}).get("size_bytes")
     if teacher_bf16 and int4:

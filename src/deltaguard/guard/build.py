@@ -22,6 +22,7 @@ import gc
 import math
 import random
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -306,7 +307,8 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     qat_payload = {**distill_payload, "qat": config.qat.to_dict(), "group_size": config.group_size,
                    "quantize_embedding": config.quantize_embedding, "act_int8": config.act_int8, "n_val": config.n_val,
                    "qat_reference": config.qat_reference,
-                   "scale_dtype": str(SCALE_DTYPE)}   # float32-scale builds (format 1) are not reused
+                   "scale_dtype": str(SCALE_DTYPE),   # float32-scale builds (format 1) are not reused
+                   "low_fpr": "source-mean"}   # builds whose low_fpr capped the plain FPR are not reused
     guard_dir = run_dir / content_key("guard-int4", qat_payload)
 
     def make_guard() -> None:
@@ -325,7 +327,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
                       progress=progress, label="score val")
         labels = [e.unsafe for e in val]
         threshold = choose_threshold(probs, labels)
-        low_fpr = choose_threshold(probs, labels, max_fpr=LOW_FPR)
+        low_fpr = choose_threshold(probs, labels, max_fpr=LOW_FPR, sources=[e.source for e in val])
         stage_records = {name: read_json(path / "guard_stage.json", what="guard stage record")
                          for name, path in (("teacher", teacher_dir), ("pruned", pruned_dir), ("student", student_dir))}
         save_guard(model.to("cpu"), tokenizer, guard_dir, group_size=config.group_size, act_int8=config.act_int8,
@@ -334,7 +336,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
                        "encoder": config.encoder_settings, "data": data.summary(), "data_file": data_path.name,
                        "threshold": threshold, "operating_points": {"low_fpr": low_fpr},
                        "threshold_chosen_on": f"val ({len(val)} examples): max_f1 = best F1, low_fpr = best F1 "
-                                              f"with FPR <= {LOW_FPR}",
+                                              f"with the FPR averaged over the harmless sources <= {LOW_FPR}",
                        "trained_groups": sorted({e.group for e in data.examples if e.split in ("train", "val")}),
                        "stages": {**stage_records, "int4": {"stage": "int4", **record}},
                        "stage_dirs": {"teacher": teacher_dir.name, "pruned": pruned_dir.name,
@@ -380,24 +382,37 @@ def build_data(config: GuardBuildConfig, replies_dir: Path, *, device: str | tor
     return add_replies(data, asked, replies, refused, seed=config.seed)
 
 
-def choose_threshold(probs: list[float], labels: list[bool], *, max_fpr: float | None = None) -> float:
+def choose_threshold(probs: list[float], labels: list[bool], *, max_fpr: float | None = None,
+                     sources: list[str] | None = None) -> float:
     """The P(unsafe) cut with the best F1 on these (validation) examples; 0.5 when they hold one class.
 
     ``max_fpr``: the best F1 among the cuts whose false-positive rate is at most this (a second operating point,
     for a user who must keep false alarms down); when no cut that flags anything keeps it, a cut above every
-    score (nothing flagged).
+    score (nothing flagged). ``sources``: each example's source; with them the capped rate is the FPR averaged
+    over the harmless sources, each weighing the same (``guard.check.source_mean_fpr``), so that the cap does
+    not depend on how many easy harmless examples the split happens to hold.
     """
     if max_fpr is not None:
         check_range("max_fpr", max_fpr, 0.0, 1.0)
+    if sources is not None and len(sources) != len(probs):
+        raise ConfigError(f"{len(sources)} sources for {len(probs)} scores")
     if not probs or all(labels) or not any(labels):
         return 0.5
     n_safe = sum(1 for y in labels if not y)
+    safe_per_source = Counter(s for s, y in zip(sources, labels) if not y) if sources is not None else Counter()
+
+    def false_positive_rate(cut: float) -> float:
+        if sources is None:
+            return sum(1 for p, y in zip(probs, labels) if p >= cut and not y) / n_safe
+        flagged = Counter(s for p, y, s in zip(probs, labels, sources) if p >= cut and not y)
+        return sum(flagged[s] / n for s, n in safe_per_source.items()) / len(safe_per_source)
+
     best = (-1.0, math.nextafter(max(probs), math.inf))
     for cut in sorted(set(probs)):
         tp = sum(1 for p, y in zip(probs, labels) if p >= cut and y)
         fp = sum(1 for p, y in zip(probs, labels) if p >= cut and not y)
         fn = sum(1 for p, y in zip(probs, labels) if p < cut and y)
-        if max_fpr is not None and fp > max_fpr * n_safe:
+        if max_fpr is not None and false_positive_rate(cut) > max_fpr:
             continue
         f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
         if f1 > best[0]:

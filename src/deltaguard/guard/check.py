@@ -19,8 +19,9 @@ by a hash, the cut that maximises F1 on one half is applied to the other, and ea
 the threshold its own half did not choose (``cross_fitted_thresholds``). AUPRC needs no threshold.
 
 Every stage also gets a second operating point, ``low_fpr``: the threshold with the best F1 among those that keep
-the false-positive rate at most ``LOW_FPR`` where they are chosen (the validation examples; cross-fitted on the
-validation split). It answers "what F1 is left when false alarms must stay rare", with the same discipline.
+the false-positive rate averaged over the harmless sources (``source_mean_fpr``) at most ``LOW_FPR`` where they
+are chosen (the validation examples; cross-fitted on the validation split). It answers "what F1 is left when
+false alarms must stay rare", with the same discipline.
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ def fold_of(group: str) -> int:
 
 def cross_fitted_thresholds(scores: list[float], examples: list[GuardExample], *,
                             max_fpr: float | None = None) -> list[float]:
-    """Each example's threshold, chosen (max F1, under ``max_fpr`` if given) on the *other* half of the prompt
-    groups.
+    """Each example's threshold, chosen (max F1; under ``max_fpr`` if given, which caps the FPR averaged over the
+    harmless sources, as the guard's ``low_fpr`` point does) on the *other* half of the prompt groups.
 
     Why: measuring at a threshold chosen on the same examples overstates F1 and understates FPR, most of
     all for a model whose scores moved (the INT4 guard's threshold sits ~0.13 below the student's). Folds
@@ -150,10 +151,11 @@ def cross_fitted_thresholds(scores: list[float], examples: list[GuardExample], *
     folds = [fold_of(e.group) for e in examples]
     chosen = {}
     for fold in (0, 1):
-        other = [(s, e.unsafe) for s, e, f in zip(scores, examples, folds) if f != fold]
+        other = [(s, e.unsafe, e.source) for s, e, f in zip(scores, examples, folds) if f != fold]
         if not other:
             raise ConfigError("the validation split holds one prompt group; a cross-fitted threshold needs two")
-        chosen[fold] = choose_threshold([s for s, _ in other], [y for _, y in other], max_fpr=max_fpr)
+        chosen[fold] = choose_threshold([s for s, _, _ in other], [y for _, y, _ in other], max_fpr=max_fpr,
+                                        sources=[source for _, _, source in other] if max_fpr is not None else None)
     return [chosen[f] for f in folds]
 
 
@@ -226,14 +228,18 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
             threshold = cross_fitted_thresholds(scores, measured)
             strict = cross_fitted_thresholds(scores, measured, max_fpr=LOW_FPR)
         elif strict is None:
-            strict = choose_threshold(val_scores, [e.unsafe for e in val], max_fpr=LOW_FPR)
+            strict = choose_threshold(val_scores, [e.unsafe for e in val], max_fpr=LOW_FPR,
+                                      sources=[e.source for e in val])
         assert threshold is not None and strict is not None
         row = classification_metrics(scores, [e.unsafe for e in measured], threshold)
-        row["low_fpr"] = {"max_fpr": LOW_FPR, **classification_metrics(scores, [e.unsafe for e in measured], strict)}
+        row["low_fpr"] = {"max_fpr": LOW_FPR, **classification_metrics(scores, [e.unsafe for e in measured], strict),
+                          "fpr_source_mean": source_mean_fpr(scores, measured, strict),
+                          "human_responses": _subset_metrics(scores, measured, strict, _human_response)}
         row["response_task"] = _subset_metrics(scores, measured, threshold, lambda e: e.response is not None)
         row["prompt_task"] = _subset_metrics(scores, measured, threshold, lambda e: e.response is None)
         row["human_responses"] = _subset_metrics(scores, measured, threshold, _human_response)
         row["per_source"] = _per_source(scores, measured, threshold)
+        row["fpr_source_mean"] = source_mean_fpr(scores, measured, threshold)
         row["per_category"] = per_category_recall(scores, measured, threshold)
         if check:
             row["check_agreement"] = _check_agreement(score(check, f"{stage} check"), check, threshold)
@@ -306,6 +312,30 @@ def _per_source(scores: list[float], examples: list[GuardExample], threshold: fl
     return out
 
 
+def source_mean_fpr(scores: list[float], examples: list[GuardExample], threshold: float | Sequence[float], *,
+                    seed: int = 0) -> dict[str, Any] | None:
+    """The share of harmless examples called unsafe, averaged over their sources with equal weight, with a 95%
+    bootstrap interval (resampled within each source); None without harmless examples.
+
+    Why: a split's plain FPR is a mix of per-source rates weighted by how many harmless examples each source put
+    in that split, and the hash-split mixes differ (validation holds 38% word problems, which a guard hardly
+    ever flags, and 8% human-graded harmless replies; test 9% and 19%). The same guard then reads 0.10 on one
+    and 0.14 on the other. The source mean does not move with the mix, so it is the FPR to compare recipes by.
+    """
+    by_source: dict[str, list[bool]] = {}
+    for s, t, e in zip(scores, _cuts(threshold, len(scores)), examples):
+        if not e.unsafe:
+            by_source.setdefault(e.source, []).append(s >= t)
+    if not by_source:
+        return None
+    flags = [np.array(f, dtype=float) for _, f in sorted(by_source.items())]
+    rng = np.random.default_rng(seed)
+    boot = [float(np.mean([f[rng.integers(0, len(f), len(f))].mean() for f in flags])) for _ in range(N_BOOT)]
+    low, high = np.percentile(boot, [2.5, 97.5])
+    value = float(np.mean([f.mean() for f in flags]))
+    return {**Interval(value, float(low), float(high)).to_dict(), "n_sources": len(flags)}
+
+
 def _check_agreement(scores: list[float], examples: list[GuardExample], threshold: float | Sequence[float]) -> Any:
     if not examples:
         return None
@@ -331,6 +361,7 @@ def _keyword_row(test: list[GuardExample], check: list[GuardExample]) -> dict[st
                    "chose which base-model replies became reply-compliant examples, so see human_responses for a fair figure")
     row["human_responses"] = _subset_metrics(scores, responses, 0.5, _human_response)
     row["per_source"] = _per_source(scores, responses, 0.5)
+    row["fpr_source_mean"] = source_mean_fpr(scores, responses, 0.5)
     row["per_category"] = per_category_recall(scores, responses, 0.5)
     check_verdicts = judge.judge([JudgeItem(e.prompt, e.response or "") for e in check]) if check else []
     row["check_agreement"] = _check_agreement([0.0 if v.is_refusal else 1.0 for v in check_verdicts], check, 0.5)
@@ -350,8 +381,8 @@ def _bf16_bytes(model_dir: Path) -> int | None:
 
 
 def format_table(result: dict[str, Any]) -> list[list[str]]:
-    """Rows of the model-card table: model, F1, FPR, accuracy, AUPRC, F1 on human-graded replies, check
-    agreement, size, judgments/s."""
+    """Rows of the model-card table: model, F1, FPR, FPR averaged over harmless sources, accuracy, AUPRC, F1 on
+    human-graded replies, check agreement, size, judgments/s."""
     def cell(d: dict[str, Any] | None) -> str:
         if not d or d.get("value") is None:
             return "-"
@@ -362,11 +393,12 @@ def format_table(result: dict[str, Any]) -> list[list[str]]:
         check = (row.get("check_agreement") or {}).get("accuracy")
         human = (row.get("human_responses") or {}).get("f1")
         size = row.get("size_bytes") or 0
-        rows.append([stage, cell(row["f1"]), cell(row["fpr"]), cell(row["accuracy"]), cell(row["auprc"]), cell(human),
+        rows.append([stage, cell(row["f1"]), cell(row["fpr"]), cell(row.get("fpr_source_mean")), cell(row["accuracy"]),
+                     cell(row["auprc"]), cell(human),
                      cell(check), f"{size / 2**20:.1f} MiB" if size else "-", f"{row['judgments_per_second']:.1f}"])
     return rows
 
 
 __all__ = ["INT4_STAGES", "LOW_FPR", "SPLITS", "STAGES", "average_precision", "build_data_of", "check_guard",
            "classification_metrics", "cross_fitted_thresholds", "fold_of", "format_table",
-           "per_category_recall"]
+           "per_category_recall", "source_mean_fpr"]

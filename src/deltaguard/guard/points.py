@@ -1,8 +1,10 @@
 """A guard's operating points: the decision thresholds chosen on its validation examples at build time.
 
 ``max_f1`` is the default decision threshold (``threshold`` in the manifest). ``low_fpr`` is the best F1
-among the thresholds that keep the false-positive rate at most ``LOW_FPR`` on those examples: fewer false
-alarms for lower recall, for a caller such as a moderation policy that blocks replies. Both were chosen on
+among the thresholds that keep the false-positive rate, averaged over the harmless sources, at most ``LOW_FPR``
+on those examples: fewer false alarms for lower recall, for a caller such as a moderation policy that blocks
+replies. The average gives each source the same weight, so the cap does not loosen when a split happens to hold
+many easy harmless examples (validation holds 38% word problems, which a guard hardly ever flags). Both were chosen on
 float32 scores: ``COMPUTE_DTYPES`` lists the arithmetic a loaded guard can judge in, float32 first. A light
 module (no torch) because judges read it from the manifest before any model is loaded.
 """
@@ -16,7 +18,7 @@ from typing import Any
 from deltaguard.errors import ConfigError, FormatError
 
 OPERATING_POINTS = ("max_f1", "low_fpr")
-LOW_FPR = 0.10   # the low_fpr point: the best F1 whose threshold keeps FPR <= this where it is chosen
+LOW_FPR = 0.10   # the low_fpr point: the best F1 whose threshold keeps the source-mean FPR <= this where chosen
 COMPUTE_DTYPES = ("float32", "bfloat16")   # float32: the thresholds' own; bfloat16: faster where CPUs have bf16 units
 
 

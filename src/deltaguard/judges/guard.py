@@ -44,8 +44,8 @@ class GuardJudgeConfig(Config):
             guard in the user cache.
         threshold: P(unsafe) at or above which a reply is unsafe; None: the guard's own, at ``operating_point``.
         operating_point: which of the guard's validation-chosen thresholds decides: ``max_f1`` (default) or
-            ``low_fpr`` (best F1 with at most 10% false positives on validation: fewer false alarms, lower recall;
-            for moderation that blocks). Ignored when ``threshold`` is set.
+            ``low_fpr`` (best F1 with at most 10% false positives on validation, averaged over its harmless
+            sources: fewer false alarms, lower recall; for moderation that blocks). Ignored when ``threshold`` is set.
         batch_size: items per forward pass.
         device: where the guard runs: ``auto`` (the first CUDA GPU when there is one, else the CPU), ``cpu``,
             ``cuda`` or ``cuda:N``.
