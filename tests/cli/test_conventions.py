@@ -112,3 +112,17 @@ def test_report_re_renders_a_run_and_refuses_other_directories(tmp_path):
     write_json(tmp_path / "results.json", {"model_id": "x", "metrics": []})
     code, output = run("report", tmp_path)
     assert code == 2 and "not a study or audit result" in one_error_line(output)
+
+
+def test_tables_keep_their_columns_in_logs_and_pipes(monkeypatch):
+    """Output to a file or a pipe gets LOG_WIDTH columns (rich would use 80 and cut the guard's 10-column table);
+    COLUMNS, when set, wins."""
+    import io
+
+    from deltaguard.cli.app import LOG_WIDTH, _console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    assert _console().width == LOG_WIDTH
+    monkeypatch.setenv("COLUMNS", "100")
+    assert _console().width == 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -16,8 +17,21 @@ try:  # typer >= 0.20 runs on its own copy of click, whose exceptions are not cl
 except ImportError:  # older typer runs on click itself
     from click.exceptions import ClickException, UsageError
 
-console = Console()
-err_console = Console(stderr=True)
+LOG_WIDTH = 160   # columns when the output is a file or a pipe and COLUMNS is unset
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """A rich console. Where the output is not a terminal (``| tee run.log``, CI) and ``COLUMNS`` is unset, rich
+    would lay tables out in 80 columns, which cuts the 10-column model-card table of ``guard check`` to "teac…";
+    such output gets ``LOG_WIDTH`` columns instead."""
+    stream = sys.stderr if stderr else sys.stdout
+    to_terminal = hasattr(stream, "isatty") and stream.isatty()
+    wide = not to_terminal and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=LOG_WIDTH if wide else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 _state = {"debug": False}
 RESUMABLE_VERBS = ("eval", "audit", "demo", "build")  # their run directories keep finished steps (build: guard)
 
