@@ -81,13 +81,14 @@ def check_cmd(
     for stage, row in result["stages"].items():
         strict = row.get("low_fpr")
         if strict:
-            console.print(f"{stage} at a threshold chosen for source-mean FPR <= {strict['max_fpr']:.2f}: F1 "
-                          f"{strict['f1']['value']:.3f}, FPR {strict['fpr']['value']:.3f} [{strict['fpr']['low']:.3f}, "
-                          f"{strict['fpr']['high']:.3f}]"
-                          + (f", source-mean FPR {mean['value']:.3f}" if (mean := strict.get("fpr_source_mean")) else "")
-                          + (f", accuracy on human-graded replies {human['accuracy']['value']:.3f}"
-                             if (human := strict.get("human_responses")) else ""),
-                          highlight=False)
+            parts = [f"F1 {strict['f1']['value']:.3f}", f"FPR {strict['fpr']['value']:.3f} "
+                     f"[{strict['fpr']['low']:.3f}, {strict['fpr']['high']:.3f}]"]
+            if strict.get("fpr_source_mean"):
+                parts.append(f"source-mean FPR {strict['fpr_source_mean']['value']:.3f}")
+            if strict.get("human_responses"):
+                parts.append(f"accuracy on human-graded replies {strict['human_responses']['accuracy']['value']:.3f}")
+            console.print(f"{stage} at a threshold chosen for source-mean FPR <= {strict['max_fpr']:.2f}: "
+                          + ", ".join(parts), highlight=False)
     teacher_bf16 = result.get("teacher_bf16_bytes")
     int4 = result["stages"].get("int4", {}).get("size_bytes")
     if teacher_bf16 and int4:

@@ -22,7 +22,7 @@ import gc
 import math
 import random
 import shutil
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -399,13 +399,12 @@ def choose_threshold(probs: list[float], labels: list[bool], *, max_fpr: float |
     if not probs or all(labels) or not any(labels):
         return 0.5
     n_safe = sum(1 for y in labels if not y)
-    safe_per_source = Counter(s for s, y in zip(sources, labels) if not y) if sources is not None else Counter()
 
     def false_positive_rate(cut: float) -> float:
+        flagged = [p >= cut for p in probs]
         if sources is None:
-            return sum(1 for p, y in zip(probs, labels) if p >= cut and not y) / n_safe
-        flagged = Counter(s for p, y, s in zip(probs, labels, sources) if p >= cut and not y)
-        return sum(flagged[s] / n for s, n in safe_per_source.items()) / len(safe_per_source)
+            return sum(1 for f, y in zip(flagged, labels) if f and not y) / n_safe
+        return harmless_source_mean(flagged, labels, sources)
 
     best = (-1.0, math.nextafter(max(probs), math.inf))
     for cut in sorted(set(probs)):
@@ -418,6 +417,18 @@ def choose_threshold(probs: list[float], labels: list[bool], *, max_fpr: float |
         if f1 > best[0]:
             best = (f1, cut)
     return float(best[1])
+
+
+def harmless_source_mean(flagged: Sequence[bool], labels: Sequence[bool], sources: Sequence[str]) -> float:
+    """The share of harmless examples flagged, averaged over their sources with equal weight (the one definition
+    ``choose_threshold``'s cap and ``guard.check.source_mean_fpr`` share); nan without harmless examples."""
+    per_source: dict[str, list[bool]] = {}
+    for f, y, s in zip(flagged, labels, sources, strict=True):
+        if not y:
+            per_source.setdefault(s, []).append(bool(f))
+    if not per_source:
+        return math.nan
+    return sum(sum(f) / len(f) for f in per_source.values()) / len(per_source)
 
 
 def _calibration_batches(encoder: GuardEncoder, examples: list[GuardExample], device: torch.device,
@@ -479,4 +490,5 @@ def _point_latest(link: Path, target: Path) -> None:
 
 
 __all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_data", "build_guard", "check_build", "choose_threshold",
-           "data_file_name", "forget_latest", "guard_profile", "load_data", "sample_examples", "with_overrides"]
+           "data_file_name", "forget_latest", "guard_profile", "harmless_source_mean", "load_data", "sample_examples",
+           "with_overrides"]

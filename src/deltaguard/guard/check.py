@@ -322,17 +322,21 @@ def source_mean_fpr(scores: list[float], examples: list[GuardExample], threshold
     ever flags, and 8% human-graded harmless replies; test 9% and 19%). The same guard then reads 0.10 on one
     and 0.14 on the other. The source mean does not move with the mix, so it is the FPR to compare recipes by.
     """
-    by_source: dict[str, list[bool]] = {}
-    for s, t, e in zip(scores, _cuts(threshold, len(scores)), examples):
-        if not e.unsafe:
-            by_source.setdefault(e.source, []).append(s >= t)
-    if not by_source:
+    from deltaguard.guard.build import harmless_source_mean
+
+    flagged = [s >= t for s, t in zip(scores, _cuts(threshold, len(scores)))]
+    labels, sources = [e.unsafe for e in examples], [e.source for e in examples]
+    value = harmless_source_mean(flagged, labels, sources)
+    if math.isnan(value):
         return None
+    by_source: dict[str, list[bool]] = {}
+    for f, y, s in zip(flagged, labels, sources):
+        if not y:
+            by_source.setdefault(s, []).append(f)
     flags = [np.array(f, dtype=float) for _, f in sorted(by_source.items())]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)   # resampled within each source, so each keeps its weight
     boot = [float(np.mean([f[rng.integers(0, len(f), len(f))].mean() for f in flags])) for _ in range(N_BOOT)]
     low, high = np.percentile(boot, [2.5, 97.5])
-    value = float(np.mean([f.mean() for f in flags]))
     return {**Interval(value, float(low), float(high)).to_dict(), "n_sources": len(flags)}
 
 

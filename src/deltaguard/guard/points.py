@@ -4,8 +4,8 @@
 among the thresholds that keep the false-positive rate, averaged over the harmless sources, at most ``LOW_FPR``
 on those examples: fewer false alarms for lower recall, for a caller such as a moderation policy that blocks
 replies. The average gives each source the same weight, so the cap does not loosen when a split happens to hold
-many easy harmless examples (validation holds 38% word problems, which a guard hardly ever flags). Both were chosen on
-float32 scores: ``COMPUTE_DTYPES`` lists the arithmetic a loaded guard can judge in, float32 first. A light
+many easy harmless examples (validation holds 38% word problems, which a guard hardly ever flags). Both were
+chosen on float32 scores: ``COMPUTE_DTYPES`` lists the arithmetic a loaded guard can judge in, float32 first. A light
 module (no torch) because judges read it from the manifest before any model is loaded.
 """
 

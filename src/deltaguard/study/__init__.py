@@ -3,8 +3,8 @@
 Modules: ``config`` (``StudyConfig`` and the YAML profiles in ``profiles/``), ``deltaguard.steps`` (the keyed-step
 runner every pipeline reuses), ``alignment`` (the alignment check), ``lens_step`` and ``run``
 (``run_study``, results assembly). Profiles: ``default`` is planned for a 2-core CPU (a first run of about 40
-minutes, 19 of them building the compact guard once per machine; a cached rerun within seconds); ``full`` is the complete sweep with paper-sized settings,
-for users with time or a GPU. Every reduction the default makes is listed in its profile's notes and
+minutes, 19 of them building the compact guard once per machine; a cached rerun within seconds); ``full`` is the
+complete sweep with paper-sized settings, for users with time or a GPU. Every reduction the default makes is listed in its profile's notes and
 printed in the report.
 """
 
