@@ -126,3 +126,23 @@ def test_tables_keep_their_columns_in_logs_and_pipes(monkeypatch):
     assert _console().width == LOG_WIDTH
     monkeypatch.setenv("COLUMNS", "100")
     assert _console().width == 100
+
+
+def _cli_thread_env(env: dict[str, str]) -> list[str]:
+    """The OpenMP variables as the CLI package leaves them, in a fresh interpreter started with ``env``."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import os, deltaguard.cli; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split()
+
+
+def test_cli_spins_briefly_unless_the_user_chose_a_wait_policy():
+    assert _cli_thread_env({}) == ["PASSIVE", "1000"]
+    assert _cli_thread_env({"OMP_WAIT_POLICY": "ACTIVE"}) == ["ACTIVE", "None"]
+    assert _cli_thread_env({"GOMP_SPINCOUNT": "50"}) == ["None", "50"]

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads: idle OpenMP threads sleep instead of spinning, which on a busy 2-core machine
-# made two threads 4-6x slower than one (measured while running the demo).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads, unless the user chose a wait policy: idle OpenMP threads spin only briefly, then sleep.
+# Why: with the runtime's default (long spinning) two processes sharing a 2-core machine ran greedy decoding
+# 2.2x slower each (46 s against 21 s), while sleeping at once (PASSIVE) cost 19% on a quiet machine
+# (12.6 s against 10.3-10.7 s). GNU OpenMP (torch's on Linux) reads GOMP_SPINCOUNT, which wins over the
+# policy: 1000 spins, the count libgomp itself uses when oversubscribed, measured 10.3-11.1 s quiet and
+# 21.8-22.9 s shared. Other runtimes read only OMP_WAIT_POLICY and sleep at once.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = "1000"
 
 from deltaguard.cli.app import app  # noqa: E402
 
