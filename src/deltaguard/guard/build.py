@@ -148,11 +148,14 @@ def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
         # seed, run after the decision, 0.870 / 0.104 / 0.941), the human-graded harmless replies flagged 0.50-0.54
         # of the time against 0.62-0.65. Tried and not kept: balance_labels, 20 x 896, 18 x 1024, a shuffled-order
         # teacher (guard-train "v3") (README).
+        # The operating points are chosen on every validation example (n_val=0; 240 of the 605 until 2026-11-30:
+        # they held 5 benign prompts, so one flagged prompt moved the source-mean FPR by 0.04); scoring all of them
+        # costs about 35 s more.
         config = GuardBuildConfig(profile="default", max_response_tokens=96, drop_blocks=8, keep_neurons=896,
                                   refuse_graded=True, answer_harmful=100, answer_benign=60, reply_tokens=40,
                                   teacher=GuardTrainConfig(lr=1e-4, max_steps=80, train_blocks=12),
                                   distill=GuardTrainConfig(lr=2e-4, max_steps=80, train_blocks=22),
-                                  qat=GuardTrainConfig(lr=1e-4, max_steps=40, train_blocks=10), n_val=240)
+                                  qat=GuardTrainConfig(lr=1e-4, max_steps=40, train_blocks=10))
     elif name == "full":
         config = GuardBuildConfig(profile="full", max_prompt_only=400, answer_harmful=400, answer_benign=150,
                                   drop_blocks=8, keep_neurons=896, refuse_graded=True,   # the default's recipe (above)
