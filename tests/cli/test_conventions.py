@@ -135,7 +135,8 @@ def _cli_thread_env(env: dict[str, str]) -> list[str]:
     import sys
 
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    code = ("import os, deltaguard.cli; "
+    code = ("import sys, deltaguard; assert 'torch' not in sys.modules, 'torch loads before the CLI sets its env'; "
+            "import os, deltaguard.cli; "
             "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
                          check=True)

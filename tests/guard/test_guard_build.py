@@ -9,7 +9,7 @@ import torch
 
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.artifact import load_guard, size_on_disk
-from deltaguard.guard.build import GuardBuildConfig, build_guard, choose_threshold, guard_profile, load_data
+from deltaguard.guard.build import GuardBuildConfig, build_guard, choose_threshold, data_file_name, guard_profile, load_data
 from deltaguard.guard.train import GuardTrainConfig
 from tinymodels import make_tiny_llama
 
@@ -175,6 +175,11 @@ def test_choose_threshold_and_profiles():
     assert guard_profile("default").profile == "default"
     with pytest.raises(ConfigError, match="guard profile 'tiny'"):
         guard_profile("tiny")
+    with pytest.raises(ConfigError, match="compliant_sources names benign; the harmful prompt sources are advbench"):
+        guard_profile("default", compliant_sources=("advbench", "benign"))
+    # the data file's name changes with the setting only when it is set (older builds keep theirs)
+    assert data_file_name(guard_profile("default")) == data_file_name(guard_profile("default", compliant_sources=()))
+    assert data_file_name(guard_profile("default")) != data_file_name(guard_profile("default", compliant_sources=("advbench",)))
 
 
 def test_check_measures_every_stage_and_the_keyword_judge(built):

@@ -194,3 +194,24 @@ def test_add_replies_refuses_mismatched_or_misplaced_inputs(data):
         add_replies(data, answered, ["x"], [False], seed=0)
     empty = add_replies(data, asked, ["   "], [False], seed=0)   # an empty reply adds only the refusal
     assert [e.source for e in empty.examples[len(data.examples):]] == ["constructed-refusal"]
+
+
+def test_compliant_sources_keep_only_the_named_sources_unsafe_replies(data):
+    asked = prompts_to_answer(data, n_harmful=6, n_benign=1, seed=0)
+    assert {e.source for e in asked if e.unsafe} == {"advbench", "donotanswer"}
+    replies = [f"reply {i}" for i in range(len(asked))]
+    refused = [False] * len(asked)
+    every = add_replies(data, asked, replies, refused, seed=0)
+    only = add_replies(data, asked, replies, refused, seed=0, compliant_sources=("advbench",))
+    by_prompt = {e.id: e for e in asked}
+
+    def prompt_sources(grown, source):
+        return sorted(by_prompt[e.id.rsplit(":", 1)[0]].source for e in grown.examples[len(data.examples):]
+                      if e.source == source)
+
+    assert set(prompt_sources(every, "reply-compliant")) == {"advbench", "donotanswer"}
+    assert set(prompt_sources(only, "reply-compliant")) == {"advbench"}
+    # the left-out replies are dropped, not relabelled: their refusals and the benign replies stay
+    assert prompt_sources(only, "constructed-refusal") == prompt_sources(every, "constructed-refusal")
+    assert prompt_sources(only, "reply-benign") == prompt_sources(every, "reply-benign")
+    assert not any(e.source == "reply-compliant" and not e.unsafe for e in only.examples)

@@ -32,8 +32,8 @@ import torch
 from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
-    DATA_VERSION, GuardData, GuardExample, add_replies, balance_labels, build_examples, check_disjoint,
-    graded_refusals, prompts_to_answer,
+    DATA_VERSION, HARMFUL_PROMPT_SOURCES, GuardData, GuardExample, add_replies, balance_labels, build_examples,
+    check_disjoint, graded_refusals, prompts_to_answer,
 )
 from deltaguard.guard.quant import SCALE_DTYPE
 from deltaguard.guard.train import GuardEncoder, GuardTrainConfig, compute_precision, score, train_guard
@@ -64,6 +64,8 @@ class GuardBuildConfig(Config):
             label's training examples up to the commoner's count (``guard.data.balance_labels``). Off by
             default: on the validation split it lowered the teacher's AUPRC from 0.92 to 0.75 (the guard
             began flagging arithmetic problems and benign replies) for a small gain on the human-graded replies.
+        compliant_sources: the harmful-prompt sources whose non-refused base-model replies are labelled unsafe
+            (``reply-compliant``); empty: every source (``guard.data.add_replies``).
         refuse_graded: add, to the training examples only, every human-graded unsafe reply's prompt answered by a
             composed refusal (``guard.data.graded_refusals``); the validation and test splits are unchanged.
         max_prompt_tokens / max_response_tokens: each example's prompt and reply are cut to these.
@@ -91,6 +93,7 @@ class GuardBuildConfig(Config):
     n_train: int = 0
     balance_labels: bool = False
     refuse_graded: bool = False
+    compliant_sources: tuple[str, ...] = ()
     max_prompt_tokens: int = 96
     max_response_tokens: int = 128
     teacher: GuardTrainConfig = field(default_factory=lambda: GuardTrainConfig(epochs=1, lr=5e-5))
@@ -118,6 +121,10 @@ class GuardBuildConfig(Config):
         check_range("guard.keep_neurons", self.keep_neurons, 0)
         check_range("guard.group_size", self.group_size, 1)
         check_range("guard.n_val", self.n_val, 0)
+        unknown = sorted(set(self.compliant_sources) - set(HARMFUL_PROMPT_SOURCES))
+        if unknown:
+            raise ConfigError(f"guard.compliant_sources names {', '.join(unknown)}; the harmful prompt sources are "
+                              f"{', '.join(HARMFUL_PROMPT_SOURCES)}")
         if self.qat_reference not in QAT_REFERENCES:
             raise ConfigError(f"guard.qat_reference={self.qat_reference!r} is not one of {', '.join(QAT_REFERENCES)}")
 
@@ -358,7 +365,9 @@ def data_file_name(config: GuardBuildConfig) -> str:
     settings = {"version": DATA_VERSION, "seed": config.seed, "max_prompt_only": config.max_prompt_only,
                 "model": model_identity(config.model),
                 "answer_harmful": config.answer_harmful, "answer_benign": config.answer_benign,
-                "reply_tokens": config.reply_tokens}
+                "reply_tokens": config.reply_tokens,
+                # only when set, so that the data files of builds without it keep their names
+                **({"compliant_sources": sorted(config.compliant_sources)} if config.compliant_sources else {})}
     return f"{content_key('guard-data', settings)}.json"
 
 
@@ -382,7 +391,8 @@ def build_data(config: GuardBuildConfig, replies_dir: Path, *, device: str | tor
     finally:
         responder.release()
     refused = refusal_flags(make_judge("keyword"), prompts, replies)
-    return add_replies(data, asked, replies, refused, seed=config.seed)
+    return add_replies(data, asked, replies, refused, seed=config.seed,
+                       compliant_sources=tuple(config.compliant_sources) or None)
 
 
 def choose_threshold(probs: list[float], labels: list[bool], *, max_fpr: float | None = None,
