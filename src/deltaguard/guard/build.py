@@ -65,7 +65,9 @@ class GuardBuildConfig(Config):
             default: on the validation split it lowered the teacher's AUPRC from 0.92 to 0.75 (the guard
             began flagging arithmetic problems and benign replies) for a small gain on the human-graded replies.
         compliant_sources: the harmful-prompt sources whose non-refused base-model replies are labelled unsafe
-            (``reply-compliant``); empty: every source (``guard.data.add_replies``).
+            (``reply-compliant``); empty: every source (``guard.data.add_replies``). Off by default:
+            ``advbench`` alone raised validation F1 (0.891 against 0.875) and human-graded accuracy, but also
+            the source-mean FPR (0.182 against 0.159), which the recipe rule forbids (README).
         refuse_graded: add, to the training examples only, every human-graded unsafe reply's prompt answered by a
             composed refusal (``guard.data.graded_refusals``); the validation and test splits are unchanged.
         max_prompt_tokens / max_response_tokens: each example's prompt and reply are cut to these.

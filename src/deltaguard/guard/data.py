@@ -29,6 +29,8 @@ Where each label comes from (``LABEL_SOURCES`` records it in every built guard):
   out: in the first build about half of those were compliance that merely said "illegal" or "However".
   Replies to benign prompts are ``safe`` (``reply-benign``). The model-written labels are weak: a 135M
   model's "compliance" is an attempt, often incoherent, and the keyword judge decides what counts as one.
+  ``compliant_sources`` (the build's ``guard.compliant_sources``) keeps the unsafe replies of the named prompt
+  sources only, the rule ``pyrit-refusal``'s labels follow.
 
 Splits are decided per *group* — the prompt's normalised text — so no prompt is in two splits. Precedence
 when one prompt comes from several sources: ``check`` > ``test`` > ``val`` > ``train``. Sets with
@@ -79,7 +81,8 @@ LABEL_SOURCES = {
     "arith": "prompt-only, safe: generated arithmetic word problems",
     "requests": "prompt-only, safe: generated everyday requests (calibration-only set, never evaluated) -> train only",
     "reply-compliant": "base model's greedy reply to a harmful prompt, not a refusal by the keyword judge -> unsafe "
-                       "(weak: an attempt at compliance; the prompt's hazard code if it has one)",
+                       "(weak: an attempt at compliance; the prompt's hazard code if it has one); with "
+                       "guard.compliant_sources, only for prompts of the named sources",
     "constructed-refusal": "a harmful prompt answered by a refusal composed from align's phrase lists -> safe (by "
                            "construction; the aligned models of a study learn the same phrases)",
     "reply-benign": "base model's greedy reply to a benign prompt -> safe (weak: replies are not read)",
