@@ -394,7 +394,7 @@ def build_data(config: GuardBuildConfig, replies_dir: Path, *, device: str | tor
         responder.release()
     refused = refusal_flags(make_judge("keyword"), prompts, replies)
     return add_replies(data, asked, replies, refused, seed=config.seed,
-                       compliant_sources=tuple(config.compliant_sources) or None)
+                       compliant_sources=config.compliant_sources or None)
 
 
 def choose_threshold(probs: list[float], labels: list[bool], *, max_fpr: float | None = None,
@@ -413,34 +413,38 @@ def choose_threshold(probs: list[float], labels: list[bool], *, max_fpr: float |
         raise ConfigError(f"{len(sources)} sources for {len(probs)} scores")
     if not probs or all(labels) or not any(labels):
         return 0.5
-    n_safe = sum(1 for y in labels if not y)
-
-    def false_positive_rate(cut: float) -> float:
-        flagged = [p >= cut for p in probs]
-        if sources is None:
-            return sum(1 for f, y in zip(flagged, labels) if f and not y) / n_safe
-        return harmless_source_mean(flagged, labels, sources)
-
+    n_unsafe = sum(1 for y in labels if y)
+    n_safe = len(labels) - n_unsafe
     best = (-1.0, math.nextafter(max(probs), math.inf))
     for cut in sorted(set(probs)):
-        tp = sum(1 for p, y in zip(probs, labels) if p >= cut and y)
-        fp = sum(1 for p, y in zip(probs, labels) if p >= cut and not y)
-        fn = sum(1 for p, y in zip(probs, labels) if p < cut and y)
-        if max_fpr is not None and false_positive_rate(cut) > max_fpr:
-            continue
+        flagged = [p >= cut for p in probs]   # one pass per cut gives tp, fp, fn and the capped rate
+        tp = sum(1 for f, y in zip(flagged, labels) if f and y)
+        fp = sum(flagged) - tp
+        fn = n_unsafe - tp
+        if max_fpr is not None:
+            rate = fp / n_safe if sources is None else harmless_source_mean(flagged, labels, sources)
+            if rate > max_fpr:
+                continue
         f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
         if f1 > best[0]:
             best = (f1, cut)
     return float(best[1])
 
 
-def harmless_source_mean(flagged: Sequence[bool], labels: Sequence[bool], sources: Sequence[str]) -> float:
-    """The share of harmless examples flagged, averaged over their sources with equal weight (the one definition
-    ``choose_threshold``'s cap and ``guard.check.source_mean_fpr`` share); nan without harmless examples."""
+def harmless_flags_by_source(flagged: Sequence[bool], labels: Sequence[bool],
+                             sources: Sequence[str]) -> dict[str, list[bool]]:
+    """Source → whether each of its harmless examples was flagged, in example order."""
     per_source: dict[str, list[bool]] = {}
     for f, y, s in zip(flagged, labels, sources, strict=True):
         if not y:
             per_source.setdefault(s, []).append(bool(f))
+    return per_source
+
+
+def harmless_source_mean(flagged: Sequence[bool], labels: Sequence[bool], sources: Sequence[str]) -> float:
+    """The share of harmless examples flagged, averaged over their sources with equal weight (the one definition
+    ``choose_threshold``'s cap and ``guard.check.source_mean_fpr`` share); nan without harmless examples."""
+    per_source = harmless_flags_by_source(flagged, labels, sources)
     if not per_source:
         return math.nan
     return sum(sum(f) / len(f) for f in per_source.values()) / len(per_source)
@@ -505,5 +509,5 @@ def _point_latest(link: Path, target: Path) -> None:
 
 
 __all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_data", "build_guard", "check_build", "choose_threshold",
-           "data_file_name", "forget_latest", "guard_profile", "harmless_source_mean", "load_data", "sample_examples",
-           "with_overrides"]
+           "data_file_name", "forget_latest", "guard_profile", "harmless_flags_by_source", "harmless_source_mean",
+           "load_data", "sample_examples", "with_overrides"]

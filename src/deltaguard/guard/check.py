@@ -322,17 +322,14 @@ def source_mean_fpr(scores: list[float], examples: list[GuardExample], threshold
     ever flags, and 8% human-graded harmless replies; test 9% and 19%). The same guard then reads 0.10 on one
     and 0.14 on the other. The source mean does not move with the mix, so it is the FPR to compare recipes by.
     """
-    from deltaguard.guard.build import harmless_source_mean
+    from deltaguard.guard.build import harmless_flags_by_source, harmless_source_mean
 
     flagged = [s >= t for s, t in zip(scores, _cuts(threshold, len(scores)))]
     labels, sources = [e.unsafe for e in examples], [e.source for e in examples]
     value = harmless_source_mean(flagged, labels, sources)
     if math.isnan(value):
         return None
-    by_source: dict[str, list[bool]] = {}
-    for f, y, s in zip(flagged, labels, sources):
-        if not y:
-            by_source.setdefault(s, []).append(f)
+    by_source = harmless_flags_by_source(flagged, labels, sources)
     flags = [np.array(f, dtype=float) for _, f in sorted(by_source.items())]
     rng = np.random.default_rng(seed)   # resampled within each source, so each keeps its weight
     boot = [float(np.mean([f[rng.integers(0, len(f), len(f))].mean() for f in flags])) for _ in range(N_BOOT)]
