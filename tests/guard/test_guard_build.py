@@ -173,6 +173,10 @@ def test_choose_threshold_and_profiles():
     assert choose_threshold([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 0.8
     assert choose_threshold([0.3, 0.6], [True, True]) == 0.5
     assert guard_profile("default").profile == "default"
+    # the scores that choose the thresholds and the QAT that fits them stay in the arithmetic the guard is served in
+    default, full = guard_profile("default"), guard_profile("full")
+    assert (default.teacher.precision, default.distill.precision, default.qat.precision) == ("bfloat16", "bfloat16", "auto")
+    assert {full.teacher.precision, full.distill.precision, full.qat.precision} == {"auto"}
     with pytest.raises(ConfigError, match="guard profile 'tiny'"):
         guard_profile("tiny")
     with pytest.raises(ConfigError, match="compliant_sources names benign; the harmful prompt sources are advbench"):

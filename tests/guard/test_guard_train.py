@@ -13,8 +13,8 @@ from deltaguard.errors import ConfigError
 from deltaguard.guard.data import GuardExample
 from deltaguard.guard.format import verdict_tokens
 from deltaguard.guard.train import (
-    GuardEncoder, GuardTrainConfig, pad_batch, answer_logits, full_sequence_hidden, prefix_cache, score,
-    shared_prefix_hidden, train_guard,
+    GuardEncoder, GuardTrainConfig, pad_batch, answer_logits, compute_precision, full_sequence_hidden, prefix_cache,
+    score, shared_prefix_hidden, train_guard,
 )
 from tinymodels import make_tiny_llama
 
@@ -142,6 +142,35 @@ def test_errors(setup):
         GuardTrainConfig(distill_weight=1.5)
     with pytest.raises(ConfigError, match="lr=nan is not a finite number"):
         GuardTrainConfig(lr=float("nan"))
+
+
+def test_compute_precision_autocasts_only_where_asked():
+    cpu = torch.device("cpu")
+    for precision, expected in (("auto", False), ("float32", False), ("bfloat16", True)):
+        with compute_precision(cpu, precision):
+            assert torch.is_autocast_enabled("cpu") is expected, precision
+            if expected:
+                assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with pytest.raises(ConfigError, match="guard precision 'fp16' is not one of auto, float32, bfloat16"):
+        compute_precision(cpu, "fp16")
+    with pytest.raises(ConfigError, match="guard-train.precision='fp16' must be one of"):
+        GuardTrainConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("precision", ["auto", "bfloat16"])
+def test_a_stage_computes_student_and_teacher_in_its_precision(setup, precision):
+    """bf16 autocast reaches the student's and the frozen teacher's matmuls; the master weights stay fp32."""
+    model, encoder = setup
+    teacher = copy.deepcopy(model)
+    seen: dict[str, set[torch.dtype]] = {"student": set(), "teacher": set()}
+    for name, net in (("student", model), ("teacher", teacher)):
+        net.model.layers[-1].mlp.down_proj.register_forward_hook(
+            lambda _m, _i, out, name=name: seen[name].add(out.dtype))
+    train_guard(model, encoder, [_example(i, i % 2 == 0) for i in range(4)],
+                GuardTrainConfig(epochs=1, batch_size=2, precision=precision), teacher=teacher, progress=False)
+    expected = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    assert seen == {"student": {expected}, "teacher": {expected}}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_train_blocks_freezes_everything_below(setup):

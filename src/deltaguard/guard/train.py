@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from deltaguard.config import Config, check_range
+from deltaguard.config import Config, check_choice, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import GuardExample
 from deltaguard.guard.format import VerdictTokens, guard_input, guard_target, unsafe_probability
@@ -182,14 +182,27 @@ def verdict_logits(model: nn.Module, prefix: Sequence[int], ids: Tensor, real: T
     return _head_logits(model, hidden[torch.arange(ids.shape[0]), last])
 
 
-def compute_precision(device: torch.device) -> Any:
-    """bf16 autocast on GPUs; plain fp32 on CPUs, where it is faster for this work.
+PRECISIONS = ("auto", "float32", "bfloat16")
 
-    Measured on the 2-core AVX-512-BF16 CI machine with SmolLM2-135M: a training step took 4.0 s in fp32 and
-    6.4 s under bf16 autocast (10 trained blocks, batch 8); scoring 16 examples 5.6 s vs 10.1 s. The casts
-    around every matmul cost more than the bf16 matmuls save at this size.
+
+def compute_precision(device: torch.device, precision: str = "auto") -> Any:
+    """The autocast context a guard stage computes under (master weights stay fp32 either way).
+
+    ``auto``: bf16 autocast on GPUs, plain fp32 on CPUs — what scoring, pruning calibration and QAT use, so the
+    INT4 guard's thresholds are chosen on the arithmetic it is served with. ``bfloat16``: bf16 autocast on any
+    device; ``float32``: none anywhere.
+
+    Why not bf16 on every CPU: it depends on the CPU. On an earlier 2-core AVX-512-BF16 machine a training step
+    took 4.0 s in fp32 and 6.4 s under bf16 autocast; on the AMD EPYC of 2026-11-30 (torch 2.13) the default
+    profile's teacher steps took 2.2 s under bf16 against 4.3 s in fp32, and its distillation steps 3.5 s against
+    6.7 s. The default profile therefore trains its teacher and distillation stages in ``bfloat16`` and leaves the
+    rest at ``auto``; on a CPU without bf16 matrix units ``--set teacher.precision=float32
+    --set distill.precision=float32`` is the faster build.
     """
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"guard precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    enabled = precision == "bfloat16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +221,8 @@ class GuardTrainConfig(Config):
             the label cross-entropy gets ``1 - distill_weight``.
         temperature: distillation temperature.
         seed: example order (shuffled within each source and label; see ``_task_batches``).
+        precision: ``auto`` (bf16 autocast on GPUs, fp32 on CPUs), ``bfloat16`` or ``float32``: the arithmetic
+            of this stage's forward and backward passes, the teacher's included (``compute_precision``).
     """
 
     name: ClassVar[str] = "guard-train"
@@ -223,8 +238,10 @@ class GuardTrainConfig(Config):
     distill_weight: float = 0.5
     temperature: float = 1.0
     seed: int = 0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        check_choice("guard-train.precision", self.precision, PRECISIONS)
         check_range("guard-train.epochs", self.epochs, 1)
         check_range("guard-train.max_steps", self.max_steps, 0)
         check_range("guard-train.lr", self.lr, 0.0, 1.0, low_inclusive=False)
@@ -307,7 +324,7 @@ def train_guard(model: nn.Module, encoder: GuardEncoder, examples: Sequence[Guar
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     if teacher is not None and config.distill_weight > 0:
-        with torch.no_grad(), compute_precision(device):   # the frozen teacher's prefix is the same every step
+        with torch.no_grad(), compute_precision(device, config.precision):   # the frozen teacher's prefix: same every step
             teacher_prefix = {task: prefix_cache(teacher, prefix, device) for task, prefix in encoder.prefixes.items()}
     model.train()
     losses: list[float] = []
@@ -320,7 +337,7 @@ def train_guard(model: nn.Module, encoder: GuardEncoder, examples: Sequence[Guar
                 group["lr"] = config.lr * lr_factor(len(losses), n_steps, int(config.warmup_ratio * n_steps), "cosine")
             ids, real, answer = (t.to(device) for t in pad_batch(batch, pad_id))
             prefix = encoder.prefixes[batch[0].task]
-            with compute_precision(device):
+            with compute_precision(device, config.precision):
                 logits, targets = answer_logits(model, prefix, ids, real, answer)
                 loss = F.cross_entropy(logits, targets)
                 if teacher is not None and config.distill_weight > 0:
@@ -397,5 +414,5 @@ def score(model: nn.Module, encoder: GuardEncoder, items: Sequence[tuple[str, st
     return out
 
 
-__all__ = ["Encoded", "GuardEncoder", "GuardTrainConfig", "answer_logits", "compute_precision", "freeze_below", "full_sequence_hidden",
+__all__ = ["PRECISIONS", "Encoded", "GuardEncoder", "GuardTrainConfig", "answer_logits", "compute_precision", "freeze_below", "full_sequence_hidden",
            "pad_batch", "prefix_cache", "score", "shared_prefix_hidden", "train_guard", "verdict_logits"]

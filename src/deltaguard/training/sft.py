@@ -138,6 +138,23 @@ class Encoded:
     loss_mask: tuple[bool, ...]
 
 
+
+def _set_checkpointing(model: Any, on: bool) -> None:
+    """HF activation (gradient) checkpointing on or off, non-reentrant (works with frozen inputs such as LoRA's
+    and keeps autocast in the recomputation). transformers 5.x renamed the methods ``activation_checkpointing_*``
+    and warns on every use of the old names, which cluttered each training step's output; older releases
+    (the package allows >= 4.56) only have the old names."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def encode_pair(tokenizer: Any, pair: ChatPair, *, max_seq_len: int, system: str | None = None) -> Encoded:
     """Tokenise a pair so that only the assistant's reply (and its end-of-turn) counts in the loss.
 
@@ -227,7 +244,7 @@ def train_sft(
         model = _wrap_lora(model, config)
     if config.is_gradient_checkpointing:
         # non-reentrant: works with frozen inputs (LoRA) and keeps autocast in the recomputation
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _set_checkpointing(model, True)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -262,7 +279,7 @@ def train_sft(
     del optimizer, params  # Adam state is twice the weights: free it before saving holds another copy
     gc.collect()
     if config.is_gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        _set_checkpointing(model, False)
     if config.lora_rank:
         model = model.merge_and_unload()
     model = model.float().eval().to("cpu")
