@@ -138,15 +138,17 @@ class GuardBuildConfig(Config):
 def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
     """The named build settings (``default``: planned for a 2-core CPU; ``full``: every example, longer)."""
     if name == "default":
-        # Sized for the 2-core CPU (~13 minutes, 5.5 GB peak, measured): ~2.5 s a teacher step with 12 of 30 blocks
-        # trained. The teacher and distillation stages compute under bf16 autocast (precision="bfloat16"; master
-        # weights fp32): on this AMD EPYC they ran 1.7-1.9x faster than in fp32, and over two distillation seeds the
+        # Sized for the 2-core CPU (12.8 minutes, 5.7 GB peak, measured in the demo): ~2.1 s a teacher step with
+        # 12 of 30 blocks trained. The teacher and distillation stages compute under bf16 autocast
+        # (precision="bfloat16"; master weights fp32): on this AMD EPYC they ran 1.8-2.2x faster than in fp32, and
+        # over two distillation seeds the
         # INT4 guard read F1 0.873 / source-mean FPR 0.147 / human-graded accuracy 0.850 on validation against
         # 0.876 / 0.169 / 0.818 for the fp32 recipe's three (a non-inferiority rule fixed beforehand: F1 at most 0.01
         # lower, source-mean FPR at most 0.02 higher, human-graded accuracy at most 0.02 lower). QAT, pruning
         # calibration and every score stay fp32 ("auto"), so the thresholds are chosen on the arithmetic the guard
-        # is served with. Pruning 8 blocks and MLP 1536 -> 896 (30 -> 22 blocks) halves the teacher's linear-layer work in
-        # under 1/5 of its bf16 size. Distillation trains all 22 remaining blocks for 80 steps at 2e-4 (50 steps
+        # is served with.
+        # Pruning 8 blocks and MLP 1536 -> 896 (30 -> 22 blocks) halves the teacher's linear-layer work in under 1/5
+        # of its bf16 size. Distillation trains all 22 remaining blocks for 80 steps at 2e-4 (50 steps
         # at 1e-4 on the top 14 of 20 left the student where pruning put it; 100 and 80 steps on all of them did
         # not differ on validation). QAT: groups of 32 with float16 scales (the size of groups of 64 with float32
         # ones), distilling from the student it quantises, 40 steps at 1e-4 on the top 10 blocks (all of them with
@@ -168,8 +170,10 @@ def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
         # costs about 35 s more.
         config = GuardBuildConfig(profile="default", max_response_tokens=96, drop_blocks=8, keep_neurons=896,
                                   refuse_graded=True, answer_harmful=100, answer_benign=60, reply_tokens=40,
-                                  teacher=GuardTrainConfig(lr=1e-4, max_steps=80, train_blocks=12, precision="bfloat16"),
-                                  distill=GuardTrainConfig(lr=2e-4, max_steps=80, train_blocks=22, precision="bfloat16"),
+                                  teacher=GuardTrainConfig(lr=1e-4, max_steps=80, train_blocks=12,
+                                                           precision="bfloat16"),
+                                  distill=GuardTrainConfig(lr=2e-4, max_steps=80, train_blocks=22,
+                                                           precision="bfloat16"),
                                   qat=GuardTrainConfig(lr=1e-4, max_steps=40, train_blocks=10))
     elif name == "full":
         config = GuardBuildConfig(profile="full", max_prompt_only=400, answer_harmful=400, answer_benign=150,

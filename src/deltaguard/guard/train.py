@@ -194,10 +194,10 @@ def compute_precision(device: torch.device, precision: str = "auto") -> Any:
 
     Why not bf16 on every CPU: it depends on the CPU. On an earlier 2-core AVX-512-BF16 machine a training step
     took 4.0 s in fp32 and 6.4 s under bf16 autocast; on the AMD EPYC of 2026-11-30 (torch 2.13) the default
-    profile's teacher steps took 2.2 s under bf16 against 4.3 s in fp32, and its distillation steps 3.5 s against
-    6.7 s. The default profile therefore trains its teacher and distillation stages in ``bfloat16`` and leaves the
-    rest at ``auto``; on a CPU without bf16 matrix units ``--set teacher.precision=float32
-    --set distill.precision=float32`` is the faster build.
+    profile's teacher steps took 2.1 s under bf16 against 4.7 s in fp32, and its distillation steps 3.3 s against
+    6.6 s (``benchmarks/bench_guard_train.py`` measures it on any machine). The default profile therefore trains its
+    teacher and distillation stages in ``bfloat16`` and leaves the rest at ``auto``; on a CPU without bf16 matrix
+    units ``--set teacher.precision=float32 --set distill.precision=float32`` is the faster build.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"guard precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -324,7 +324,8 @@ def train_guard(model: nn.Module, encoder: GuardEncoder, examples: Sequence[Guar
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     if teacher is not None and config.distill_weight > 0:
-        with torch.no_grad(), compute_precision(device, config.precision):   # the frozen teacher's prefix: same every step
+        # the frozen teacher's prefix is the same every step
+        with torch.no_grad(), compute_precision(device, config.precision):
             teacher_prefix = {task: prefix_cache(teacher, prefix, device) for task, prefix in encoder.prefixes.items()}
     model.train()
     losses: list[float] = []
