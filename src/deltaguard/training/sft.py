@@ -138,11 +138,10 @@ class Encoded:
     loss_mask: tuple[bool, ...]
 
 
-
 def _set_checkpointing(model: Any, on: bool) -> None:
     """HF activation (gradient) checkpointing on or off, non-reentrant (works with frozen inputs such as LoRA's
     and keeps autocast in the recomputation). transformers 5.x renamed the methods ``activation_checkpointing_*``
-    and warns on every use of the old names, which cluttered each training step's output; older releases
+    and warns on every use of the old names (six warnings in every demo run); older releases
     (the package allows >= 4.56) only have the old names."""
     if hasattr(model, "activation_checkpointing_enable"):
         if on:
