@@ -68,9 +68,8 @@ def main() -> None:
 
     from deltaguard.guard import train as guard_train
     from deltaguard.guard.artifact import load_guard
-    from deltaguard.guard.build import GuardBuildConfig, sample_examples
+    from deltaguard.guard.build import GuardBuildConfig, sample_examples, training_examples
     from deltaguard.guard.check import build_data_of
-    from deltaguard.guard.data import balance_labels, graded_refusals
     from deltaguard.models import load_model, load_tokenizer
 
     manifest = load_guard(args.guard).manifest   # verified: checksums, format
@@ -81,10 +80,7 @@ def main() -> None:
     if missing:
         parser.error(f"the build's stage models are not at {', '.join(missing)}; run it inside the build directory")
     data = build_data_of(args.guard, build, manifest)
-    # the training examples exactly as the build draws them
-    train = sample_examples(data.split("train"), build.n_train, build.seed)
-    train = graded_refusals(train, seed=build.seed) if build.refuse_graded else train
-    train = balance_labels(train, seed=build.seed) if build.balance_labels else train
+    train = training_examples(build, sample_examples(data.split("train"), build.n_train, build.seed))   # as built
     encoder = guard_train.GuardEncoder(load_tokenizer(build.model), **build.encoder_settings)
 
     timer = _Timed()

@@ -213,6 +213,13 @@ def sample_examples(examples: list[GuardExample], n: int, seed: int) -> list[Gua
     return sorted(random.Random(f"guard-sample:{seed}").sample(examples, n), key=lambda e: e.id)
 
 
+def training_examples(config: GuardBuildConfig, drawn: list[GuardExample]) -> list[GuardExample]:
+    """What every training stage trains on: the drawn training-split examples plus the recipe's additions
+    (``refuse_graded``, ``balance_labels``). One definition, so a benchmark of the stages trains on what they do."""
+    train = graded_refusals(drawn, seed=config.seed) if config.refuse_graded else drawn
+    return balance_labels(train, seed=config.seed) if config.balance_labels else train
+
+
 def load_data(path: Path) -> GuardData:
     """The build's examples as written by the data step (re-checked for disjoint splits)."""
     rows = read_json(path, what="guard data")
@@ -265,8 +272,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     steps.run("data", data_path, make_data)
     data = load_data(data_path)
     drawn = sample_examples(data.split("train"), config.n_train, config.seed)
-    train = graded_refusals(drawn, seed=config.seed) if config.refuse_graded else drawn
-    train = balance_labels(train, seed=config.seed) if config.balance_labels else train
+    train = training_examples(config, drawn)
     data_key = data.content_hash
 
     def stage_dir(name: str, payload: dict[str, Any]) -> Path:
@@ -520,4 +526,4 @@ def _point_latest(link: Path, target: Path) -> None:
 
 __all__ = ["BuildResult", "GuardBuildConfig", "PROFILES", "build_data", "build_guard", "check_build", "choose_threshold",
            "data_file_name", "forget_latest", "guard_profile", "harmless_flags_by_source", "harmless_source_mean",
-           "load_data", "sample_examples", "with_overrides"]
+           "load_data", "sample_examples", "training_examples", "with_overrides"]
