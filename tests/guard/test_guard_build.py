@@ -64,6 +64,23 @@ def test_refuse_graded_trains_a_new_teacher_on_more_examples_from_the_same_data(
     build_guard(_config(tiny_guard_model), result.run_dir, progress=False)   # leave the module's latest as it was
 
 
+def test_a_head_pruned_build_reuses_the_teacher_and_its_guard_loads_and_scores(built, tiny_guard_model):
+    result, _ = built
+    logged: list[str] = []
+    pruned = build_guard(_config(tiny_guard_model).replace(keep_heads=1), result.run_dir, progress=False,
+                         log=logged.append)
+    assert [line.split()[1] for line in logged if line.startswith("[cached]")] == ["data", "teacher"]
+    assert pruned.stages["pruned"] != result.stages["pruned"]
+    guard = load_guard(pruned.guard_dir)
+    assert guard.model.config.num_attention_heads == 2 and guard.model.config.num_key_value_heads == 2
+    attention = guard.model.model.layers[0].self_attn
+    assert (attention.q_proj.out_features, attention.o_proj.in_features) == (32, 32)   # 2 heads of 16
+    assert guard.manifest["build"]["fields"]["keep_heads"] == 1
+    probs = guard.score([("How do I bake bread?", "Mix flour."), ("How do I hurt someone?", None)])
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    build_guard(_config(tiny_guard_model), result.run_dir, progress=False)   # leave the module's latest as it was
+
+
 def test_the_artifact_is_pruned_quantised_and_self_describing(built):
     result, _ = built
     guard = load_guard(result.guard_dir)
@@ -155,7 +172,9 @@ def test_a_format_1_guard_with_float32_scales_still_loads_and_scores_the_same(bu
 
 def test_settings_the_model_cannot_take_fail_before_any_work(tiny_guard_model, tmp_path):
     for change, message in (({"drop_blocks": 3}, "would leave no block"), ({"keep_neurons": 500}, "exceeds"),
-                            ({"group_size": 48}, "does not divide")):
+                            ({"group_size": 48}, "does not divide"),
+                            ({"keep_heads": 3}, "keep_heads=3 exceeds the 2 query heads of each of the model's 2"),
+                            ({"keep_heads": -1}, "keep_heads")):
         with pytest.raises(ConfigError, match=message):
             build_guard(_config(tiny_guard_model).replace(**change), tmp_path / "run", progress=False)
         assert not (tmp_path / "run").exists()

@@ -13,10 +13,13 @@ from deltaguard.guard.prune import (
     VerdictHead,
     block_importance,
     choose_blocks_to_drop,
+    head_importance,
+    heads_to_keep,
     importances,
     neuron_importance,
     prune_blocks,
     prune_head,
+    prune_heads,
     prune_neurons,
     pruned_parameter_count,
     restore_head_pruned,
@@ -151,6 +154,127 @@ def test_one_pass_importances_equal_the_two_separate_measurements():
     blocks, neurons = importances(model, _padded_batches())
     assert torch.equal(blocks, block_importance(model, _padded_batches()))
     assert torch.equal(neurons, neuron_importance(model, _padded_batches()))
+
+
+# --- attention heads --------------------------------------------------------------------------------------
+
+
+def _gqa_llama(n_layers: int = 2):
+    """6 query heads sharing 2 key/value heads (groups of 3, head_dim 16), like SmolLM2's 9 / 3."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=96, intermediate_size=128, num_hidden_layers=n_layers,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+def _answer_batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``_padded_batches`` with the last three real tokens of each sequence marked as the answer."""
+    batches = []
+    for ids, mask in _padded_batches():
+        answer = torch.zeros_like(mask, dtype=torch.bool)
+        last = int(mask[0].nonzero().max())
+        answer[0, last - 2:last + 1] = True
+        batches.append((ids, mask, answer))
+    return batches
+
+
+def _taylor_by_hand(model, ids, mask, answer) -> torch.Tensor:
+    """|sum_t o_h(t) . dL/do_h(t)| per block and head for one sequence, from autograd on captured tensors."""
+    captured = []
+
+    def keep(module, args):
+        args[0].retain_grad()
+        captured.append(args[0])
+
+    handles = [layer.self_attn.o_proj.register_forward_pre_hook(keep) for layer in model.model.layers]
+    model.model.embed_tokens.weight.requires_grad_(True)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    for handle in handles:
+        handle.remove()
+    predicts = answer[:, 1:]
+    loss = nn.functional.cross_entropy(logits[:, :-1][predicts], ids[:, 1:][predicts], reduction="sum")
+    loss.backward()
+    rows = []
+    for out in captured:
+        product = (out * out.grad).detach()[mask.bool()]                  # [real tokens, heads * head_dim]
+        rows.append(product.unflatten(-1, (6, 16)).sum(dim=(0, 2)).abs())
+    model.zero_grad(set_to_none=True)
+    return torch.stack(rows)
+
+
+def test_head_importance_is_the_first_order_taylor_term_of_the_answer_loss():
+    model = _gqa_llama()
+    batches = _answer_batches()
+    got = head_importance(model, batches)
+    assert got.shape == (2, 6) and got.dtype == torch.float32 and bool((got > 0).all())
+    expected = sum(_taylor_by_hand(model, *batch) for batch in batches) / 2   # mean over the two examples
+    assert torch.allclose(got, expected.float(), rtol=1e-4, atol=1e-8)
+    # padding is left out: the left- and right-padded copies of one sequence measure the same
+    assert torch.allclose(head_importance(model, batches[:1]), head_importance(model, batches[1:]), rtol=1e-3)
+    # the model is left as it was: no gradients on its weights, still in eval mode
+    assert all(p.grad is None and p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_heads_to_keep_takes_each_groups_top_heads_in_order_ties_to_the_lower_index():
+    importance = torch.tensor([0.2, 0.9, 0.5, 0.1, 0.1, 0.3])
+    assert heads_to_keep(importance, 2, 2) == [1, 2, 3, 5]
+    assert heads_to_keep(importance, 2, 1) == [1, 5]
+    assert heads_to_keep(torch.tensor([0.4, 0.4, 0.4, 0.0, 0.0, 0.0]), 2, 2) == [0, 1, 3, 4]
+    assert heads_to_keep(importance, 2, 3) == list(range(6))
+
+
+def test_pruning_silent_heads_keeps_logits_generation_and_round_trips(tmp_path):
+    """Heads whose ``o_proj`` columns are zero add nothing; pruning them (ranked least important) keeps the
+    logits, the cached generation path, and the saved model's config loads back the same model."""
+    from transformers import LlamaForCausalLM
+
+    model = _gqa_llama(n_layers=3)
+    silent = [[1, 5], [0, 3], [2, 4]]                  # one head of each group of 3, per block
+    importance = torch.ones(3, 6)
+    with torch.no_grad():
+        for layer, heads, row in zip(model.model.layers, silent, importance):
+            for h in heads:
+                layer.self_attn.o_proj.weight[:, h * 16:(h + 1) * 16] = 0
+                row[h] = 0.0
+    before = _logits(model)
+    generated = model.generate(SEQ, max_new_tokens=5, do_sample=False)
+    q_before = [layer.self_attn.q_proj.weight.detach().clone() for layer in model.model.layers]
+    assert prune_heads(model, 2, importance) is model
+    assert model.config.num_attention_heads == 4 and model.config.head_dim == 16
+    for layer, heads, q in zip(model.model.layers, silent, q_before):
+        kept = [h for h in range(6) if h not in heads]
+        rows = torch.cat([torch.arange(h * 16, (h + 1) * 16) for h in kept])
+        assert torch.equal(layer.self_attn.q_proj.weight, q[rows])         # survivors, in original order
+        assert layer.self_attn.o_proj.weight.shape == (96, 64)
+        assert layer.self_attn.k_proj.weight.shape == (32, 96)              # key/value heads are never pruned
+        assert layer.self_attn.num_key_value_groups == 2
+    assert torch.allclose(_logits(model), before, atol=1e-5)
+    assert torch.equal(model.generate(SEQ, max_new_tokens=5, do_sample=False), generated)
+    model.save_pretrained(tmp_path / "pruned")
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    assert reloaded.config.num_attention_heads == 4
+    assert torch.allclose(_logits(reloaded), _logits(model), atol=1e-6)
+
+
+@pytest.mark.parametrize("keep", [0, 4, -1, True])
+def test_prune_heads_refuses_bad_keep(keep):
+    model = _gqa_llama()
+    with pytest.raises(ConfigError) as exc:
+        prune_heads(model, keep, torch.rand(2, 6))
+    _one_line(exc)
+    assert model.config.num_attention_heads == 6 and model.model.layers[0].self_attn.q_proj.out_features == 96
+
+
+@pytest.mark.parametrize("importance", [torch.rand(3, 6), torch.rand(2, 4), torch.tensor([[0.1] * 5 + [float("nan")]] * 2)])
+def test_prune_heads_refuses_a_mismatched_or_nan_importance(importance):
+    model = _gqa_llama()
+    with pytest.raises(ConfigError) as exc:
+        prune_heads(model, 2, importance)
+    _one_line(exc)
+    assert model.config.num_attention_heads == 6
 
 
 # --- block pruning ----------------------------------------------------------------------------------------
@@ -397,3 +521,7 @@ def test_calibration_without_real_tokens_is_refused():
         with pytest.raises(ConfigError) as exc:
             measure(model, empty)
         _one_line(exc)
+    no_answer = [(SEQ, torch.ones_like(SEQ), torch.zeros_like(SEQ, dtype=torch.bool))]
+    with pytest.raises(ConfigError, match="no answer tokens") as exc:
+        head_importance(model, no_answer)
+    _one_line(exc)

@@ -1,4 +1,5 @@
-"""Structured pruning of a Llama model into the compact guard: whole blocks, MLP neurons, output-head rows.
+"""Structured pruning of a Llama model into the compact guard: whole blocks, MLP neurons, attention heads,
+output-head rows.
 
 The recipe follows Llama Guard 3-1B-INT4 (arXiv 2411.17713), Minitron-style: measure importances on
 calibration batches, prune, then fine-tune to recover.
@@ -11,6 +12,17 @@ calibration batches, prune, then fine-tune to recover.
   ``a = act(gate_proj(x)) * up_proj(x)``; its importance is the L2 aggregate of its activation over real
   tokens, ``sqrt(mean_t a_j(t)^2)`` (root mean square). Hugging Face Llama has one ``intermediate_size``
   for every block, so every block keeps the same number of neurons — each its own top ones.
+- **Attention heads** (width; not in Meta's recipe, added for the guard's speed goal): query head ``h``'s
+  importance is the first-order (Taylor) estimate of how much the guard's answer loss moves when the head's
+  output ``o_h`` (its slice of ``o_proj``'s input) is removed: ``mean over examples of |sum_t o_h(t) .
+  dL/do_h(t)|``, with ``L`` the cross-entropy of the calibration examples' answer tokens. Why not an activation
+  norm like the neurons': on the guard's teacher, pruning 9 -> 6 heads per block by output norm left a
+  validation AUPRC of 0.52 — worse than random heads (0.67-0.79) — while the Taylor ranking left 0.86 (teacher
+  0.91; README). Grouped-query attention shares one key/value head among
+  ``num_attention_heads / num_key_value_heads`` query heads, and Hugging Face Llama needs every group the same
+  size, so each group keeps the same number of query heads — its own top ones; key/value heads are never
+  pruned. Query heads and ``o_proj`` columns go, so both the projections and the attention itself (every
+  reply attends to the 204-token policy prefix) shrink.
 - **Output head**: the guard only ever emits a handful of tokens (``safe``, ``unsafe``, newline, ``S``,
   digits, comma, end of turn), so its verdict logits need only those rows of the output head.
   ``prune_head`` swaps the full head for a ``VerdictHead`` holding just those rows (untied from the
@@ -27,7 +39,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -121,8 +133,24 @@ def _neuron_hooks(layers: nn.ModuleList, state: dict[str, Tensor], sums: list[Te
     return [get_module(layer, "mlp.down_proj").register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
 
 
-def importances(model: nn.Module, batches: Batches) -> tuple[Tensor, Tensor]:
-    """(``block_importance``, ``neuron_importance``) from one pass over ``batches`` instead of two.
+def _attention_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dim) from the model's config."""
+    config = model.config
+    n_heads = int(config.num_attention_heads)
+    n_kv = int(getattr(config, "num_key_value_heads", None) or n_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
+    return n_heads, n_kv, head_dim
+
+
+class Importances(NamedTuple):
+    """The block and neuron importances the prune step ranks by, from one calibration pass."""
+
+    blocks: Tensor     # [n_layers], as block_importance
+    neurons: Tensor    # [n_layers, intermediate], as neuron_importance
+
+
+def importances(model: nn.Module, batches: Batches) -> Importances:
+    """Block and neuron importances from one pass over ``batches`` instead of two.
 
     Why: the guard build's prune step spent about half its minute on the second pass over the same batches;
     the hooks only read activations, so measuring both at once gives the same numbers."""
@@ -132,7 +160,7 @@ def importances(model: nn.Module, batches: Batches) -> tuple[Tensor, Tensor]:
     sums: list[Tensor | None] = [None] * len(layers)
     with _hooks(_block_hooks(layers, state, totals) + _neuron_hooks(layers, state, sums)):
         tokens = _calibrate(model, batches, lambda real: state.__setitem__("mask", real))
-    return (totals / tokens).float(), torch.stack([s for s in sums if s is not None]).div(tokens).sqrt().float()
+    return Importances((totals / tokens).float(), torch.stack([s for s in sums if s is not None]).div(tokens).sqrt().float())
 
 
 def block_importance(model: nn.Module, batches: Batches) -> Tensor:
@@ -158,6 +186,69 @@ def neuron_importance(model: nn.Module, batches: Batches) -> Tensor:
     with _hooks(_neuron_hooks(layers, state, sums)):
         tokens = _calibrate(model, batches, lambda real: state.__setitem__("mask", real))
     return torch.stack([s for s in sums if s is not None]).div(tokens).sqrt().float()
+
+
+def head_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor | None, Tensor]]) -> Tensor:
+    """Taylor importance of every query head, ``[n_layers, n_heads]`` float32: the mean over examples of
+    ``|sum_t o_h(t) . dL/do_h(t)|``, where ``o_h`` is head ``h``'s attention output (its ``head_dim`` slice of
+    ``o_proj``'s input) and ``L`` the summed cross-entropy of the tokens ``answer`` marks (each predicted from
+    the position before it). ``batches``: ``(input_ids, attention_mask, answer_mask)``; padding never enters
+    the sum (its outputs get no gradient from the answer loss, and are masked besides).
+
+    The model's weights get no gradients (the graph starts at the input embeddings), and it is left as it was.
+    Memory grows with the tokens of a batch (the backward pass keeps every block's activations): the guard
+    build passes batches of 2 (about 1 GB on SmolLM2-135M against 8.4 GB peak for batches of 8).
+    """
+    layers = _layers(model)
+    n_heads = _attention_shape(model)[0]
+    device = next(model.parameters()).device
+    totals = torch.zeros(len(layers), n_heads, dtype=torch.float64)
+    captured: dict[int, Tensor] = {}
+    examples = 0
+
+    def capture(index: int):
+        def record(module: nn.Module, args: tuple) -> None:
+            args[0].retain_grad()
+            captured[index] = args[0]
+        return record
+
+    def start_graph(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        return output.detach().requires_grad_(True)
+
+    handles = [get_module(layer, "self_attn.o_proj").register_forward_pre_hook(capture(i))
+               for i, layer in enumerate(layers)]
+    handles.append(model.get_input_embeddings().register_forward_hook(start_graph))
+    was_training = model.training
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        with _hooks(handles), torch.enable_grad():
+            for input_ids, mask, answer in batches:
+                input_ids, answer = input_ids.to(device), answer.to(device).bool()
+                mask = torch.ones_like(input_ids) if mask is None else mask.to(device)
+                targets = answer[:, 1:] & mask[:, 1:].bool()
+                if not bool(targets.any()):
+                    continue
+                # logits only where an answer token is predicted: a full-vocabulary row per token (and its
+                # gradient) would cost more memory than the whole backward pass
+                hidden = _decoder(model)(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+                logits = model.get_output_embeddings()(hidden[:, :-1][targets]).float()
+                loss = nn.functional.cross_entropy(logits, input_ids[:, 1:][targets], reduction="sum")
+                loss.backward()
+                real = mask.bool().unsqueeze(-1)
+                for index, out in captured.items():
+                    first_order = (out.detach() * out.grad).unflatten(-1, (n_heads, -1)).sum(-1)   # [B, S, heads]
+                    totals[index] += first_order.masked_fill(~real, 0).sum(1).abs().sum(0).double().cpu()
+                examples += input_ids.shape[0]
+                captured.clear()
+    finally:
+        model.train(was_training)
+        for param in trainable:
+            param.requires_grad_(True)
+    if examples == 0:
+        raise ConfigError("the calibration batches hold no answer tokens to measure head importance on")
+    return (totals / examples).float()
 
 
 def choose_blocks_to_drop(importance: Tensor, n_drop: int) -> list[int]:
@@ -239,6 +330,52 @@ def prune_neurons(model: nn.Module, keep: int, importance: Tensor) -> nn.Module:
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = keep
     model.config.intermediate_size = keep
+    return model
+
+
+def heads_to_keep(importance: Tensor, n_kv_heads: int, keep_per_group: int) -> list[int]:
+    """The query heads one block keeps: the ``keep_per_group`` most important of each key/value group (query
+    heads ``g * size .. (g + 1) * size - 1`` share key/value head ``g``), in their original order; ties go to
+    the lower index."""
+    scores = importance.detach().float().cpu().reshape(-1)
+    size = scores.numel() // n_kv_heads
+    kept: list[int] = []
+    for group in range(n_kv_heads):
+        order = torch.argsort(scores[group * size:(group + 1) * size], descending=True, stable=True)
+        kept += sorted(group * size + int(j) for j in order[:keep_per_group])
+    return kept
+
+
+def prune_heads(model: nn.Module, keep_per_group: int, importance: Tensor) -> nn.Module:
+    """Keep the ``keep_per_group`` most important query heads of every key/value group in every block
+    (``importance``: ``[n_layers, n_heads]``, as ``head_importance``); the rows of ``q_proj`` and columns of
+    ``o_proj`` of the other heads go. Updates ``config.num_attention_heads`` and records ``config.head_dim``
+    (Llama would otherwise derive it as ``hidden_size / num_attention_heads``)."""
+    layers = _layers(model)
+    n_heads, n_kv, head_dim = _attention_shape(model)
+    if n_heads % n_kv:
+        raise ConfigError(f"{n_heads} query heads do not split into {n_kv} key/value groups")
+    size = n_heads // n_kv
+    if isinstance(keep_per_group, bool) or not isinstance(keep_per_group, int) or not 0 < keep_per_group <= size:
+        raise ConfigError(f"cannot keep {keep_per_group} query heads of each key/value group of {size}; "
+                          f"keep 1 to {size}")
+    if tuple(importance.shape) != (len(layers), n_heads):
+        raise ConfigError(f"head importance has shape {tuple(importance.shape)}, expected {(len(layers), n_heads)}")
+    if bool(torch.isnan(importance).any()):
+        raise ConfigError("head importance holds NaN; check the calibration batches and the model's weights")
+    for i in range(len(layers)):
+        kept = heads_to_keep(importance[i], n_kv, keep_per_group)
+        index = (torch.tensor(kept).unsqueeze(1) * head_dim + torch.arange(head_dim)).reshape(-1)
+        prefix = f"{LAYERS}.{i}.self_attn"
+        replace_module(model, f"{prefix}.q_proj", _linear_part(get_module(model, f"{prefix}.q_proj"), index, 0))
+        replace_module(model, f"{prefix}.o_proj", _linear_part(get_module(model, f"{prefix}.o_proj"), index, 1))
+        attention = get_module(model, prefix)
+        if hasattr(attention, "num_key_value_groups"):
+            attention.num_key_value_groups = keep_per_group
+        if hasattr(attention, "num_heads"):
+            attention.num_heads = n_kv * keep_per_group
+    model.config.num_attention_heads = n_kv * keep_per_group
+    model.config.head_dim = head_dim
     return model
 
 
@@ -343,6 +480,6 @@ def pruned_parameter_count(model: nn.Module) -> int:
 
 
 __all__ = [
-    "VerdictHead", "block_importance", "choose_blocks_to_drop", "importances", "neuron_importance", "prune_blocks",
-    "prune_head", "prune_neurons", "pruned_parameter_count", "restore_head_pruned", "scatter_logits",
+    "Importances", "VerdictHead", "block_importance", "choose_blocks_to_drop", "head_importance", "heads_to_keep",
+    "importances", "neuron_importance", "prune_blocks", "prune_head", "prune_heads", "prune_neurons", "pruned_parameter_count", "restore_head_pruned", "scatter_logits",
 ]
