@@ -506,6 +506,7 @@ def check_build(config: GuardBuildConfig) -> None:
     """Refuse settings the model cannot take (reads only its config), before any work starts."""
     from transformers import AutoConfig
 
+    from deltaguard.guard.prune import attention_shape
     from deltaguard.guard.quant import check_group_size
 
     model_config = AutoConfig.from_pretrained(resolve_model_dir(config.model))
@@ -515,9 +516,7 @@ def check_build(config: GuardBuildConfig) -> None:
     if config.keep_neurons > model_config.intermediate_size:
         raise ConfigError(f"guard.keep_neurons={config.keep_neurons} exceeds the model's "
                           f"{model_config.intermediate_size} MLP neurons")
-    n_heads = model_config.num_attention_heads
-    n_kv = getattr(model_config, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // n_heads
+    n_heads, n_kv, head_dim = attention_shape(model_config)
     if config.keep_heads > n_heads // n_kv:
         raise ConfigError(f"guard.keep_heads={config.keep_heads} exceeds the {n_heads // n_kv} query heads of each "
                           f"of the model's {n_kv} key/value groups")

@@ -133,9 +133,9 @@ def _neuron_hooks(layers: nn.ModuleList, state: dict[str, Tensor], sums: list[Te
     return [get_module(layer, "mlp.down_proj").register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
 
 
-def _attention_shape(model: nn.Module) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head dim) from the model's config."""
-    config = model.config
+def attention_shape(config: Any) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dim) from a Hugging Face config (the build checks settings with it
+    before any model is loaded)."""
     n_heads = int(config.num_attention_heads)
     n_kv = int(getattr(config, "num_key_value_heads", None) or n_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
@@ -200,7 +200,7 @@ def head_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor | N
     build passes batches of 2 (a 2.4 GB process peak on SmolLM2-135M, against 8.4 GB for batches of 8).
     """
     layers = _layers(model)
-    n_heads = _attention_shape(model)[0]
+    n_heads = attention_shape(model.config)[0]
     device = next(model.parameters()).device
     totals = torch.zeros(len(layers), n_heads, dtype=torch.float64)
     captured: dict[int, Tensor] = {}
@@ -352,7 +352,7 @@ def prune_heads(model: nn.Module, keep_per_group: int, importance: Tensor) -> nn
     ``o_proj`` of the other heads go. Updates ``config.num_attention_heads`` and records ``config.head_dim``
     (Llama would otherwise derive it as ``hidden_size / num_attention_heads``)."""
     layers = _layers(model)
-    n_heads, n_kv, head_dim = _attention_shape(model)
+    n_heads, n_kv, head_dim = attention_shape(model.config)
     if n_heads % n_kv:
         raise ConfigError(f"{n_heads} query heads do not split into {n_kv} key/value groups")
     size = n_heads // n_kv
@@ -480,6 +480,6 @@ def pruned_parameter_count(model: nn.Module) -> int:
 
 
 __all__ = [
-    "Importances", "VerdictHead", "block_importance", "choose_blocks_to_drop", "head_importance", "heads_to_keep",
+    "Importances", "VerdictHead", "attention_shape", "block_importance", "choose_blocks_to_drop", "head_importance", "heads_to_keep",
     "importances", "neuron_importance", "prune_blocks", "prune_head", "prune_heads", "prune_neurons", "pruned_parameter_count", "restore_head_pruned", "scatter_logits",
 ]
