@@ -278,10 +278,10 @@ def _task_batches(encoded: Sequence[Encoded], strata: Sequence[Hashable], batch_
     (an example's source and label) the order is shuffled, and the strata — then the two tasks' batches — are
     interleaved in proportion, so any run of the first k batches holds every source and label in its share.
 
-    Why: the CPU profile stops each stage after 80 steps, about 60% of an epoch. With plainly shuffled
-    batches, which 60% a seed saw varied enough to move the result: one distillation seed's steps held 52% unsafe
-    examples where another's held 48% (the human-graded unsafe replies 179 vs 154 of 282), and that seed's
-    validation FPR was 0.31 against 0.12–0.16 for the others (the same recipe otherwise).
+    Why: the CPU profile stops its teacher after 80 steps, about 60% of an epoch (until 2026-11-30 its
+    distillation too). With plainly shuffled batches, which 60% a seed saw varied enough to move the result:
+    one distillation seed's steps held 52% unsafe examples where another's held 48% (the human-graded unsafe
+    replies 179 vs 154 of 282), and that seed's validation FPR was 0.31 against 0.12–0.16 for the others (the same recipe otherwise).
     """
     per_task: list[list[list[Encoded]]] = []
     for task in ("response", "prompt"):
