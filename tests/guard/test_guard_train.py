@@ -125,6 +125,15 @@ def test_distillation_and_max_steps(setup):
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
+def test_without_a_step_cap_distillation_runs_whole_epochs(setup):
+    """The default profile distils for one epoch (no cap): every batch of each task once per epoch."""
+    model, encoder = setup
+    examples = [_example(i, i % 2 == 0) for i in range(5)] + [_example(i, i % 2 == 0, None) for i in range(5, 8)]
+    record = train_guard(model, encoder, examples, GuardTrainConfig(epochs=2, batch_size=2),
+                         teacher=copy.deepcopy(model), progress=False)
+    assert record["n_steps"] == 2 * (3 + 2)   # 5 response examples -> 3 batches, 3 prompt-only -> 2, twice
+
+
 def test_scores_do_not_depend_on_batching(setup, tiny_tokenizer):
     model, encoder = setup
     tokens = verdict_tokens(tiny_tokenizer)
