@@ -480,6 +480,7 @@ def pruned_parameter_count(model: nn.Module) -> int:
 
 
 __all__ = [
-    "Importances", "VerdictHead", "attention_shape", "block_importance", "choose_blocks_to_drop", "head_importance", "heads_to_keep",
-    "importances", "neuron_importance", "prune_blocks", "prune_head", "prune_heads", "prune_neurons", "pruned_parameter_count", "restore_head_pruned", "scatter_logits",
+    "Importances", "VerdictHead", "attention_shape", "block_importance", "choose_blocks_to_drop", "head_importance",
+    "heads_to_keep", "importances", "neuron_importance", "prune_blocks", "prune_head", "prune_heads",
+    "prune_neurons", "pruned_parameter_count", "restore_head_pruned", "scatter_logits",
 ]

@@ -281,7 +281,8 @@ def _task_batches(encoded: Sequence[Encoded], strata: Sequence[Hashable], batch_
     Why: the CPU profile stops its teacher after 80 steps, about 60% of an epoch (until 2026-11-30 its
     distillation too). With plainly shuffled batches, which 60% a seed saw varied enough to move the result:
     one distillation seed's steps held 52% unsafe examples where another's held 48% (the human-graded unsafe
-    replies 179 vs 154 of 282), and that seed's validation FPR was 0.31 against 0.12–0.16 for the others (the same recipe otherwise).
+    replies 179 vs 154 of 282), and that seed's validation FPR was 0.31 against 0.12–0.16 for the others (the
+    same recipe otherwise).
     """
     per_task: list[list[list[Encoded]]] = []
     for task in ("response", "prompt"):
