@@ -11,12 +11,18 @@ faster depends on the CPU: with bf16 matrix units, bf16; without them, fp32.
 Goals (issue 12): size ≤ 1/5 of the teacher in bf16; judgments per second ≥ 2× the teacher's, compared
 at the same precision (fp32 guard against the fp32 teacher, bf16 against bf16).
 
-    python benchmarks/bench_guard.py runs/guard/guard [--n 64] [--batch-size 16]
+Why rounds: on a shared 2-core VM one timing of each model gave ratios from 1.72× to 2.02× for the same
+guard, because the machine's speed drifts between the teacher's minute and the guard's. Each round times
+all four models back to back; a ratio is taken within a round and the table reports the median and the
+range over rounds.
+
+    python benchmarks/bench_guard.py runs/guard/guard [--n 64] [--batch-size 16] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,9 +47,10 @@ def main() -> None:
     parser.add_argument("guard", type=Path, help="a built guard directory (OUT/guard)")
     parser.add_argument("--n", type=int, default=64, help="test examples timed per model")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="times each model is timed, interleaved")
     args = parser.parse_args()
-    if args.n < 1 or args.batch_size < 1:
-        parser.error("--n and --batch-size must be at least 1")
+    if args.n < 1 or args.batch_size < 1 or args.rounds < 1:
+        parser.error("--n, --batch-size and --rounds must be at least 1")
 
     import torch
 
@@ -59,38 +66,44 @@ def main() -> None:
     if not teacher_dir.is_dir():
         parser.error(f"the teacher is not at {teacher_dir}; run the benchmark inside the build directory")
     teacher_bytes = sum(p.stat().st_size for p in teacher_dir.glob("*.safetensors"))
-    rows = []
-    teacher = load_model(str(teacher_dir), dtype="float32")
-    rows.append({"model": "teacher fp32", "bytes": teacher_bytes,
-                 "per_second": _rate(teacher, guard, test, args.batch_size, None)[0]})
-    teacher = teacher.to(dtype=torch.bfloat16)
-    rows.append({"model": "teacher bf16", "bytes": teacher_bytes // 2,
-                 "per_second": _rate(teacher, guard, test, args.batch_size, None)[0]})
-    del teacher
-    per_second, exact = _rate(guard.model, guard, test, args.batch_size, guard.head_token_ids)
-    rows.append({"model": "INT4 guard", "bytes": size_on_disk(args.guard), "per_second": per_second})
+    teacher32 = load_model(str(teacher_dir), dtype="float32")
+    teacher16 = load_model(str(teacher_dir), dtype="float32").to(dtype=torch.bfloat16)
     fast = load_guard(args.guard, dtype="bfloat16")
-    per_second, rounded = _rate(fast.model, fast, test, args.batch_size, fast.head_token_ids)
-    rows.append({"model": "INT4 guard bf16", "bytes": size_on_disk(args.guard), "per_second": per_second})
+    models = [("teacher fp32", teacher32, None, teacher_bytes), ("teacher bf16", teacher16, None, teacher_bytes // 2),
+              ("INT4 guard", guard.model, guard.head_token_ids, size_on_disk(args.guard)),
+              ("INT4 guard bf16", fast.model, fast.head_token_ids, size_on_disk(args.guard))]
+    rates: dict[str, list[float]] = {name: [] for name, *_ in models}
+    scores: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        for name, model, head_ids, _bytes in models:
+            per_second, scores[name] = _rate(model, guard, test, args.batch_size, head_ids)
+            rates[name].append(per_second)
+    exact, rounded = scores["INT4 guard"], scores["INT4 guard bf16"]
     flips = sum((a >= guard.threshold) != (b >= guard.threshold) for a, b in zip(exact, rounded))
     drift = max(abs(a - b) for a, b in zip(exact, rounded))
-    reference = rows[0]["per_second"]
+    rows = [{"model": name, "bytes": n_bytes, "per_second": round(statistics.median(rates[name]), 3),
+             "per_second_rounds": [round(r, 3) for r in rates[name]]} for name, _m, _h, n_bytes in models]
     bf16_bytes = rows[1]["bytes"]
-    print(f"{'model':<16} {'on disk':>10} {'vs teacher bf16':>16} {'judgments/s':>12} {'vs teacher fp32':>16}")
+    print(f"{'model':<16} {'on disk':>10} {'vs teacher bf16':>16} {'judgments/s':>12} {'range':>13}")
     for row in rows:
         row["size_vs_teacher_bf16"] = round(row["bytes"] / bf16_bytes, 3)
-        row["speed_vs_teacher_fp32"] = round(row["per_second"] / reference, 2)
+        low, high = min(row["per_second_rounds"]), max(row["per_second_rounds"])
         print(f"{row['model']:<16} {row['bytes'] / 2**20:>6.1f} MiB {row['size_vs_teacher_bf16']:>15.3f}x "
-              f"{row['per_second']:>12.2f} {row['speed_vs_teacher_fp32']:>15.2f}x")
-    speedups = {"fp32": rows[2]["per_second"] / rows[0]["per_second"], "bf16": rows[3]["per_second"] / rows[1]["per_second"]}
-    print(f"goals: size <= 0.2 of the teacher in bf16: {'met' if rows[2]['size_vs_teacher_bf16'] <= 0.2 else 'NOT met'}; "
-          + "; ".join(f"speed >= 2x the teacher in {p}: {x:.2f}x, {'met' if x >= 2 else 'NOT met'}"
-                      for p, x in speedups.items()))
+              f"{row['per_second']:>12.2f} {low:>6.2f}-{high:<6.2f}")
+    pairs = {"fp32": ("INT4 guard", "teacher fp32"), "bf16": ("INT4 guard bf16", "teacher bf16")}
+    speedups = {p: [g / t for g, t in zip(rates[a], rates[b])] for p, (a, b) in pairs.items()}
+    summary = {p: {"median": round(statistics.median(x), 3), "low": round(min(x), 3), "high": round(max(x), 3)}
+               for p, x in speedups.items()}
+    size_met = rows[2]["size_vs_teacher_bf16"] <= 0.2
+    print(f"goals: size <= 0.2 of the teacher in bf16: {'met' if size_met else 'NOT met'}; "
+          + "; ".join(f"speed >= 2x the teacher in {p}: median {x['median']:.2f}x over {args.rounds} rounds "
+                      f"({x['low']:.2f}-{x['high']:.2f}), {'met' if x['median'] >= 2 else 'NOT met'}"
+                      for p, x in summary.items()))
     print(f"bf16 against fp32 guard: {flips} of {len(test)} verdicts differ at the stored threshold; "
           f"max |P(unsafe) difference| {drift:.4f}")
     result = {"environment": serve_setup.environment(), "guard": str(args.guard), "n": len(test),
-              "batch_size": args.batch_size, "rows": rows,
-              "speed_vs_teacher_same_precision": {p: round(x, 2) for p, x in speedups.items()},
+              "batch_size": args.batch_size, "rounds": args.rounds, "rows": rows,
+              "speed_vs_teacher_same_precision": summary,
               "bf16_vs_fp32_guard": {"verdicts_differing": flips, "max_probability_difference": round(drift, 4)}}
     print(f"wrote {serve_setup.write_results('guard', result)}")
 
