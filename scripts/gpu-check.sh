@@ -20,6 +20,11 @@
 #               serve  the multi-tenant decode benchmark
 #               study  a harmful fine-tune and its audit
 #               guard  the guard's full recipe, built and checked (as --guard)
+#               guard-small  the full recipe at 20 blocks x 640 MLP neurons (2.25x the teacher's judgments/s
+#                      in the CPU timing probe; one CPU epoch of distillation left it at INT4 F1 0.77 on
+#                      validation): does the GPU's longer distillation recover it? Validation only (the
+#                      test split is read once, for a recipe adopted on validation). Runs after guard,
+#                      reusing its teacher when both run.
 #               trust  the trust sweep at the full profile's size (200 prompts per dimension, 5 toxicity
 #                      samples) over --trust-methods, seed 0 (issue 14's paper-sized numbers)
 #               map    the mitigation map's default grid with 100 prompts per cell (issue 16's full-grid size
@@ -63,8 +68,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 for part in ${PARTS//,/ }; do
-  case "$part" in tests|serve|study|guard|trust|map) ;;
-    *) echo "error: unknown part '$part' in --parts (known: tests, serve, study, guard, trust, map)" >&2; exit 2 ;;
+  case "$part" in tests|serve|study|guard|guard-small|trust|map) ;;
+    *) echo "error: unknown part '$part' in --parts (known: tests, serve, study, guard, guard-small, trust, map)" >&2
+       exit 2 ;;
   esac
 done
 has_part() { [[ ",$PARTS," == *",$1,"* ]]; }
@@ -135,7 +141,7 @@ step audit 180 "$PY" -m deltaguard audit --base "$BASE" --finetuned "$RUN/finetu
 fi
 
 # 4. (--guard) the compact guard's full recipe on the GPU, measured on validation, then on the test split
-if has_part guard; then
+if has_part guard || has_part guard-small; then
   if [ $QUICK = 1 ]; then
     GUARD_SET=(--set max_prompt_only=8 --set answer_harmful=4 --set answer_benign=2 --set n_val=16
                --set teacher.max_steps=4 --set distill.max_steps=4 --set qat.max_steps=4)
@@ -143,11 +149,19 @@ if has_part guard; then
   else
     GUARD_SET=(); CHECK_SET=()
   fi
+fi
+if has_part guard; then
   step guard-build 900 "$PY" -m deltaguard guard build --profile full --model "$BASE" --device "$DEVICE" \
     -o "$RUN/guard" "${GUARD_SET[@]}"
   step guard-check-val 120 "$PY" -m deltaguard guard check "$RUN/guard/guard" --split val \
     --stages student,int4,keyword "${CHECK_SET[@]}"
   step guard-check 120 "$PY" -m deltaguard guard check "$RUN/guard/guard" --stages teacher,int4,keyword "${CHECK_SET[@]}"
+fi
+if has_part guard-small; then   # the same run directory: the teacher stage is shared, `guard` points at the small one
+  step guard-small-build 900 "$PY" -m deltaguard guard build --profile full --model "$BASE" --device "$DEVICE" \
+    -o "$RUN/guard" --set drop_blocks=10 --set keep_neurons=640 "${GUARD_SET[@]}"
+  step guard-small-check-val 120 "$PY" -m deltaguard guard check "$RUN/guard/guard" --split val \
+    --stages student,int4 "${CHECK_SET[@]}"
 fi
 
 # 5. (trust, map) the default guard that judges harm in both, built once into the user cache (as they would)
@@ -195,8 +209,8 @@ fi
 {
   echo "deltaguard GPU check — $(date -u +%Y-%m-%dT%H:%M:%SZ) — base: $BASE — device: $DEVICE"
   for name in environment gpu-tests random-base serve-decode attack audit guard-build guard-check-val guard-check \
-              guard-default trust-core trust map; do
-    [ -n "${STATUS[$name]:-}" ] && printf '%-14s %-12s %5ss\n' "$name" "${STATUS[$name]}" "${DURATION[$name]}"
+              guard-small-build guard-small-check-val guard-default trust-core trust map; do
+    [ -n "${STATUS[$name]:-}" ] && printf '%-21s %-12s %5ss\n' "$name" "${STATUS[$name]}" "${DURATION[$name]}"
   done
   echo
   [ -f "$RUN/gpu-tests.log" ] && grep -E "passed|failed|skipped|error" "$RUN/gpu-tests.log" | tail -n 3
@@ -211,7 +225,7 @@ import json; a = json.load(open('$RUN/audit/results.json'))['audits']['harmful']
 print(f\"audit: {len(a['rows'])} rows in {a['seconds']:.0f} s\")
 for r in a['rows']:
     print(f\"  {r['label']:<20} attack {r['rates']['attack']['value']:.2f}  utility {r['rates']['utility']['value']:.2f}\")"
-  for name in guard-check-val guard-check; do
+  for name in guard-check-val guard-check guard-small-check-val; do
     [ -f "$RUN/$name.log" ] && { echo "$name:"; tail -n 14 "$RUN/$name.log"; }
   done
   for table in "$RUN/trust/trust.md" "$RUN/trust-core/trust.md" "$RUN/map/map.md"; do
