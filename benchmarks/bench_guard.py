@@ -42,6 +42,27 @@ def _rate(model, guard, examples, batch_size: int, head_ids) -> tuple[float, lis
     return len(items) / (time.perf_counter() - started), scores
 
 
+def load_build(parser: argparse.ArgumentParser, guard_dir: Path, n: int):
+    """(the guard, its build config, ``n`` of its test examples, its models directory) for a benchmark run
+    inside a build directory; a missing teacher is a one-line parser error."""
+    from deltaguard.errors import DeltaguardError
+    from deltaguard.guard.artifact import load_guard
+    from deltaguard.guard.build import GuardBuildConfig, sample_examples
+    from deltaguard.guard.check import build_data_of
+
+    try:
+        guard = load_guard(guard_dir)
+        build = GuardBuildConfig.from_dict(guard.manifest["build"])
+        test = sample_examples(build_data_of(guard_dir, build, guard.manifest).split("test"), n, 7)
+    except DeltaguardError as error:   # a missing or corrupt build: one line, not a traceback
+        parser.error(str(error))
+    models_dir = guard_dir.resolve().parent / "models"
+    teacher_dir = models_dir / guard.manifest["stage_dirs"]["teacher"]
+    if not teacher_dir.is_dir():
+        parser.error(f"the teacher is not at {teacher_dir}; run the benchmark inside the build directory")
+    return guard, build, test, models_dir
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("guard", type=Path, help="a built guard directory (OUT/guard)")
@@ -52,22 +73,14 @@ def main() -> None:
     if args.n < 1 or args.batch_size < 1 or args.rounds < 1:
         parser.error("--n, --batch-size and --rounds must be at least 1")
 
-    import torch
-
     from deltaguard.guard.artifact import load_guard, size_on_disk
-    from deltaguard.guard.build import GuardBuildConfig, sample_examples
-    from deltaguard.guard.check import build_data_of
     from deltaguard.models import load_model
 
-    guard = load_guard(args.guard)
-    build = GuardBuildConfig.from_dict(guard.manifest["build"])
-    test = sample_examples(build_data_of(args.guard, build, guard.manifest).split("test"), args.n, 7)
-    teacher_dir = args.guard.resolve().parent / "models" / guard.manifest["stage_dirs"]["teacher"]
-    if not teacher_dir.is_dir():
-        parser.error(f"the teacher is not at {teacher_dir}; run the benchmark inside the build directory")
+    guard, _build, test, models_dir = load_build(parser, args.guard, args.n)
+    teacher_dir = models_dir / guard.manifest["stage_dirs"]["teacher"]
     teacher_bytes = sum(p.stat().st_size for p in teacher_dir.glob("*.safetensors"))
     teacher32 = load_model(str(teacher_dir), dtype="float32")
-    teacher16 = load_model(str(teacher_dir), dtype="float32").to(dtype=torch.bfloat16)
+    teacher16 = load_model(str(teacher_dir), dtype="bfloat16")
     fast = load_guard(args.guard, dtype="bfloat16")
     models = [("teacher fp32", teacher32, None, teacher_bytes), ("teacher bf16", teacher16, None, teacher_bytes // 2),
               ("INT4 guard", guard.model, guard.head_token_ids, size_on_disk(args.guard)),

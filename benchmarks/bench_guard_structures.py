@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import serve_setup  # noqa: E402
+from bench_guard import _rate, load_build  # noqa: E402   (the timing and build reading bench_guard.py uses)
 
 
 def _structures(text: str) -> list[tuple[int, int]]:
@@ -51,36 +51,23 @@ def main() -> None:
     import torch
     from transformers import AutoConfig
 
-    from deltaguard.guard.artifact import load_guard
-    from deltaguard.guard.build import GuardBuildConfig, sample_examples
-    from deltaguard.guard.check import build_data_of
     from deltaguard.guard.prune import prune_blocks, prune_neurons
     from deltaguard.guard.quant import convert_qat, prepare_qat
-    from deltaguard.guard.train import score
     from deltaguard.models import load_model
 
-    guard = load_guard(args.guard)
-    build = GuardBuildConfig.from_dict(guard.manifest["build"])
-    models_dir = args.guard.resolve().parent / "models"
+    guard, build, test, models_dir = load_build(parser, args.guard, args.n)
     teacher_dir = models_dir / guard.manifest["stage_dirs"]["teacher"]
     student_dir = models_dir / guard.manifest["stage_dirs"]["student"]
-    for what, path in (("teacher", teacher_dir), ("distilled student", student_dir)):
-        if not path.is_dir():
-            parser.error(f"the {what} is not at {path}; run the benchmark inside the build directory")
+    if not student_dir.is_dir():
+        parser.error(f"the distilled student is not at {student_dir}; run the benchmark inside the build directory")
     student_config = AutoConfig.from_pretrained(student_dir)
     n_blocks, n_neurons = student_config.num_hidden_layers, student_config.intermediate_size
     too_big = [f"{b}x{k}" for b, k in args.structures if b > n_blocks or k > n_neurons]
     if too_big:
         parser.error(f"{', '.join(too_big)} exceed the student's {n_blocks} blocks x {n_neurons} neurons")
 
-    test = sample_examples(build_data_of(args.guard, build, guard.manifest).split("test"), args.n, 7)
-    items = [(e.prompt, e.response) for e in test]
-
-    def rate(model: torch.nn.Module) -> float:
-        score(model, guard.encoder, items[:args.batch_size], guard.tokens, batch_size=args.batch_size)   # warm-up
-        started = time.perf_counter()
-        score(model, guard.encoder, items, guard.tokens, batch_size=args.batch_size)
-        return len(items) / (time.perf_counter() - started)
+    def rate(model: torch.nn.Module) -> float:   # the full head: no verdict is read, only time
+        return _rate(model, guard, test, args.batch_size, None)[0]
 
     torch.manual_seed(0)
     teacher = load_model(str(teacher_dir), dtype="float32")
@@ -103,7 +90,7 @@ def main() -> None:
                      "teacher_per_second": round((before + after) / 2, 3), "ratio": round(ratio, 3)})
         print(f"{blocks:>3} x {neurons:<6} {per_second:>12.2f} {(before + after) / 2:>13.2f} {ratio:>6.2f}x")
         before = after
-    result = {"environment": serve_setup.environment(), "guard": str(args.guard), "n": len(items),
+    result = {"environment": serve_setup.environment(), "guard": str(args.guard), "n": len(test),
               "batch_size": args.batch_size, "rows": rows}
     print(f"wrote {serve_setup.write_results('guard_structures', result)}")
 

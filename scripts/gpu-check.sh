@@ -23,9 +23,8 @@
 #               guard-small  the full recipe at 20 blocks x 640 MLP neurons (2.25x the teacher's judgments/s
 #                      in the CPU timing probe; one CPU epoch of distillation left it at INT4 F1 0.77 on
 #                      validation, two epochs at 0.874 and 0.748 over two seeds): does the full profile's
-#                      distillation recover it reliably? Validation only (the
-#                      test split is read once, for a recipe adopted on validation). Runs after guard,
-#                      reusing its teacher when both run.
+#                      distillation recover it reliably? Validation only (the test split is read once, for a
+#                      recipe adopted on validation). Runs after guard, reusing its teacher when both run.
 #               trust  the trust sweep at the full profile's size (200 prompts per dimension, 5 toxicity
 #                      samples) over --trust-methods, seed 0 (issue 14's paper-sized numbers)
 #               map    the mitigation map's default grid with 100 prompts per cell (issue 16's full-grid size
