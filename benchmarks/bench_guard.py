@@ -2,14 +2,16 @@
 
 Both are scored the same way — one forward pass per batch, the verdict read at the answer's first
 position, the shared policy prefix run once per batch — on the same examples of the guard's test split,
-after a warm-up batch. The teacher is measured in fp32 (how it is stored) and in bf16 weights; the guard
-runs its INT4 weights dequantised once into a float cache and INT8-fake-quantised activations (no INT4
-kernel on this CPU), computing in fp32 (the precision its thresholds were chosen in) and in bf16 (the guard
-judge's ``dtype=bfloat16``; ``guard check --stages int4,int4-bf16`` measures its verdicts). Which precision is
-faster depends on the CPU: with bf16 matrix units, bf16; without them, fp32.
+after a warm-up batch. The teacher is measured in fp32 (how it is stored) and in bf16 weights. The guard runs
+three ways: its INT4 weights dequantised once into a float cache with INT8-fake-quantised activations,
+computing in fp32 (the precision its thresholds were chosen in) or in bf16 (the guard judge's
+``dtype=bfloat16``); and with INT8 integer matmuls (``dtype=int8``: the activations' INT8 codes times a
+per-channel INT8 form of the weights, bf16 elsewhere). ``guard check --stages int4,int4-bf16,int4-int8``
+measures their verdicts. Which is fastest depends on the CPU's bf16 and int8 dot-product units.
 
-Goals (issue 12): size ≤ 1/5 of the teacher in bf16; judgments per second ≥ 2× the teacher's, compared
-at the same precision (fp32 guard against the fp32 teacher, bf16 against bf16).
+Goals (issue 12): size ≤ 1/5 of the teacher in bf16; judgments per second ≥ 2× the teacher's. The table
+compares both at the same precision (fp32 with fp32, bf16 with bf16: what the structure alone buys) and each
+at its fastest (what a user of either gets on this CPU).
 
 Why rounds: on a shared 2-core VM one timing of each model gave ratios from 1.72× to 2.02× for the same
 guard, because the machine's speed drifts between the teacher's minute and the guard's. Each round times
@@ -82,18 +84,18 @@ def main() -> None:
     teacher32 = load_model(str(teacher_dir), dtype="float32")
     teacher16 = load_model(str(teacher_dir), dtype="bfloat16")
     fast = load_guard(args.guard, dtype="bfloat16")
+    integer = load_guard(args.guard, dtype="int8")
+    guard_bytes = size_on_disk(args.guard)
     models = [("teacher fp32", teacher32, None, teacher_bytes), ("teacher bf16", teacher16, None, teacher_bytes // 2),
-              ("INT4 guard", guard.model, guard.head_token_ids, size_on_disk(args.guard)),
-              ("INT4 guard bf16", fast.model, fast.head_token_ids, size_on_disk(args.guard))]
+              ("INT4 guard", guard.model, guard.head_token_ids, guard_bytes),
+              ("INT4 guard bf16", fast.model, fast.head_token_ids, guard_bytes),
+              ("INT4 guard int8", integer.model, integer.head_token_ids, guard_bytes)]
     rates: dict[str, list[float]] = {name: [] for name, *_ in models}
     scores: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for name, model, head_ids, _bytes in models:
             per_second, scores[name] = _rate(model, guard, test, args.batch_size, head_ids)
             rates[name].append(per_second)
-    exact, rounded = scores["INT4 guard"], scores["INT4 guard bf16"]
-    flips = sum((a >= guard.threshold) != (b >= guard.threshold) for a, b in zip(exact, rounded))
-    drift = max(abs(a - b) for a, b in zip(exact, rounded))
     rows = [{"model": name, "bytes": n_bytes, "per_second": round(statistics.median(rates[name]), 3),
              "per_second_rounds": [round(r, 3) for r in rates[name]]} for name, _m, _h, n_bytes in models]
     bf16_bytes = rows[1]["bytes"]
@@ -103,21 +105,32 @@ def main() -> None:
         low, high = min(row["per_second_rounds"]), max(row["per_second_rounds"])
         print(f"{row['model']:<16} {row['bytes'] / 2**20:>6.1f} MiB {row['size_vs_teacher_bf16']:>15.3f}x "
               f"{row['per_second']:>12.2f} {low:>6.2f}-{high:<6.2f}")
-    pairs = {"fp32": ("INT4 guard", "teacher fp32"), "bf16": ("INT4 guard bf16", "teacher bf16")}
-    speedups = {p: [g / t for g, t in zip(rates[a], rates[b])] for p, (a, b) in pairs.items()}
+    # same precision: the structure's gain alone; fastest against fastest: each model in the arithmetic it runs
+    # fastest in on this CPU, per round (the guard's INT8 matmuls use the INT8 activations its QAT trained for;
+    # the teacher has no INT8 form without quantising it, which would make it another model)
+    pairs = {"fp32": (["INT4 guard"], ["teacher fp32"]), "bf16": (["INT4 guard bf16"], ["teacher bf16"]),
+             "fastest": (["INT4 guard", "INT4 guard bf16", "INT4 guard int8"], ["teacher fp32", "teacher bf16"])}
+    speedups = {p: [max(rates[g][i] for g in guards) / max(rates[t][i] for t in teachers) for i in range(args.rounds)]
+                for p, (guards, teachers) in pairs.items()}
     summary = {p: {"median": round(statistics.median(x), 3), "low": round(min(x), 3), "high": round(max(x), 3)}
                for p, x in speedups.items()}
     size_met = rows[2]["size_vs_teacher_bf16"] <= 0.2
-    print(f"goals: size <= 0.2 of the teacher in bf16: {'met' if size_met else 'NOT met'}; "
-          + "; ".join(f"speed >= 2x the teacher in {p}: median {x['median']:.2f}x over {args.rounds} rounds "
-                      f"({x['low']:.2f}-{x['high']:.2f}), {'met' if x['median'] >= 2 else 'NOT met'}"
-                      for p, x in summary.items()))
-    print(f"bf16 against fp32 guard: {flips} of {len(test)} verdicts differ at the stored threshold; "
-          f"max |P(unsafe) difference| {drift:.4f}")
+    print(f"goal: size <= 0.2 of the teacher in bf16: {'met' if size_met else 'NOT met'}")
+    for p, x in summary.items():
+        what = "each at its fastest" if p == "fastest" else f"both in {p}"
+        print(f"goal: speed >= 2x the teacher, {what}: median {x['median']:.2f}x over {args.rounds} rounds "
+              f"({x['low']:.2f}-{x['high']:.2f}), {'met' if x['median'] >= 2 else 'NOT met'}")
+    exact = scores["INT4 guard"]
+    against_fp32 = {}
+    for name in ("INT4 guard bf16", "INT4 guard int8"):
+        flips = sum((a >= guard.threshold) != (b >= guard.threshold) for a, b in zip(exact, scores[name]))
+        drift = max(abs(a - b) for a, b in zip(exact, scores[name]))
+        against_fp32[name] = {"verdicts_differing": flips, "max_probability_difference": round(drift, 4)}
+        print(f"{name} against the fp32 guard: {flips} of {len(test)} verdicts differ at the stored threshold; "
+              f"max |P(unsafe) difference| {drift:.4f}")
     result = {"environment": serve_setup.environment(), "guard": str(args.guard), "n": len(test),
               "batch_size": args.batch_size, "rounds": args.rounds, "rows": rows,
-              "speed_vs_teacher_same_precision": summary,
-              "bf16_vs_fp32_guard": {"verdicts_differing": flips, "max_probability_difference": round(drift, 4)}}
+              "speed_vs_teacher": summary, "against_fp32_guard": against_fp32}
     print(f"wrote {serve_setup.write_results('guard', result)}")
 
 

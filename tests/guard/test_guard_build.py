@@ -460,10 +460,11 @@ def test_the_guard_judge_runs_where_it_is_told_and_its_identity_names_a_gpu_prec
                                                    judge_options={"path": str(result.guard_dir), "device": "cuda"}))
 
 
-def test_the_int4_guard_computes_in_bf16_when_asked_and_check_measures_both(built):
-    """``dtype=bfloat16``: scores close to float32's at the same stored thresholds; the judge's identity says
-    so (its cached judgments are not the float32 ones); ``guard check`` gives the bf16 row beside the int4 row."""
+def test_the_int4_guard_computes_in_bf16_or_int8_when_asked_and_check_measures_each(built):
+    """``dtype=bfloat16`` / ``int8``: scores close to float32's at the same stored thresholds; the judge's identity
+    says so (its cached judgments are not the float32 ones); ``guard check`` gives their rows beside the int4 row."""
     from deltaguard.guard.check import check_guard
+    from deltaguard.guard.quant import Int4Linear
     from deltaguard.judges import make_judge
 
     result, _ = built
@@ -471,23 +472,35 @@ def test_the_int4_guard_computes_in_bf16_when_asked_and_check_measures_both(buil
     exact, fast = load_guard(result.guard_dir), load_guard(result.guard_dir, dtype="bfloat16")
     assert fast.threshold == exact.threshold
     assert fast.score(items) == pytest.approx(exact.score(items), abs=0.05)
-    with pytest.raises(ConfigError, match="guard dtype 'float16' must be one of float32, bfloat16"):
+    integer = load_guard(result.guard_dir, dtype="int8")
+    assert all(m.compute == "int8" for m in integer.model.modules() if isinstance(m, Int4Linear))
+    assert integer.score(items) == pytest.approx(exact.score(items), abs=0.05)
+    with pytest.raises(ConfigError, match="guard dtype 'float16' must be one of float32, bfloat16, int8"):
         load_guard(result.guard_dir, dtype="float16")
     plain = make_judge("guard", path=str(result.guard_dir), device="cpu")
     bf16 = make_judge("guard", path=str(result.guard_dir), device="cpu", dtype="bfloat16")
+    int8 = make_judge("guard", path=str(result.guard_dir), device="cpu", dtype="int8")
     assert "dtype" not in plain.identity() and bf16.identity()["dtype"] == "bfloat16"
-    assert bf16.prompt_hash != plain.prompt_hash
+    assert int8.identity()["dtype"] == "int8"
+    assert len({bf16.prompt_hash, plain.prompt_hash, int8.prompt_hash}) == 3
     from deltaguard.judges.base import JudgeItem
 
-    verdicts = bf16.judge([JudgeItem(prompt=p, response=r) for p, r in items if r is not None])
-    assert [v.is_unsafe for v in verdicts] == [v.score >= exact.threshold for v in verdicts]
+    for judge in (bf16, int8):
+        verdicts = judge.judge([JudgeItem(prompt=p, response=r) for p, r in items if r is not None])
+        assert [v.is_unsafe for v in verdicts] == [v.score >= exact.threshold for v in verdicts]
     assert next(bf16._guard.model.parameters()).dtype == torch.bfloat16
-    with pytest.raises(ConfigError, match="guard.dtype='int8' must be one of float32, bfloat16"):
-        make_judge("guard", path=str(result.guard_dir), dtype="int8")
-    report = check_guard(result.guard_dir, n_test=12, n_val=6, stages=("int4", "int4-bf16"), progress=False)
-    assert list(report["stages"]) == ["int4", "int4-bf16"]
-    assert report["stages"]["int4-bf16"]["size_bytes"] == report["stages"]["int4"]["size_bytes"]
-    assert report["stages"]["int4-bf16"]["auprc"]["value"] == pytest.approx(report["stages"]["int4"]["auprc"]["value"],
-                                                                            abs=0.2)
+    assert bf16.dtype == "bfloat16" and int8.dtype == "int8"
+    with pytest.raises(ConfigError, match="guard.dtype='float16' must be one of float32, bfloat16, int8"):
+        make_judge("guard", path=str(result.guard_dir), dtype="float16")
+    assert make_judge("guard", path=str(result.guard_dir), dtype="int8").device.type == "cpu"   # auto: the CPU
+    with pytest.raises(ConfigError, match="int8 runs on the CPU only"):
+        make_judge("guard", path=str(result.guard_dir), device="cuda", dtype="int8").check_ready()
+    report = check_guard(result.guard_dir, n_test=12, n_val=6, stages=("int4", "int4-bf16", "int4-int8"),
+                         progress=False)
+    assert list(report["stages"]) == ["int4", "int4-bf16", "int4-int8"]
+    for stage in ("int4-bf16", "int4-int8"):
+        assert report["stages"][stage]["size_bytes"] == report["stages"]["int4"]["size_bytes"]
+        assert report["stages"][stage]["auprc"]["value"] == pytest.approx(report["stages"]["int4"]["auprc"]["value"],
+                                                                          abs=0.2)
     with pytest.raises(ConfigError, match=r"stages \['int8'\] are not among"):
         check_guard(result.guard_dir, stages=("int8",), progress=False)

@@ -9,8 +9,8 @@ from torch import nn
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.quant import (
     Int4Embedding, Int4Linear, QATEmbedding, QATLinear, convert_qat, dequantize_int4, fake_quant_int4,
-    fake_quant_int8_per_token, load_packed_state, pack_int4, packed_state, prepare_qat, quantize_int4,
-    quantized_size_bytes, set_compute_dtype, unpack_int4,
+    fake_quant_int8_per_token, int8_activation_codes, int8_channel_weight, int8_linear, load_packed_state, pack_int4,
+    packed_state, prepare_qat, quantize_int4, quantized_size_bytes, set_compute_dtype, set_int8_matmuls, unpack_int4,
 )
 from tinymodels import make_tiny_llama
 
@@ -369,3 +369,111 @@ def test_bf16_compute_keeps_the_packed_weights_and_stays_close_to_float32():
     assert (fast.float() - reference).abs().max() <= 0.05 * scale
     with pytest.raises(ConfigError, match="not a floating-point type"):
         set_compute_dtype(model, torch.int8)
+
+
+# --- INT8 integer matmuls ------------------------------------------------------------------------
+
+def test_int8_channel_weight_error_within_half_a_step_and_exact_on_its_grid():
+    w = torch.randn(48, 64, generator=_gen(50))
+    w[3] *= 40.0                                      # rows of very different ranges get their own scales
+    codes_t, scales, sums = int8_channel_weight(w)
+    assert codes_t.dtype == torch.int8 and codes_t.shape == (64, 48) and scales.shape == (48,)
+    assert int(codes_t.abs().max()) <= 127
+    back = codes_t.t().float() * scales[:, None]
+    assert ((back - w).abs() <= scales[:, None] / 2 * (1 + 1e-6)).all()
+    assert torch.equal(sums, codes_t.t().sum(dim=1, dtype=torch.int32))
+    on_grid = torch.randint(-127, 128, (5, 32), generator=_gen(51)).float() * 0.25
+    on_grid[:, 0] = 127 * 0.25                        # each row's max sets its scale to exactly 0.25
+    assert torch.equal(int8_channel_weight(on_grid)[0].t().float() * 0.25, on_grid)
+
+
+def test_int8_channel_weight_zero_row_and_bad_weights():
+    codes_t, scales, _ = int8_channel_weight(torch.zeros(3, 8))
+    assert torch.equal(codes_t, torch.zeros(8, 3, dtype=torch.int8)) and torch.isfinite(scales).all()
+    with pytest.raises(FormatError, match="NaN or infinite"):
+        int8_channel_weight(torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(ConfigError, match="2-D"):
+        int8_channel_weight(torch.ones(4))
+
+
+def test_int8_activation_codes_are_the_round_trips_grid_exactly():
+    x = torch.randn(2, 7, 64, generator=_gen(52)) * 3 + 1
+    x[0, 0] = 0.0                                     # an all-zero token
+    codes, step, zero = int8_activation_codes(x)
+    assert codes.dtype == torch.int8 and codes.shape == (14, 64) and zero.dtype == torch.int32
+    assert torch.equal(((codes.float() - zero) * step).reshape(x.shape), fake_quant_int8_per_token(x))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_equals_the_float_reference_up_to_float32_rounding(bias):
+    """The integer path computes F.linear(INT8 round trip of x, the INT8 weight, bias); float64 is the reference."""
+    layer = nn.Linear(96, 40, bias=bias)
+    codes_t, scales, sums = int8_channel_weight(layer.weight)
+    x = torch.randn(3, 11, 96, generator=_gen(53)) * 2
+    with torch.no_grad():
+        out = int8_linear(x, codes_t, scales, sums, layer.bias)
+        weight = codes_t.t().double() * scales.double()[:, None]
+        reference = torch.nn.functional.linear(fake_quant_int8_per_token(x).double(), weight,
+                                               None if layer.bias is None else layer.bias.double())
+    assert out.shape == (3, 11, 40) and out.dtype == torch.float32
+    assert (out.double() - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert int8_linear(x.bfloat16(), codes_t, scales, sums, layer.bias).dtype == torch.bfloat16
+    assert int8_linear(x[:0], codes_t, scales, sums, layer.bias).shape == (0, 11, 40)
+    with pytest.raises(ConfigError, match="96"):
+        int8_linear(x[..., :64], codes_t, scales, sums, layer.bias)
+
+
+def test_int8_matmuls_switch_a_converted_model_and_back():
+    """Close to the INT4 float path (only the weights' re-rounding to per-channel INT8 differs), bit-identical
+    to it after switching back, and the shared inputs are still quantised once."""
+    model = _qat_model()
+    ids = torch.randint(3, 256, (2, 16), generator=_gen(54))
+    with torch.no_grad():
+        convert_qat(model)
+        reference = model(input_ids=ids).logits
+        assert set_int8_matmuls(model) == 7 * len(model.model.layers)
+        layer = model.model.layers[0].self_attn.q_proj
+        assert layer.compute == "int8" and "compute=int8" in repr(layer)
+        fast = model(input_ids=ids).logits
+        assert layer._int8 is not None and layer._weight is None
+        set_int8_matmuls(model, enabled=False)
+        assert layer._int8 is None and torch.equal(model(input_ids=ids).logits, reference)
+    scale = reference.abs().max()
+    assert torch.isfinite(fast).all() and 0 < (fast - reference).abs().max() <= 0.05 * scale
+
+
+def test_int8_matmuls_need_int8_activations():
+    model = _qat_model()
+    with torch.no_grad():
+        convert_qat(model)
+    for module in model.modules():
+        if isinstance(module, Int4Linear):
+            module.act_int8 = False
+    with pytest.raises(ConfigError, match="INT8 activations"):
+        set_int8_matmuls(model)
+    assert all(m.compute == "float" for m in model.modules() if isinstance(m, Int4Linear))
+
+
+def test_int8_matmuls_run_on_the_cpu_only():
+    model = _qat_model()
+    with torch.no_grad():
+        convert_qat(model)
+    with pytest.raises(ConfigError, match="CPU only"):
+        set_int8_matmuls(model.to("meta"))
+
+
+def test_int8_matmuls_quantise_each_shared_input_once(monkeypatch):
+    import deltaguard.guard.quant as quant
+
+    model = _qat_model()
+    ids = torch.randint(3, 256, (2, 16), generator=_gen(55))
+    with torch.no_grad():
+        convert_qat(model)
+        set_int8_matmuls(model)
+        first = model(input_ids=ids).logits
+        calls = []
+        real = quant.int8_activation_codes
+        monkeypatch.setattr(quant, "int8_activation_codes", lambda x: calls.append(x.shape) or real(x))
+        again = model(input_ids=ids).logits
+    assert len(calls) == 4 * len(model.model.layers)   # q/k/v share one set of codes, gate/up another
+    assert torch.equal(first, again)

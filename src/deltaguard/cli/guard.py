@@ -44,8 +44,8 @@ def check_cmd(
     split: str = typer.Option("test", "--split", help="test (the model card) or val (for choosing a recipe: "
                                                       "cross-fitted thresholds; test and check are not read)"),
     stages: str = typer.Option("teacher,pruned,student,int4,keyword", "--stages",
-                               help="comma-separated: teacher, pruned, student, int4, int4-bf16 (the INT4 guard "
-                                    "computing in bfloat16), keyword"),
+                               help="comma-separated: teacher, pruned, student, int4, int4-bf16 and int4-int8 "
+                                    "(the INT4 guard computing in bfloat16, or with INT8 integer matmuls), keyword"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """F1 / FPR / accuracy / AUPRC on the test split for every stage and the keyword judge, size, speed

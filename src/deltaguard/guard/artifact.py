@@ -36,6 +36,8 @@ FORMAT_VERSION = 2           # 2: float16 group scales; 1: float32 (read as they
 READABLE_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
+# dtype="int8": what the rest (attention, norms, residuals) computes in beside the INT8 matmuls; see load_guard
+INT8_REST_DTYPE = torch.bfloat16
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -125,9 +127,10 @@ def _verify(path: Path) -> dict[str, Any]:
 
 
 def load_guard(path: str | Path, *, device: str = "cpu", dtype: str = "float32") -> Guard:
-    """Verify and load a guard directory written by ``save_guard``; ``dtype`` is its arithmetic (``float32``, the
-    precision its thresholds were chosen in, or ``bfloat16``: faster on CPUs with bf16 units, see
-    ``quant.set_compute_dtype``)."""
+    """Verify and load a guard directory written by ``save_guard``; ``dtype`` is its arithmetic: ``float32``, the
+    precision its thresholds were chosen in; ``bfloat16``, faster on CPUs with bf16 units (``quant.set_compute_dtype``);
+    or ``int8``, INT8 integer matmuls in every linear layer and bfloat16 elsewhere, on the CPU only
+    (``quant.set_int8_matmuls``)."""
     if dtype not in COMPUTE_DTYPES:
         raise ConfigError(f"guard dtype {dtype!r} must be one of {', '.join(COMPUTE_DTYPES)}")
     from safetensors import SafetensorError
@@ -135,7 +138,7 @@ def load_guard(path: str | Path, *, device: str = "cpu", dtype: str = "float32")
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from deltaguard.guard.prune import HEAD_IDS_KEY, VerdictHead
-    from deltaguard.guard.quant import load_packed_state, set_compute_dtype
+    from deltaguard.guard.quant import load_packed_state, set_compute_dtype, set_int8_matmuls
     from deltaguard.guard.train import GuardEncoder
     from deltaguard.models import load_tokenizer, resolve_device
     from deltaguard.modules import get_module, replace_module
@@ -163,7 +166,10 @@ def load_guard(path: str | Path, *, device: str = "cpu", dtype: str = "float32")
     check_operating_points(manifest, path)   # a damaged threshold fails here, not mid-judging
     encoder = GuardEncoder(tokenizer, **manifest.get("encoder", {}))
     model = model.to(resolve_device(device)).eval()
-    if dtype != "float32":
+    if dtype == "int8":
+        set_int8_matmuls(model)              # first: a GPU or a guard without INT8 activations is refused here
+        set_compute_dtype(model, INT8_REST_DTYPE)
+    elif dtype != "float32":
         set_compute_dtype(model, getattr(torch, dtype))
     return Guard(model=model, tokenizer=tokenizer, manifest=manifest, path=path, encoder=encoder, tokens=tokens)
 

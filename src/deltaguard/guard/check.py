@@ -128,7 +128,7 @@ def _sample(examples: list[GuardExample], n: int, seed: int) -> list[GuardExampl
 
 
 SPLITS = ("test", "val")
-INT4_STAGES = {"int4": "float32", "int4-bf16": "bfloat16"}   # the artifact, by the dtype it computes in
+INT4_STAGES = {"int4": "float32", "int4-bf16": "bfloat16", "int4-int8": "int8"}   # the artifact, by its arithmetic
 STAGES = ("teacher", "pruned", "student", *INT4_STAGES, "keyword")
 
 
@@ -200,8 +200,9 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
             continue
         strict: float | list[float] | None = None
         if stage in INT4_STAGES:
-            # int4-bf16: the same artifact computing in bfloat16 (faster on CPUs with bf16 units), judged at the
-            # thresholds chosen on its float32 scores, which is how the guard judge's dtype=bfloat16 uses it
+            # int4-bf16 / int4-int8: the same artifact computing in bfloat16 or with INT8 integer matmuls (faster on
+            # CPUs with bf16 / int8 dot-product units), judged at the thresholds chosen on its float32 scores, which
+            # is how the guard judge's dtype=bfloat16 / int8 uses it
             loaded = guard if stage == "int4" else load_guard(guard_dir, dtype=INT4_STAGES[stage])
             model, head_ids, size = loaded.model, loaded.head_token_ids, size_on_disk(guard_dir)
             threshold: float | list[float] | None = guard.threshold

@@ -19,7 +19,8 @@ from deltaguard.errors import ConfigError, FormatError
 
 OPERATING_POINTS = ("max_f1", "low_fpr")
 LOW_FPR = 0.10   # the low_fpr point: the best F1 whose threshold keeps the source-mean FPR <= this where chosen
-COMPUTE_DTYPES = ("float32", "bfloat16")   # float32: the thresholds' own; bfloat16: faster where CPUs have bf16 units
+COMPUTE_DTYPES = ("float32", "bfloat16", "int8")   # float32: the thresholds' own; bfloat16: faster where CPUs have
+# bf16 units; int8: INT8 integer matmuls in the linear layers (CPU only, fastest where CPUs have int8 dot products)
 
 
 def operating_threshold(manifest: dict[str, Any], point: str, where: str | Path) -> float:

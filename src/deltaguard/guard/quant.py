@@ -171,26 +171,91 @@ def fake_quant_int8_per_token(x: Tensor) -> Tensor:
     return _StraightThrough.apply(x, values) if torch.is_grad_enabled() and x.requires_grad else values
 
 
-_last_quantized: tuple[weakref.ref[Tensor], int, Tensor] | None = None
+_memos: dict[str, tuple[weakref.ref[Tensor], int, Any]] = {}
+
+
+def _once_per_input(kind: str, x: Tensor, compute: Any) -> Any:
+    """``compute(x)``, reused while the last call of this ``kind`` saw this very tensor, unchanged since.
+
+    Why: q/k/v read the same normed hidden states, and so do gate/up; quantising each tensor once instead of
+    once per layer saves 3 of 7 activation quantisations a block (~12% of a scoring pass in float). The
+    one-slot memo holds a weak reference to the input and its version counter, so it can only ever return
+    the result for this very tensor.
+    """
+    memo = _memos.get(kind)
+    if memo is not None and memo[0]() is x and memo[1] == x._version:
+        return memo[2]
+    out = compute(x)
+    _memos[kind] = (weakref.ref(x), x._version, out)
+    return out
 
 
 def quantized_input(x: Tensor) -> Tensor:
-    """``fake_quant_int8_per_token(x)``, computed once per input tensor when scoring.
-
-    Why: q/k/v read the same normed hidden states, and so do gate/up; quantising each tensor once instead
-    of once per layer saves 3 of 7 round trips a block (the round trips are ~12% of a scoring pass). The
-    one-slot memo holds a weak reference to the input and its version counter, so it can only ever return
-    the round trip of this very tensor, unchanged since. Training (autograd on ``x``) never uses it.
-    """
-    global _last_quantized
+    """``fake_quant_int8_per_token(x)``, computed once per input tensor when scoring (training, with autograd
+    on ``x``, never uses the memo)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return fake_quant_int8_per_token(x)
-    memo = _last_quantized
-    if memo is not None and memo[0]() is x and memo[1] == x._version:
-        return memo[2]
-    out = fake_quant_int8_per_token(x)
-    _last_quantized = (weakref.ref(x), x._version, out)
-    return out
+    return _once_per_input("round_trip", x, fake_quant_int8_per_token)
+
+
+# --- INT8 integer matmuls ----------------------------------------------------------------------------------------
+#
+# Why: the guard's linear layers take INT8 activations by construction (QAT), yet the float paths above multiply
+# them in fp32 / bf16. On CPUs with int8 dot-product units (AVX512-VNNI, AMX) an int8 x int8 -> int32 matmul
+# (``torch._int_mm``, oneDNN) is about twice as fast as bf16. INT4 group-32 weights cannot feed it directly: each
+# group has its own scale, so a row is not an integer multiple of one scale. The weights are therefore re-rounded
+# to per-output-channel symmetric INT8 once, at load (``int8_channel_weight``); that rounding is the only
+# approximation of this path, at most half an INT8 step of the row's largest weight, and ``guard check --stages
+# int4-int8`` measures what it does to the verdicts. torchao's W8A8 / 8da4w CPU kernels are not in its PyPI wheel
+# (which ships CUDA kernels only), and torch's own ``_dyn_quant_matmul_4bit`` runs scalar reference loops on x86.
+
+INT8_WEIGHT_MAX = 127                             # symmetric: -127..127, so negating a row stays in range
+
+
+def int8_channel_weight(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A float weight ``[out, in]`` → (INT8 codes transposed ``[in, out]``, float32 scales ``[out]``, int32 code
+    sums ``[out]``): ``weight ≈ codes.T * scales[:, None]``, within ``scales / 2`` per element.
+
+    The code sums let ``int8_linear`` remove the activations' zero points with one outer product.
+    """
+    w = weight.detach().float()
+    if w.dim() != 2:
+        raise ConfigError(f"int8_channel_weight needs a 2-D weight [out, in], got shape {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()):
+        raise FormatError("the weight holds NaN or infinite values; INT8 quantisation needs finite weights")
+    scales = w.abs().amax(dim=1) / INT8_WEIGHT_MAX
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))     # an all-zero row: codes 0, no NaN
+    codes = torch.round(w / scales[:, None]).clamp_(-INT8_WEIGHT_MAX, INT8_WEIGHT_MAX).to(torch.int8)
+    return codes.t().contiguous(), scales, codes.sum(dim=1, dtype=torch.int32)
+
+
+def int8_activation_codes(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``x`` ``[..., in]`` → (INT8 codes ``[rows, in]``, float32 steps ``[rows, 1]``, int32 zero points ``[rows, 1]``)
+    on exactly the grid of ``fake_quant_int8_per_token``: ``(codes - zero) * step`` is its round trip."""
+    step, zero = int8_per_token_params(x)
+    codes = (x.detach().float() / step).round_().add_(zero).clamp_(INT8_MIN, INT8_MAX).to(torch.int8)
+    features = codes.shape[-1]
+    return codes.reshape(-1, features), step.reshape(-1, 1), zero.reshape(-1, 1).to(torch.int32)
+
+
+def int8_linear(x: Tensor, codes_t: Tensor, scales: Tensor, code_sums: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(fake_quant_int8_per_token(x), codes_t.T * scales[:, None], bias)`` with one integer matmul.
+
+    ``Σ_k (xq - z) w = xq @ w - z * Σ_k w`` is exact in int32 (|terms| ≤ 255 * 127 * in < 2^31 for in < 66,000),
+    so the result differs from the float reference only by the rounding of the int32 → float32 conversion and the
+    two scalings, and by the reference's own summation error. Returns ``x``'s dtype.
+    """
+    if x.shape[-1] != codes_t.shape[0]:
+        raise ConfigError(f"int8_linear: input has {x.shape[-1]} features, the weight expects {codes_t.shape[0]}")
+    xq, step, zero = _once_per_input("codes", x, int8_activation_codes)
+    if xq.shape[0] == 0:
+        return x.new_zeros(*x.shape[:-1], codes_t.shape[1])
+    acc = torch._int_mm(xq, codes_t)                       # [rows, out] int32
+    acc.sub_(zero * code_sums)                             # remove the zero points, still exact
+    out = acc.float().mul_(step).mul_(scales)
+    if bias is not None:
+        out.add_(bias.float())
+    return out.to(x.dtype).reshape(*x.shape[:-1], codes_t.shape[1])
 
 
 class QATLinear(nn.Module):
@@ -287,7 +352,9 @@ class Int4Linear(nn.Module):
     """Inference linear layer over packed INT4 weights; matches its ``QATLinear`` bit for bit.
 
     The float weight is dequantised on the first forward and cached (not saved: ``free_cache`` drops it,
-    ``cache=False`` never keeps it), trading memory for per-call unpacking.
+    ``cache=False`` never keeps it), trading memory for per-call unpacking. With ``compute = "int8"``
+    (``set_int8_matmuls``) it multiplies INT8 activation codes by a per-channel INT8 form of the weight
+    instead (``int8_linear``), cached the same way.
     """
 
     def __init__(self, qweight: Tensor, scales: Tensor, bias: Tensor | None, *, in_features: int, group_size: int,
@@ -297,10 +364,12 @@ class Int4Linear(nn.Module):
         out_features = qweight.shape[0]
         self.in_features, self.out_features = in_features, out_features
         self.group_size, self.act_int8, self.cache = group_size, act_int8, cache
+        self.compute = "float"
         self.register_buffer("qweight", qweight.to(torch.uint8).contiguous())
         self.register_buffer("scales", _stored_scales(scales))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self._weight: Tensor | None = None
+        self._int8: tuple[Tensor, Tensor, Tensor] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Module, group_size: int, act_int8: bool = True) -> Int4Linear:
@@ -316,12 +385,19 @@ class Int4Linear(nn.Module):
 
     def free_cache(self) -> None:
         self._weight = None
+        self._int8 = None
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._weight = None
+        self.free_cache()
         super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.compute == "int8":
+            packed = self._int8
+            if packed is None or packed[0].device != x.device:
+                packed = int8_channel_weight(self.dequantized_weight())
+                self._int8 = packed if self.cache else None
+            return int8_linear(x, *packed, self.bias)
         weight = self._weight
         if weight is None or weight.device != x.device or weight.dtype != x.dtype:
             weight = self.dequantized_weight(x.dtype)
@@ -330,7 +406,8 @@ class Int4Linear(nn.Module):
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, group_size={self.group_size}, act_int8={self.act_int8}"
+        extra = "" if self.compute == "float" else f", compute={self.compute}"
+        return f"{self.in_features}, {self.out_features}, group_size={self.group_size}, act_int8={self.act_int8}{extra}"
 
 
 class Int4Embedding(nn.Module):
@@ -383,6 +460,33 @@ def set_compute_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         if param.is_floating_point():
             param.data = param.data.to(dtype)
     return model
+
+
+def set_int8_matmuls(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every ``Int4Linear`` of a converted model to INT8 integer matmuls (or back to float), in place;
+    returns how many layers switched.
+
+    INT8 matmuls need INT8 activations (a guard trained with ``act_int8``) and a CPU (``torch._int_mm`` on
+    CUDA has shape limits the guard's layers do not meet; there the guard computes in bf16 instead).
+    """
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    if enabled:
+        if any(not m.act_int8 for m in layers):
+            raise ConfigError("INT8 matmuls need INT8 activations; this model was trained without them (act_int8 off)")
+        if any(m.qweight.device.type != "cpu" for m in layers):
+            raise ConfigError("INT8 matmuls run on the CPU only; on a GPU use float32 or bfloat16")
+    for layer in layers:
+        layer.compute = "int8" if enabled else "float"
+        layer.free_cache()
+    return len(layers)
+
+
+def arithmetic_of(model: nn.Module) -> str:
+    """How a converted model computes, in ``load_guard``'s terms: ``int8`` when its linear layers run INT8 matmuls,
+    else its parameters' dtype (``float32``, ``bfloat16``)."""
+    if any(isinstance(m, Int4Linear) and m.compute == "int8" for m in model.modules()):
+        return "int8"
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def convert_qat(model: nn.Module) -> dict[str, int]:
@@ -452,8 +556,9 @@ def quantized_size_bytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "Int4Embedding", "Int4Linear", "QATEmbedding", "QATLinear", "SCALE_DTYPE", "check_group_size", "convert_qat",
-    "dequantize_int4", "fake_quant_int4", "fake_quant_int8_per_token", "int8_per_token_params",
-    "load_packed_state", "pack_int4", "packed_state", "prepare_qat", "quantize_int4", "quantized_input", "quantized_size_bytes",
-    "set_compute_dtype", "unpack_int4",
+    "Int4Embedding", "Int4Linear", "QATEmbedding", "QATLinear", "SCALE_DTYPE", "arithmetic_of", "check_group_size",
+    "convert_qat",
+    "dequantize_int4", "fake_quant_int4", "fake_quant_int8_per_token", "int8_activation_codes", "int8_channel_weight",
+    "int8_linear", "int8_per_token_params", "load_packed_state", "pack_int4", "packed_state", "prepare_qat",
+    "quantize_int4", "quantized_input", "quantized_size_bytes", "set_compute_dtype", "set_int8_matmuls", "unpack_int4",
 ]

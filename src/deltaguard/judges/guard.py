@@ -47,11 +47,12 @@ class GuardJudgeConfig(Config):
             ``low_fpr`` (best F1 with at most 10% false positives on validation, averaged over its harmless
             sources: fewer false alarms, lower recall; for moderation that blocks). Ignored when ``threshold`` is set.
         batch_size: items per forward pass.
-        device: where the guard runs: ``auto`` (the first CUDA GPU when there is one, else the CPU), ``cpu``,
-            ``cuda`` or ``cuda:N``.
-        dtype: the guard's arithmetic: ``float32`` (the precision its thresholds were chosen in) or ``bfloat16``
-            (about twice as fast on CPUs with bf16 units; a verdict near a threshold can flip, and
-            ``deltaguard guard check --stages int4,int4-bf16`` measures what that costs).
+        device: where the guard runs: ``auto`` (the first CUDA GPU when there is one, else the CPU; always the CPU
+            with ``dtype=int8``), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: the guard's arithmetic: ``float32`` (the precision its thresholds were chosen in), ``bfloat16``
+            (about twice as fast on CPUs with bf16 units) or ``int8`` (INT8 integer matmuls, bf16 elsewhere; CPU
+            only, fastest on CPUs with int8 dot-product units). Away from float32 a verdict near a threshold can
+            flip; ``deltaguard guard check --stages int4,int4-bf16,int4-int8`` measures what that costs.
     """
 
     name: ClassVar[str] = "guard"
@@ -117,6 +118,11 @@ class GuardJudge(BaseJudge):
 
         if self._guard is not None:
             return model_device(self._guard.model)
+        if self.config.dtype == "int8":      # INT8 matmuls are a CPU path: auto means the CPU, a GPU is refused
+            if self.config.device != "auto" and self.config.device != "cpu":
+                raise ConfigError(f"guard.dtype=int8 runs on the CPU only, not on {self.config.device}; "
+                                  "use guard.device=cpu or another dtype")
+            return resolve_device("cpu")
         return resolve_device(self.config.device)
 
     def identity(self) -> dict[str, Any]:
@@ -131,9 +137,11 @@ class GuardJudge(BaseJudge):
 
     @property
     def dtype(self) -> str:
-        """The guard's arithmetic: a given guard's own (its parameters' dtype), else the configured one."""
+        """The guard's arithmetic: a given guard's own, else the configured one."""
         if self._guard is not None:
-            return str(next(self._guard.model.parameters()).dtype).removeprefix("torch.")
+            from deltaguard.guard.quant import arithmetic_of
+
+            return arithmetic_of(self._guard.model)
         return self.config.dtype
 
     def check_ready(self) -> None:
