@@ -313,22 +313,26 @@ def test_a_weight_beyond_float16_scales_is_refused():
         quantize_int4(w, 32)
 
 
-def test_scoring_quantises_each_shared_input_once_with_the_same_result(monkeypatch):
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+def test_scoring_quantises_each_shared_input_once_with_the_same_result(monkeypatch, int8):
     import deltaguard.guard.quant as quant
 
     model = _qat_model()
     ids = torch.randint(3, 256, (2, 16), generator=_gen(42))
+    quantiser = "int8_activation_codes" if int8 else "fake_quant_int8_per_token"
     with torch.no_grad():
         convert_qat(model)
+        set_int8_matmuls(model, enabled=int8)
         memoised = model(input_ids=ids).logits
         calls = []
-        real = quant.fake_quant_int8_per_token
-        monkeypatch.setattr(quant, "fake_quant_int8_per_token", lambda x: calls.append(x.shape) or real(x))
+        real = getattr(quant, quantiser)
+        monkeypatch.setattr(quant, quantiser, lambda x: calls.append(x.shape) or real(x))
         again = model(input_ids=ids).logits
         n_blocks = len(model.model.layers)
-        assert len(calls) == 4 * n_blocks         # q/k/v share one round trip, gate/up another; o and down their own
-        monkeypatch.setattr(quant, "quantized_input", real)   # every layer quantising on its own
+        assert len(calls) == 4 * n_blocks         # q/k/v share one quantisation, gate/up another; o and down their own
+        monkeypatch.setattr(quant, "_once_per_input", lambda kind, x, compute: compute(x))   # every layer on its own
         separately = model(input_ids=ids).logits
+    assert len(calls) == 11 * n_blocks
     assert torch.equal(memoised, again) and torch.equal(memoised, separately)
 
 
@@ -460,20 +464,3 @@ def test_int8_matmuls_run_on_the_cpu_only():
         convert_qat(model)
     with pytest.raises(ConfigError, match="CPU only"):
         set_int8_matmuls(model.to("meta"))
-
-
-def test_int8_matmuls_quantise_each_shared_input_once(monkeypatch):
-    import deltaguard.guard.quant as quant
-
-    model = _qat_model()
-    ids = torch.randint(3, 256, (2, 16), generator=_gen(55))
-    with torch.no_grad():
-        convert_qat(model)
-        set_int8_matmuls(model)
-        first = model(input_ids=ids).logits
-        calls = []
-        real = quant.int8_activation_codes
-        monkeypatch.setattr(quant, "int8_activation_codes", lambda x: calls.append(x.shape) or real(x))
-        again = model(input_ids=ids).logits
-    assert len(calls) == 4 * len(model.model.layers)   # q/k/v share one set of codes, gate/up another
-    assert torch.equal(first, again)
