@@ -154,12 +154,18 @@ def int8_per_token_params(x: Tensor) -> tuple[Tensor, Tensor]:
     return step, zero
 
 
+def _int8_grid(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(INT8 codes of ``x`` held as float32, step, zero point): the one place both the round trip and the integer
+    matmul path quantise, so their grids cannot drift apart. ``x`` is cast to float32 once."""
+    xf = x.detach().float()
+    step, zero = int8_per_token_params(xf)
+    return (xf / step).round_().add_(zero).clamp_(INT8_MIN, INT8_MAX), step, zero
+
+
 def _int8_round_trip(x: Tensor) -> Tensor:
     """The per-token INT8 round trip of ``x`` (no autograd), in place on one float32 buffer."""
-    step, zero = int8_per_token_params(x)
-    values = x.detach().float() / step
-    values.round_().add_(zero).clamp_(INT8_MIN, INT8_MAX).sub_(zero).mul_(step)
-    return values.to(x.dtype)
+    codes, step, zero = _int8_grid(x)
+    return codes.sub_(zero).mul_(step).to(x.dtype)
 
 
 def fake_quant_int8_per_token(x: Tensor) -> Tensor:
@@ -232,10 +238,10 @@ def int8_channel_weight(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def int8_activation_codes(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``x`` ``[..., in]`` → (INT8 codes ``[rows, in]``, float32 steps ``[rows, 1]``, int32 zero points ``[rows, 1]``)
     on exactly the grid of ``fake_quant_int8_per_token``: ``(codes - zero) * step`` is its round trip."""
-    step, zero = int8_per_token_params(x)
-    codes = (x.detach().float() / step).round_().add_(zero).clamp_(INT8_MIN, INT8_MAX).to(torch.int8)
+    codes, step, zero = _int8_grid(x)
     features = codes.shape[-1]
-    return codes.reshape(-1, features), step.reshape(-1, 1), zero.reshape(-1, 1).to(torch.int32)
+    return (codes.to(torch.int8).reshape(-1, features), step.reshape(-1, 1),
+            zero.reshape(-1, 1).to(torch.int32))
 
 
 def int8_linear(x: Tensor, codes_t: Tensor, scales: Tensor, code_sums: Tensor, bias: Tensor | None) -> Tensor:
@@ -557,8 +563,7 @@ def quantized_size_bytes(model: nn.Module) -> int:
 
 __all__ = [
     "Int4Embedding", "Int4Linear", "QATEmbedding", "QATLinear", "SCALE_DTYPE", "arithmetic_of", "check_group_size",
-    "convert_qat",
-    "dequantize_int4", "fake_quant_int4", "fake_quant_int8_per_token", "int8_activation_codes", "int8_channel_weight",
+    "convert_qat", "dequantize_int4", "fake_quant_int4", "fake_quant_int8_per_token", "int8_activation_codes", "int8_channel_weight",
     "int8_linear", "int8_per_token_params", "load_packed_state", "pack_int4", "packed_state", "prepare_qat",
     "quantize_int4", "quantized_input", "quantized_size_bytes", "set_compute_dtype", "set_int8_matmuls", "unpack_int4",
 ]

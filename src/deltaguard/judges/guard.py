@@ -119,7 +119,7 @@ class GuardJudge(BaseJudge):
         if self._guard is not None:
             return model_device(self._guard.model)
         if self.config.dtype == "int8":      # INT8 matmuls are a CPU path: auto means the CPU, a GPU is refused
-            if self.config.device != "auto" and self.config.device != "cpu":
+            if self.config.device not in ("auto", "cpu"):
                 raise ConfigError(f"guard.dtype=int8 runs on the CPU only, not on {self.config.device}; "
                                   "use guard.device=cpu or another dtype")
             return resolve_device("cpu")
