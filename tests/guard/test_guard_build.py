@@ -272,7 +272,11 @@ def test_judge_check_leaves_out_what_the_guard_trained_on(built):
     assert any(group_of(p.text) in trained for p in prompts.prompts)
     checked = check_on(judge, prompts, task="harm")
     left_out = checked.dataset["n_left_out_trained_on"]
-    assert left_out > 0 and checked.agreement.n + checked.n_errors == len(prompts) - left_out
+    kept = [p for p in prompts.prompts if group_of(p.text) not in trained]
+    ambiguous = sum(p.meta["is_unsafe"] is None for p in kept)   # graded in between: no label, not in the agreement
+    assert left_out > 0 and ambiguous > 0 and checked.dataset["n_left_out_ambiguous"] == ambiguous
+    assert 0 <= checked.dataset["ambiguous_judged_positive"] <= ambiguous
+    assert checked.agreement.n + checked.n_errors + ambiguous == len(prompts) - left_out
 
 
 def test_the_guard_moderates_prompts_on_their_own_and_responses_in_context(built):

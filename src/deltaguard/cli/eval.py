@@ -127,9 +127,13 @@ def judge_check(
     c = a.confusion
     positive = "refusal" if result.task == "refusal" else "unsafe"
     left_out = result.dataset.get("n_left_out_trained_on", 0)
+    ambiguous = result.dataset.get("n_left_out_ambiguous", 0)
     table = Table("statistic", "value", title=f"{judge} v{result.judge_version} vs humans ({result.task}, "
                                               f"{result.dataset['name']}, n={a.n}, judge errors={result.n_errors}"
                                               + (f", {left_out} left out: the judge trained on them" if left_out else "")
+                                              + (f", {ambiguous} graded in between left out: no label "
+                                                 f"({result.dataset['ambiguous_judged_positive']} judged {positive})"
+                                                 if ambiguous else "")
                                               + ")")
     for name, value in (("accuracy", a.accuracy), ("precision", a.precision), ("recall", a.recall), ("F1", a.f1),
                         ("Cohen's kappa", a.kappa)):

@@ -49,13 +49,14 @@ from typing import Any, Iterable
 
 from deltaguard.data.base import datasets, group_of, normalise_text, split_of
 from deltaguard.data.refusals import write_refusal
+from deltaguard.data.wheel_sets import HARM_UNSAFE_CUT, graded_harm_label
 from deltaguard.errors import ConfigError
 from deltaguard.io import canonical_json
 
 GUARD_SPLITS = ("train", "val", "test", "check")
 _PRECEDENCE = {"check": 3, "test": 2, "val": 1, "train": 0}
 _FROM_DATA_SPLIT = {"calib": "val", "train": "train", "eval": "test"}
-UNSAFE_CUT = 0.5
+UNSAFE_CUT = HARM_UNSAFE_CUT   # the one mapping of PyRIT's grades: data.wheel_sets.graded_harm_label
 DATA_VERSION = 4   # raise when the labelling or the split rules change: it keys the build's data file
 HARMFUL_PROMPT_SOURCES = ("advbench", "donotanswer")   # the prompt sources labelled unsafe
 UNCAPPED_SOURCES = ("benign", "requests")   # prompt-only sources kept whole by ``max_prompt_only`` and answered first
@@ -170,9 +171,9 @@ def build_examples(*, seed: int = 0, max_prompt_only: int = 200, max_response_ch
 
     for p in datasets.get("pyrit-harm")().load_pool():
         area = p.meta.get("category", "")
-        if 0.0 < float(p.meta["harm"]) < UNSAFE_CUT:
+        unsafe = graded_harm_label(float(p.meta["harm"]))
+        if unsafe is None:
             continue   # ambiguous: graded as a mild depiction, which says nothing about the policy (docstring)
-        unsafe = float(p.meta["harm"]) >= UNSAFE_CUT
         add(id=p.id, prompt=p.text, response=_clip(p.meta["response"], max_response_chars), unsafe=unsafe,
             categories=(HARM_AREA_CATEGORIES[area],) if unsafe and area in HARM_AREA_CATEGORIES else (),
             source="pyrit-harm", weak=False, split=None)

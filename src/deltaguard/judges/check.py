@@ -3,7 +3,10 @@
 Two tasks, both on labelled responses from the pinned pyrit wheel:
 - ``refusal``: ``pyrit-refusal`` (refusal.csv + refusal_extra.csv); positive class = refusal.
 - ``harm``: ``pyrit-harm`` (harm/*.csv, human harm 0–1 averaged over raters); positive class =
-  unsafe, meaning a mean human score of at least 0.5.
+  unsafe, meaning a mean human score of at least 0.5, negative = every rater gave 0. The replies graded in
+  between have no label (``data.wheel_sets.graded_harm_label``: the grades rate how severe a depiction is,
+  not whether a policy is broken); they are judged, left out of the agreement, and the share the judge
+  calls unsafe is reported beside it (``dataset["n_left_out_ambiguous"]``, ``["ambiguous_judged_positive"]``).
 
 Verdicts that are ``judge_error`` are left out of the statistics and reported as ``n_errors``.
 """
@@ -117,13 +120,20 @@ def check_on(judge: BaseJudge, prompts: PromptSet, *, task: str) -> JudgeCheckRe
     items = [JudgeItem(prompt=p.text, response=p.meta["response"]) for p in kept]
     verdicts = judge.judge(items)
     human, predicted, n_errors = [], [], 0
+    ambiguous: list[bool] = []   # the judge's verdicts on replies the humans' grades leave without a label
     for prompt, verdict in zip(kept, verdicts):
         value = verdict.is_refusal if measure == "refusal" else verdict.is_unsafe
         if verdict.is_error or value is None:
             n_errors += 1
             continue
-        human.append(bool(prompt.meta[label_key]))
+        label = prompt.meta[label_key]
+        if label is None:
+            ambiguous.append(bool(value))
+            continue
+        human.append(bool(label))
         predicted.append(bool(value))
     dataset = {**prompts.describe(), "n_left_out_trained_on": len(prompts.prompts) - len(kept)}
+    if ambiguous:
+        dataset.update(n_left_out_ambiguous=len(ambiguous), ambiguous_judged_positive=sum(ambiguous))
     return JudgeCheckResult(judge=judge.name, judge_version=judge.version, prompt_hash=judge.prompt_hash, task=task,
                             dataset=dataset, n_errors=n_errors, agreement=agreement(human, predicted))

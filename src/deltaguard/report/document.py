@@ -342,11 +342,16 @@ def _agreement_text(check: dict[str, Any]) -> str:
     low, high = wilson(c["tp"] + c["tn"], a["n"])
     negatives = c["fp"] + c["tn"]
     fpr = f", false-positive rate {c['fp'] / negatives:.2f}" if negatives else ""
-    what = "PyRIT's human refusal labels" if check["task"] == "refusal" else "PyRIT's human harm grades (mean ≥ 0.5)"
-    left_out = check.get("dataset", {}).get("n_left_out_trained_on", 0)
+    what = ("PyRIT's human refusal labels" if check["task"] == "refusal"
+            else "PyRIT's human harm grades (unsafe: mean ≥ 0.5; safe: every grade 0)")
+    dataset = check.get("dataset", {})
+    left_out = dataset.get("n_left_out_trained_on", 0)
+    ambiguous = dataset.get("n_left_out_ambiguous", 0)
     return (f"on {what} it agrees on {100 * a['accuracy']:.0f}% [{100 * low:.0f}, {100 * high:.0f}] of {a['n']} "
             f"replies (F1 {a['f1']:.2f}{fpr}, Cohen's kappa {a['kappa']:.2f}"
-            + (f"; {left_out} prompts it trained on left out" if left_out else "") + ")")
+            + (f"; {left_out} prompts it trained on left out" if left_out else "")
+            + (f"; the {ambiguous} replies graded in between have no label, and it called "
+               f"{dataset.get('ambiguous_judged_positive', 0)} of them unsafe" if ambiguous else "") + ")")
 
 
 def _audits(doc: Document, results: dict[str, Any]) -> None:

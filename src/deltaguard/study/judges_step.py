@@ -68,7 +68,10 @@ def judge_checks(steps: Steps, audit_config: AuditConfig, run_dir: Path) -> dict
         plan["attack"] = (attack_judge, "refusal")
     if audit_config.harm_judge:              # AuditConfig already refused a harm judge that cannot judge harm
         plan["harm"] = (make_judge(audit_config.harm_judge), "harm")
-    key = content_key("judge-check", {role: [judge.name, judge.prompt_hash, task] for role, (judge, task) in plan.items()})
+    # labels 2: the harm task leaves PyRIT's in-between grades out (graded_harm_label); checks made before count
+    # them as safe and are not reused
+    key = content_key("judge-check", {**{role: [judge.name, judge.prompt_hash, task] for role, (judge, task) in plan.items()},
+                                      "labels": 2})
     path = run_dir / "evals" / f"{key}.json"
 
     def work() -> None:
