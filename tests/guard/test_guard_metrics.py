@@ -128,3 +128,22 @@ def test_the_low_fpr_cap_on_the_source_mean_is_not_loosened_by_easy_examples():
     assert choose_threshold(probs, labels, sources=sources) == 0.8      # no cap: sources change nothing
     with pytest.raises(ConfigError, match="3 sources for 14 scores"):
         choose_threshold(probs, labels, max_fpr=0.10, sources=sources[:3])
+
+
+def test_task_lines_give_each_task_its_recall_and_fpr_at_the_stage_s_cut():
+    """The pooled figures hid a task with lower recall (prompts alone): each task gets its own line part."""
+    from deltaguard.guard.check import task_lines
+
+    def task(tp, fn, fp, tn):
+        return {"confusion": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}}
+
+    result = {"stages": {
+        "int4": {"response_task": task(224, 26, 26, 209), "prompt_task": task(120, 30, 2, 148)},
+        "keyword": {"response_task": task(10, 0, 5, 5), "prompt_task": None},   # judges replies only
+        "teacher": {"response_task": None, "prompt_task": None},                 # one label only: no line
+    }}
+    lines = task_lines(result)
+    assert lines[0] == ("int4 by task: prompt with reply: recall 0.896 [0.852, 0.928] of 250, FPR 0.111 of 235; "
+                        "prompt alone: recall 0.800 [0.729, 0.856] of 150, FPR 0.013 of 150")
+    assert lines[1] == "keyword by task: prompt with reply: recall 1.000 [0.722, 1.000] of 10, FPR 0.500 of 10"
+    assert len(lines) == 2

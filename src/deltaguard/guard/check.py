@@ -401,6 +401,28 @@ def format_table(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def task_lines(result: dict[str, Any]) -> list[str]:
+    """One line per stage with each task's recall and FPR at the stage's cut: a prompt alone (serve's prompt
+    screening) and a prompt with its reply. Why: both tasks share one cut, chosen for the best F1 on the mixed
+    validation examples, and the pooled figures hide a task whose recall is lower (README, *A known weakness*)."""
+    def part(name: str, task: dict[str, Any] | None) -> str | None:
+        if not task:
+            return None
+        c = task["confusion"]
+        unsafe, safe = c["tp"] + c["fn"], c["fp"] + c["tn"]
+        low, high = wilson(c["tp"], unsafe)
+        return (f"{name}: recall {c['tp'] / unsafe:.3f} [{low:.3f}, {high:.3f}] of {unsafe}, "
+                f"FPR {c['fp'] / safe:.3f} of {safe}")
+
+    lines = []
+    for stage, row in result["stages"].items():
+        parts = [x for x in (part("prompt with reply", row.get("response_task")),
+                             part("prompt alone", row.get("prompt_task"))) if x]
+        if parts:
+            lines.append(f"{stage} by task: " + "; ".join(parts))
+    return lines
+
+
 __all__ = ["INT4_STAGES", "LOW_FPR", "SPLITS", "STAGES", "average_precision", "build_data_of", "check_guard",
-           "classification_metrics", "cross_fitted_thresholds", "fold_of", "format_table",
+           "classification_metrics", "cross_fitted_thresholds", "fold_of", "format_table", "task_lines",
            "per_category_recall", "source_mean_fpr"]
