@@ -10,7 +10,7 @@ the mean of the two teacher timings around it, because this shared 2-core machin
 within minutes.
 
 Measured 2026-11-30 (96 test examples, batch 16): 22 × 896 (the default) 1.77×, 20 × 896 1.97×, 20 × 640
-2.25×, 21 × 512 2.28×, 18 × 896 2.18× (README, "Smaller structures for the speed goal").
+2.25×, 21 × 512 2.28×, 18 × 896 2.18× (docs/guard.md, "Smaller structures for the speed goal").
 
     python benchmarks/bench_guard_structures.py BUILD/guard --structures 22x896,20x640 [--n 96]
 """

@@ -67,7 +67,7 @@ class GuardBuildConfig(Config):
         compliant_sources: the harmful-prompt sources whose non-refused base-model replies are labelled unsafe
             (``reply-compliant``); empty: every source (``guard.data.add_replies``). Off by default:
             ``advbench`` alone raised validation F1 (0.891 against 0.875) and human-graded accuracy, but also
-            the source-mean FPR (0.182 against 0.159), which the recipe rule forbids (README).
+            the source-mean FPR (0.182 against 0.159), which the recipe rule forbids (docs/guard.md).
         refuse_graded: add, to the training examples only, every human-graded unsafe reply's prompt answered by a
             composed refusal (``guard.data.graded_refusals``); the validation and test splits are unchanged.
         max_prompt_tokens / max_response_tokens: each example's prompt and reply are cut to these.
@@ -157,10 +157,10 @@ def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
         # at 1e-4 on the top 14 of 20 left the student where pruning put it; 100 and 80 steps on all of them did
         # not differ on validation, for that older recipe). The epoch replaced an 80-step cap on 2026-11-30: over
         # five distillation seeds on validation the INT4 guard read F1 0.895 / source-mean FPR 0.091 / human-graded
-        # accuracy 0.858 against 0.861 / 0.154 / 0.844 (README, "A full epoch of distillation"); it costs about 3.4
+        # accuracy 0.858 against 0.861 / 0.154 / 0.844 (docs/guard.md, "A full epoch of distillation"); it costs about 3.4
         # build minutes. QAT: groups of 32 with float16 scales (the size of groups of 64 with float32
         # ones), distilling from the student it quantises, 40 steps at 1e-4 on the top 10 blocks (all of them with
-        # the fake-quant graph peaked at 7.6 GB); chosen among 8 QAT recipes on validation (README).
+        # the fake-quant graph peaked at 7.6 GB); chosen among 8 QAT recipes on validation (docs/guard.md).
         # The structure and the example order were chosen on the validation split (`guard check --split val`,
         # cross-fitted thresholds) with several distillation seeds per recipe, under a rule fixed beforehand (mean
         # INT4 F1 no lower and mean FPR no higher than the recipe it replaces; for the structure, F1 at least 0.02
@@ -173,7 +173,7 @@ def guard_profile(name: str = "default", **overrides: Any) -> GuardBuildConfig:
         # seed, run after the decision, 0.870 / 0.104 / 0.941), the human-graded harmless replies flagged 0.50-0.54
         # of the time against 0.62-0.65. Tried and not kept: balance_labels, 20 x 896, 18 x 1024, a shuffled-order
         # teacher (guard-train "v3"), 9 -> 6 attention heads (keep_heads=2: 2.2x the teacher's speed, F1 0.76 on
-        # validation) (README).
+        # validation) (docs/guard.md).
         # The operating points are chosen on every validation example (n_val=0; 240 of the 605 until 2026-11-30:
         # they held 5 benign prompts, so one flagged prompt moved the source-mean FPR by 0.04); scoring all of them
         # costs about 35 s more.

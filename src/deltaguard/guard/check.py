@@ -404,7 +404,7 @@ def format_table(result: dict[str, Any]) -> list[list[str]]:
 def task_lines(result: dict[str, Any]) -> list[str]:
     """One line per stage with each task's recall and FPR at the stage's cut: a prompt alone (serve's prompt
     screening) and a prompt with its reply. Why: both tasks share one cut, chosen for the best F1 on the mixed
-    validation examples, and the pooled figures hide a task whose recall is lower (README, *A known weakness*)."""
+    validation examples, and the pooled figures hide a task whose recall is lower (docs/guard.md, *A known weakness*)."""
     def part(name: str, task: dict[str, Any] | None) -> str | None:
         if not task:
             return None

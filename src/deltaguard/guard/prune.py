@@ -18,7 +18,7 @@ calibration batches, prune, then fine-tune to recover.
   dL/do_h(t)|``, with ``L`` the cross-entropy of the calibration examples' answer tokens. Why not an activation
   norm like the neurons': on the guard's teacher, pruning 9 -> 6 heads per block by output norm left a
   validation AUPRC of 0.52 — worse than random heads (0.67-0.79) — while the Taylor ranking left 0.86 (teacher
-  0.91; README). Grouped-query attention shares one key/value head among
+  0.91; docs/guard.md). Grouped-query attention shares one key/value head among
   ``num_attention_heads / num_key_value_heads`` query heads, and Hugging Face Llama needs every group the same
   size, so each group keeps the same number of query heads — its own top ones; key/value heads are never
   pruned. Query heads and ``o_proj`` columns go, so both the projections and the attention itself (every
