@@ -10,6 +10,7 @@ import torch
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.artifact import load_guard, size_on_disk
 from deltaguard.guard.build import GuardBuildConfig, build_guard, choose_threshold, data_file_name, guard_profile, load_data
+from deltaguard.guard.probe import PROBE
 from deltaguard.guard.train import GuardTrainConfig
 from tinymodels import make_tiny_llama
 
@@ -216,6 +217,12 @@ def test_check_measures_every_stage_and_the_keyword_judge(built):
         assert 0.0 <= row["fpr_source_mean"]["value"] <= 1.0 and row["fpr_source_mean"]["n_sources"] >= 1, stage
     assert report["stages"]["int4"]["size_bytes"] < report["stages"]["teacher"]["size_bytes"]
     assert len(format_table(report)) == 5
+    for stage in ("teacher", "pruned", "student", "int4"):   # the hand-written probe, at each stage's own cut
+        probe = report["stages"][stage]["probe"]
+        assert sum(r["n"] for r in probe["kinds"].values()) == len(PROBE), stage
+        assert probe["recall"]["n"] + probe["fpr"]["n"] == len(PROBE), stage
+    keyword_probe = report["stages"]["keyword"]["probe"]   # it reads replies only
+    assert "harmful-request" not in keyword_probe["kinds"] and "plain-compliance" in keyword_probe["kinds"]
     _assert_low_fpr_point_is_stricter(report, ("teacher", "pruned", "student", "int4"))
 
 
@@ -254,6 +261,7 @@ def test_the_validation_report_never_reads_the_test_or_check_split(built, monkey
     for stage in ("student", "int4"):
         row = report["stages"][stage]
         assert row["check_agreement"] is None and row["n"] == len(val) and 0.0 <= row["f1"]["value"] <= 1.0
+        assert "probe" not in row   # nothing is ever chosen on the probe
     _assert_low_fpr_point_is_stricter(report, ("student", "int4"))
     with pytest.raises(ConfigError, match="split 'train'"):
         check_module.check_guard(result.guard_dir, split="train", progress=False)

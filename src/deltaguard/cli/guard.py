@@ -51,7 +51,7 @@ def check_cmd(
     """F1 / FPR / accuracy / AUPRC on the test split for every stage and the keyword judge, size, speed
     (also written to check.json, or check-val.json for --split val, in the build directory)."""
     from deltaguard.errors import ConfigError
-    from deltaguard.guard.check import SPLITS, STAGES, check_guard, format_table, task_lines
+    from deltaguard.guard.check import SPLITS, STAGES, check_guard, format_table, probe_lines, task_lines
     from deltaguard.io import write_json
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
@@ -90,6 +90,8 @@ def check_cmd(
             console.print(f"{stage} at a threshold chosen for source-mean FPR <= {strict['max_fpr']:.2f}: "
                           + ", ".join(parts), highlight=False)
     for line in task_lines(result):
+        console.print(line, highlight=False)
+    for line in probe_lines(result):
         console.print(line, highlight=False)
     teacher_bf16 = result.get("teacher_bf16_bytes")
     int4 = result["stages"].get("int4", {}).get("size_bytes")

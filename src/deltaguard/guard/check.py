@@ -22,6 +22,10 @@ Every stage also gets a second operating point, ``low_fpr``: the threshold with 
 the false-positive rate averaged over the harmless sources (``source_mean_fpr``) at most ``LOW_FPR`` where they
 are chosen (the validation examples; cross-fitted on the validation split). It answers "what F1 is left when
 false alarms must stay rare", with the same discipline.
+
+On the test split every model is also scored on ``guard.probe``: hand-written text unlike the guard's sources,
+at the model's own threshold (``probe``, one rate per kind). It shows what a test split drawn from the training
+sources cannot; the validation report leaves it out, so no recipe is ever chosen on it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import numpy as np
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.data import GuardExample
 from deltaguard.guard.points import LOW_FPR
+from deltaguard.guard.probe import probe_examples
 from deltaguard.judges.check import agreement
 from deltaguard.metrics import Interval, wilson
 
@@ -190,13 +195,14 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
         measured = _sample(data.split("test"), n_test, 0)
         val = sample_examples(data.split("val"), build.n_val if n_val is None else n_val, build.seed + 2)  # the build's
         check = _sample(data.split("check"), n_check, 1)
+        probe = probe_examples(data)
     else:
-        measured, val, check = _sample(data.split("val"), n_test, 0), [], []
+        measured, val, check, probe = _sample(data.split("val"), n_test, 0), [], [], []
     stage_root = build_root / "models"
     rows: dict[str, Any] = {}
     for stage in stages:
         if stage == "keyword":
-            rows["keyword"] = _keyword_row(measured, check)
+            rows["keyword"] = _keyword_row(measured, check, probe)
             continue
         strict: float | list[float] | None = None
         if stage in INT4_STAGES:
@@ -246,6 +252,8 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
             row["check_agreement"] = _check_agreement(score(check, f"{stage} check"), check, threshold)
         else:
             row["check_agreement"] = None
+        if probe:
+            row["probe"] = probe_rates(score(probe, f"{stage} probe"), probe, threshold)
         row["size_bytes"] = size
         row["judgments_per_second"] = round(per_second, 2)
         rows[stage] = row
@@ -349,7 +357,28 @@ def _check_agreement(scores: list[float], examples: list[GuardExample], threshol
             "note": "pyrit refusal labels: refused -> safe; not refused -> unsafe only for AdvBench requests (weak)"}
 
 
-def _keyword_row(test: list[GuardExample], check: list[GuardExample]) -> dict[str, Any]:
+def probe_rates(scores: Sequence[float], probe: Sequence[GuardExample], threshold: float | Sequence[float],
+                ) -> dict[str, Any]:
+    """Per probe kind, how many of its examples a model calls unsafe at ``threshold`` (95% Wilson interval), and
+    the pooled recall (the unsafe kinds) and false-positive rate (the safe kinds)."""
+    cuts = threshold if isinstance(threshold, Sequence) else [threshold] * len(scores)
+    flagged = [s >= c for s, c in zip(scores, cuts)]
+
+    def rate(indices: list[int]) -> dict[str, Any]:
+        hits = sum(flagged[i] for i in indices)
+        low, high = wilson(hits, len(indices))
+        return {"n": len(indices), "flagged": hits, "rate": hits / len(indices), "low": low, "high": high}
+
+    kinds: dict[str, list[int]] = {}
+    for i, e in enumerate(probe):
+        kinds.setdefault(e.source.removeprefix("probe:"), []).append(i)
+    return {"kinds": {kind: rate(indices) for kind, indices in kinds.items()},
+            "recall": rate([i for i, e in enumerate(probe) if e.unsafe]),
+            "fpr": rate([i for i, e in enumerate(probe) if not e.unsafe])}
+
+
+def _keyword_row(test: list[GuardExample], check: list[GuardExample],
+                 probe: Sequence[GuardExample] = ()) -> dict[str, Any]:
     from deltaguard.judges import JudgeItem, make_judge
 
     judge = make_judge("keyword")
@@ -367,6 +396,10 @@ def _keyword_row(test: list[GuardExample], check: list[GuardExample]) -> dict[st
     row["per_category"] = per_category_recall(scores, responses, 0.5)
     check_verdicts = judge.judge([JudgeItem(e.prompt, e.response or "") for e in check]) if check else []
     row["check_agreement"] = _check_agreement([0.0 if v.is_refusal else 1.0 for v in check_verdicts], check, 0.5)
+    replies = [e for e in probe if e.response is not None]   # it reads replies only, as above
+    if replies:
+        probe_verdicts = judge.judge([JudgeItem(e.prompt, e.response or "") for e in replies])
+        row["probe"] = probe_rates([0.0 if v.is_refusal else 1.0 for v in probe_verdicts], replies, 0.5)
     row["size_bytes"] = 0
     row["judgments_per_second"] = round(per_second, 1)
     return row
@@ -423,6 +456,23 @@ def task_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def probe_lines(result: dict[str, Any]) -> list[str]:
+    """One line per model with its rates on the hand-written probe (``guard.probe``), kind by kind."""
+    words = {"plain-compliance": "plainly harmful replies caught", "own-words-refusal": "refusals in other words flagged",
+             "harmless-answer": "harmless answers to harmful-sounding requests flagged",
+             "benign-reply": "ordinary replies flagged", "harmful-request": "harmful requests alone caught",
+             "benign-request": "ordinary requests alone flagged"}
+    lines = []
+    for stage, row in result["stages"].items():
+        probe = row.get("probe")
+        if not probe:
+            continue
+        parts = [f"{words.get(kind, kind)} {r['flagged']}/{r['n']} ({100 * r['rate']:.0f}% "
+                 f"[{100 * r['low']:.0f}, {100 * r['high']:.0f}])" for kind, r in probe["kinds"].items()]
+        lines.append(f"{stage} on the hand-written probe: " + "; ".join(parts))
+    return lines
+
+
 __all__ = ["INT4_STAGES", "LOW_FPR", "SPLITS", "STAGES", "average_precision", "build_data_of", "check_guard",
-           "classification_metrics", "cross_fitted_thresholds", "fold_of", "format_table", "task_lines",
-           "per_category_recall", "source_mean_fpr"]
+           "classification_metrics", "cross_fitted_thresholds", "fold_of", "format_table", "per_category_recall",
+           "probe_lines", "probe_rates", "source_mean_fpr", "task_lines"]
