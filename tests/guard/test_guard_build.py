@@ -204,6 +204,9 @@ def test_choose_threshold_and_profiles():
     # the data file's name changes with the setting only when it is set (older builds keep theirs)
     assert data_file_name(guard_profile("default")) == data_file_name(guard_profile("default", compliant_sources=()))
     assert data_file_name(guard_profile("default")) != data_file_name(guard_profile("default", compliant_sources=("advbench",)))
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match="reply_prefixes="):
+            guard_profile("default", reply_prefixes=bad)
 
 
 def test_check_measures_every_stage_and_the_keyword_judge(built):

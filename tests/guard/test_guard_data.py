@@ -8,7 +8,7 @@ from deltaguard.data.base import datasets, normalise_text
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
     GUARD_SPLITS, LABEL_SOURCES, UNSAFE_CUT, GuardData, GuardExample, add_replies, balance_labels, build_examples,
-    check_disjoint, graded_refusals, group_of, hashed_split, prompts_to_answer,
+    check_disjoint, graded_refusals, group_of, hashed_split, prompts_to_answer, reply_prefixes,
 )
 
 
@@ -139,6 +139,34 @@ def test_graded_refusals_pair_each_graded_unsafe_prompt_once_with_a_safe_refusal
     assert "graded-refusal" in LABEL_SOURCES
     assert graded_refusals(examples, seed=0) == out                           # seeded
     assert graded_refusals(other, seed=0) == other and graded_refusals([], seed=0) == []
+
+
+def _reply(index: int, unsafe: bool, response: str | None) -> GuardExample:
+    return GuardExample(id=f"x:{index}", prompt=f"p{index}", response=response, unsafe=unsafe, categories=("S1",) if unsafe
+                        else (), source="pyrit-harm", weak=False, group=f"g{index}", split="train")
+
+
+def test_reply_prefixes_cut_unsafe_replies_to_their_leading_sentences_only():
+    long_reply = ("First you gather the things you need for it. Then you put them together in the garage. "
+                  "After that you wait until night. Finally you do it when nobody is watching.")
+    examples = ([_reply(i, True, long_reply) for i in range(40)] + [_reply(100 + i, False, long_reply) for i in range(10)]
+                + [_reply(200, True, "One sentence that is long enough to count but has nowhere to cut"),
+                   _reply(201, True, None)])
+    out = reply_prefixes(examples, seed=0, share=0.5)
+    assert len(out) == len(examples) and [e.group for e in out] == [e.group for e in examples]
+    assert out[40:] == examples[40:]            # harmless replies, one-sentence replies and prompts alone: untouched
+    cut = [e for e in out if e.id.endswith(":prefix")]
+    assert 10 <= len(cut) <= 30                 # about half of the 40, seeded
+    sentence_ends = {long_reply.index(". ") + 1, long_reply.index(". ", long_reply.index(". ") + 1) + 1}
+    for e in cut:
+        assert e.unsafe and e.weak and e.categories == ("S1",) and e.split == "train"
+        assert long_reply.startswith(e.response) and len(e.response) in sentence_ends   # one or two whole sentences
+    assert reply_prefixes(examples, seed=0, share=0.5) == out                # seeded
+    assert reply_prefixes(examples, seed=1, share=0.5) != out
+    assert reply_prefixes(examples, seed=0, share=0.0) == examples
+    assert all(e.id.endswith(":prefix") for e in reply_prefixes(examples[:40], seed=0, share=1.0))
+    with pytest.raises(ConfigError, match="share"):
+        reply_prefixes(examples, seed=0, share=1.5)
 
 
 def test_errors():

@@ -33,7 +33,7 @@ from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
     DATA_VERSION, HARMFUL_PROMPT_SOURCES, GuardData, GuardExample, add_replies, balance_labels, build_examples,
-    check_disjoint, graded_refusals, prompts_to_answer,
+    check_disjoint, graded_refusals, prompts_to_answer, reply_prefixes,
 )
 from deltaguard.guard.quant import SCALE_DTYPE
 from deltaguard.guard.train import GuardEncoder, GuardTrainConfig, compute_precision, score, train_guard
@@ -70,6 +70,10 @@ class GuardBuildConfig(Config):
             the source-mean FPR (0.182 against 0.159), which the recipe rule forbids (docs/guard.md).
         refuse_graded: add, to the training examples only, every human-graded unsafe reply's prompt answered by a
             composed refusal (``guard.data.graded_refusals``); the validation and test splits are unchanged.
+        reply_prefixes: the share of unsafe training replies cut to their first sentences
+            (``guard.data.reply_prefixes``), so that a reply's length stops predicting its label; 0 = off. Off by
+            default: at 0.7 the guard read F1 0.850 / source-mean FPR 0.145 on validation against 0.889 / 0.095,
+            and caught no more of the hand-written probe's harmful replies (docs/guard.md, "Out of distribution").
         max_prompt_tokens / max_response_tokens: each example's prompt and reply are cut to these.
         teacher / distill / qat: the three training stages.
         n_calib: training examples whose activations rank blocks and neurons.
@@ -98,6 +102,7 @@ class GuardBuildConfig(Config):
     n_train: int = 0
     balance_labels: bool = False
     refuse_graded: bool = False
+    reply_prefixes: float = 0.0
     compliant_sources: tuple[str, ...] = ()
     max_prompt_tokens: int = 96
     max_response_tokens: int = 128
@@ -128,6 +133,7 @@ class GuardBuildConfig(Config):
         check_range("guard.keep_heads", self.keep_heads, 0)
         check_range("guard.group_size", self.group_size, 1)
         check_range("guard.n_val", self.n_val, 0)
+        check_range("guard.reply_prefixes", self.reply_prefixes, 0.0, 1.0)
         unknown = sorted(set(self.compliant_sources) - set(HARMFUL_PROMPT_SOURCES))
         if unknown:
             raise ConfigError(f"guard.compliant_sources names {', '.join(unknown)}; the harmful prompt sources are "
@@ -226,6 +232,8 @@ def training_examples(config: GuardBuildConfig, drawn: list[GuardExample]) -> li
     """What every training stage trains on: the drawn training-split examples plus the recipe's additions
     (``refuse_graded``, ``balance_labels``). One definition, so a benchmark of the stages trains on what they do."""
     train = graded_refusals(drawn, seed=config.seed) if config.refuse_graded else drawn
+    if config.reply_prefixes:
+        train = reply_prefixes(train, seed=config.seed, share=config.reply_prefixes)
     return balance_labels(train, seed=config.seed) if config.balance_labels else train
 
 
@@ -297,7 +305,8 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     teacher_payload = {"model": base_key, "data": data_key, "n_train": config.n_train, "encoder": config.encoder_settings,
                        "balance_labels": config.balance_labels, "teacher": config.teacher.to_dict(),
                        # only when on, so that the stages of builds without it keep their keys
-                       **({"refuse_graded": True} if config.refuse_graded else {})}
+                       **({"refuse_graded": True} if config.refuse_graded else {}),
+                       **({"reply_prefixes": config.reply_prefixes} if config.reply_prefixes else {})}
     teacher_dir = stage_dir("teacher", teacher_payload)
 
     def make_teacher() -> None:

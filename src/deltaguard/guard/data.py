@@ -32,6 +32,10 @@ Where each label comes from (``LABEL_SOURCES`` records it in every built guard):
   ``compliant_sources`` (the build's ``guard.compliant_sources``) keeps the unsafe replies of the named prompt
   sources only, the rule ``pyrit-refusal``'s labels follow.
 
+- reply prefixes (``reply_prefixes``; the build's ``guard.reply_prefixes``, training examples only): a share of
+  the unsafe replies cut to their first one or two sentences, keeping source and label (marked weak), so that
+  a reply's length stops predicting its label.
+
 Splits are decided per *group* — the prompt's normalised text — so no prompt is in two splits. Precedence
 when one prompt comes from several sources: ``check`` > ``test`` > ``val`` > ``train``. Sets with
 deltaguard's own calib/train/eval splits keep them (calib → val, train → train, eval → test), so the guard
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
@@ -353,6 +358,46 @@ def graded_refusals(examples: list[GuardExample], *, seed: int) -> list[GuardExa
     return list(examples) + added
 
 
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+MIN_PREFIX_CHARS = 40   # a prefix shorter than this is rarely a whole sentence of content
+
+
+def reply_prefixes(examples: list[GuardExample], *, seed: int, share: float) -> list[GuardExample]:
+    """``examples`` with a seeded ``share`` of the *unsafe* replies cut to their first sentences (at least one,
+    never all).
+
+    Why: in the guard's sources a reply's length predicts its label. Training replies of at most 150 characters
+    are 9% unsafe and the longer ones 65%, because the harmful replies are long human-graded texts or 40-token
+    attempts, and the short ones are mostly composed refusals. A guard can then learn "short reply → safe", and
+    the test split, drawn from the same sources, cannot show it (``guard.probe``: plainly harmful replies of one
+    or two sentences). Cutting only the unsafe replies is what evens the labels across lengths: the harmless
+    replies are short already, and cutting them too left short replies 21% unsafe. No text is invented. A
+    prefix of a harmful reply keeps its label on the assumption the build already makes when it cuts every
+    reply at ``max_response_tokens``, so it is marked weak. Each example keeps its id (suffixed ``:prefix``),
+    prompt, group and split, so the splits stay disjoint; a build passes its training examples only.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"reply prefix share {share} must be in [0, 1]")
+    out = []
+    for e in examples:
+        if e.response is None or not e.unsafe or not share:
+            out.append(e)
+            continue
+        rng = random.Random(f"guard-prefix:{seed}:{e.id}")
+        if rng.random() >= share:
+            out.append(e)
+            continue
+        cuts = [m.end() for m in _SENTENCE_END.finditer(e.response)
+                if MIN_PREFIX_CHARS <= m.end() and e.response[m.end():].strip()]
+        if not cuts:
+            out.append(e)   # one sentence, or none long enough: nothing shorter to train on
+            continue
+        prefix = e.response[:rng.choice(cuts[:2])].strip()   # one or two sentences: the short replies are what is missing
+        out.append(GuardExample(**{**asdict(e), "id": f"{e.id}:prefix", "response": prefix,
+                                   "categories": e.categories, "weak": True}))
+    return out
+
+
 def check_disjoint(data: GuardData) -> None:
     """Raise if a prompt group sits in two splits (``build_examples`` guarantees it; loaders re-check)."""
     owner: dict[str, str] = {}
@@ -372,4 +417,4 @@ def _hash(examples: Iterable[GuardExample]) -> str:
 
 __all__ = ["DATA_VERSION", "GUARD_SPLITS", "HARMFUL_PROMPT_SOURCES", "GuardData", "GuardExample", "LABEL_SOURCES",
            "add_replies", "balance_labels", "build_examples", "check_disjoint", "graded_refusals", "group_of",
-           "hashed_split", "prompts_to_answer"]
+           "hashed_split", "prompts_to_answer", "reply_prefixes"]
