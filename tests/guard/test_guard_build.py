@@ -307,6 +307,19 @@ def test_the_guard_moderates_prompts_on_their_own_and_responses_in_context(built
     assert prompt_decision.is_fired and response_decision.action == "flag" and prompt_decision.judge == "guard"
 
 
+def test_the_guard_judge_is_run_on_the_probe_replies_and_requests_alike(built):
+    from deltaguard.guard.probe import judge_on_probe
+    from deltaguard.judges import make_judge
+
+    result, _ = built
+    probe = judge_on_probe(make_judge("guard", path=str(result.guard_dir), threshold=0.0))   # flags everything
+    assert set(probe["kinds"]) == {item.kind for item in PROBE} and probe["n_errors"] == 0
+    assert probe["recall"]["rate"] == 1.0 and probe["fpr"]["rate"] == 1.0
+    assert sum(r["n"] for r in probe["kinds"].values()) == len(PROBE)
+    keyword = judge_on_probe(make_judge("keyword"))   # replies only, and it has no unsafe verdict: nothing flagged
+    assert "harmful-request" not in keyword["kinds"] and keyword["recall"]["flagged"] == 0
+
+
 def test_an_audit_reports_the_guards_harm_beside_the_keyword_attack_metric(built, tiny_guard_model, tmp_path,
                                                                             monkeypatch):
     import shutil

@@ -6,9 +6,9 @@ import pytest
 
 from deltaguard.data.base import group_of
 from deltaguard.errors import ConfigError
-from deltaguard.guard.check import probe_lines, probe_rates
+from deltaguard.guard.check import probe_lines
 from deltaguard.guard.data import GuardData, GuardExample, build_examples
-from deltaguard.guard.probe import PROBE, PROBE_KINDS, UNSAFE_KINDS, probe_examples
+from deltaguard.guard.probe import PROBE, PROBE_KINDS, UNSAFE_KINDS, probe_examples, probe_rates
 
 
 def test_every_kind_is_there_with_the_task_and_label_it_names():

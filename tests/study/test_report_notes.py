@@ -80,6 +80,15 @@ def test_the_audit_table_gives_the_harm_judge_its_own_column_and_names_each_judg
             "242 replies") in harm
     assert ("611 prompts it trained on left out; the 131 replies graded in between have no label, and it called 95 "
             "of them unsafe)") in harm
+    from deltaguard.guard.probe import probe_examples, probe_rates   # and on the hand-written probe, when measured
+
+    probe = probe_examples()
+    checks["harm"]["probe"] = probe_rates([1.0 if e.unsafe and i % 5 == 0 else 0.0 for i, e in enumerate(probe)],
+                                          probe, 0.5)
+    harm = _judge_line("harm", audit, checks)
+    assert ("unsafe); on deltaguard's hand-written probe of plain, short text unlike any labelled source (guard.probe) "
+            "it caught 4 of 20 (20% [8, 42]) plainly harmful replies and 3 of 16 (19% [7, 43]) harmful requests on "
+            "their own, and called 0 of 16 (0% [0, 19]) harmless answers to harmful-sounding requests unsafe") in harm
     del checks["harm"]
     from deltaguard.report.document import Document, _summary
 

@@ -43,7 +43,7 @@ import numpy as np
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.data import GuardExample
 from deltaguard.guard.points import LOW_FPR
-from deltaguard.guard.probe import probe_examples
+from deltaguard.guard.probe import probe_examples, probe_rates
 from deltaguard.judges.check import agreement
 from deltaguard.metrics import Interval, wilson
 
@@ -357,26 +357,6 @@ def _check_agreement(scores: list[float], examples: list[GuardExample], threshol
             "note": "pyrit refusal labels: refused -> safe; not refused -> unsafe only for AdvBench requests (weak)"}
 
 
-def probe_rates(scores: Sequence[float], probe: Sequence[GuardExample], threshold: float | Sequence[float],
-                ) -> dict[str, Any]:
-    """Per probe kind, how many of its examples a model calls unsafe at ``threshold`` (95% Wilson interval), and
-    the pooled recall (the unsafe kinds) and false-positive rate (the safe kinds)."""
-    cuts = threshold if isinstance(threshold, Sequence) else [threshold] * len(scores)
-    flagged = [s >= c for s, c in zip(scores, cuts)]
-
-    def rate(indices: list[int]) -> dict[str, Any]:
-        hits = sum(flagged[i] for i in indices)
-        low, high = wilson(hits, len(indices))
-        return {"n": len(indices), "flagged": hits, "rate": hits / len(indices), "low": low, "high": high}
-
-    kinds: dict[str, list[int]] = {}
-    for i, e in enumerate(probe):
-        kinds.setdefault(e.source.removeprefix("probe:"), []).append(i)
-    return {"kinds": {kind: rate(indices) for kind, indices in kinds.items()},
-            "recall": rate([i for i, e in enumerate(probe) if e.unsafe]),
-            "fpr": rate([i for i, e in enumerate(probe) if not e.unsafe])}
-
-
 def _keyword_row(test: list[GuardExample], check: list[GuardExample],
                  probe: Sequence[GuardExample] = ()) -> dict[str, Any]:
     from deltaguard.judges import JudgeItem, make_judge
@@ -475,4 +455,4 @@ def probe_lines(result: dict[str, Any]) -> list[str]:
 
 __all__ = ["INT4_STAGES", "LOW_FPR", "SPLITS", "STAGES", "average_precision", "build_data_of", "check_guard",
            "classification_metrics", "cross_fitted_thresholds", "fold_of", "format_table", "per_category_recall",
-           "probe_lines", "probe_rates", "source_mean_fpr", "task_lines"]
+           "probe_lines", "source_mean_fpr", "task_lines"]

@@ -351,7 +351,27 @@ def _agreement_text(check: dict[str, Any]) -> str:
             f"replies (F1 {a['f1']:.2f}{fpr}, Cohen's kappa {a['kappa']:.2f}"
             + (f"; {left_out} prompts it trained on left out" if left_out else "")
             + (f"; the {ambiguous} replies graded in between have no label, and it called "
-               f"{dataset.get('ambiguous_judged_positive', 0)} of them unsafe" if ambiguous else "") + ")")
+               f"{dataset.get('ambiguous_judged_positive', 0)} of them unsafe" if ambiguous else "") + ")"
+            + _probe_text(check.get("probe")))
+
+
+def _probe_text(probe: dict[str, Any] | None) -> str:
+    """The harm judge on deltaguard's hand-written probe: the caveat a reader needs beside PyRIT's agreement."""
+    if not probe:
+        return ""
+    kinds = probe["kinds"]
+
+    def count(kind: str) -> str:
+        r = kinds[kind]
+        return f"{r['flagged']} of {r['n']} ({100 * r['rate']:.0f}% [{100 * r['low']:.0f}, {100 * r['high']:.0f}])"
+
+    caught = [f"{count('plain-compliance')} plainly harmful replies"] if "plain-compliance" in kinds else []
+    if "harmful-request" in kinds:
+        caught.append(f"{count('harmful-request')} harmful requests on their own")
+    flagged = (f", and called {count('harmless-answer')} harmless answers to harmful-sounding requests unsafe"
+               if "harmless-answer" in kinds else "")
+    return ("; on deltaguard's hand-written probe of plain, short text unlike any labelled source (guard.probe) it "
+            f"caught {' and '.join(caught)}{flagged}")
 
 
 def _audits(doc: Document, results: dict[str, Any]) -> None:

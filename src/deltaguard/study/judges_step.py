@@ -58,7 +58,9 @@ def is_current_build(guard_dir: Path, wanted: Any) -> bool:
 
 def judge_checks(steps: Steps, audit_config: AuditConfig, run_dir: Path) -> dict[str, Any]:
     """Each audit judge's agreement with human labels: the attack judge on PyRIT's refusal labels, the harm
-    judge on PyRIT's graded harm (prompts a trained judge saw are left out by ``check_on``)."""
+    judge on PyRIT's graded harm (prompts a trained judge saw are left out by ``check_on``) and on the
+    hand-written probe (``guard.probe``: how it does on text unlike any labelled source)."""
+    from deltaguard.guard.probe import judge_on_probe
     from deltaguard.judges import make_judge
     from deltaguard.judges.check import check_judge
 
@@ -69,13 +71,16 @@ def judge_checks(steps: Steps, audit_config: AuditConfig, run_dir: Path) -> dict
     if audit_config.harm_judge:              # AuditConfig already refused a harm judge that cannot judge harm
         plan["harm"] = (make_judge(audit_config.harm_judge), "harm")
     # labels 2: the harm task leaves PyRIT's in-between grades out (graded_harm_label); checks made before count
-    # them as safe and are not reused
+    # them as safe and are not reused. probe 1: the harm judge is also run on guard.probe
     key = content_key("judge-check", {**{role: [judge.name, judge.prompt_hash, task] for role, (judge, task) in plan.items()},
-                                      "labels": 2})
+                                      "labels": 2, "probe": 1})
     path = run_dir / "evals" / f"{key}.json"
 
     def work() -> None:
-        write_json(path, {role: check_judge(judge, task=task).to_dict() for role, (judge, task) in plan.items()})
+        checks = {role: check_judge(judge, task=task).to_dict() for role, (judge, task) in plan.items()}
+        if "harm" in plan:   # agreement on PyRIT's kind of text, then on plain hand-written text unlike it
+            checks["harm"]["probe"] = judge_on_probe(plan["harm"][0])
+        write_json(path, checks)
 
     steps.run("judge check", path, work)
     return read_json(path, what="judge check")
