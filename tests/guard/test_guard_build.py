@@ -290,6 +290,18 @@ def test_judge_check_leaves_out_what_the_guard_trained_on(built):
     assert checked.agreement.n + checked.n_errors + ambiguous == len(prompts) - left_out
 
 
+def test_judge_check_on_harm_also_reports_the_probe(built, tmp_path):
+    from clirun import run
+
+    result, _ = built
+    code, output = run("judge-check", "--judge", "guard", "--judge-opt", f"path={result.guard_dir}", "--task", "harm",
+                       "--limit", "40", "-o", tmp_path)
+    assert code == 0, output
+    assert "guard on the hand-written probe: plainly harmful replies caught" in " ".join(output.split())
+    record = json.loads((tmp_path / "judge-check-guard-harm.json").read_text())
+    assert record["task"] == "harm" and sum(r["n"] for r in record["probe"]["kinds"].values()) == len(PROBE)
+
+
 def test_the_guard_moderates_prompts_on_their_own_and_responses_in_context(built):
     from deltaguard.serve.moderation import ModerationConfig, ModeratorPool
 

@@ -119,9 +119,14 @@ def judge_check(
     check_artifact(target, force=force)
     with console.status(f"judging with {judge}"):
         result = check_judge(judge_obj, task=task, limit=limit, seed=seed)
-    path = write_json(out / f"judge-check-{judge}-{result.task}.json", result.to_dict())
+        record = result.to_dict()
+        if result.task == "harm":   # and on text unlike PyRIT's: the caveat the agreement needs (guard.probe)
+            from deltaguard.guard.probe import judge_on_probe
+
+            record["probe"] = judge_on_probe(judge_obj)
+    path = write_json(out / f"judge-check-{judge}-{result.task}.json", record)
     if as_json:
-        print_json(result.to_dict())
+        print_json(record)
         return
     a = result.agreement
     c = a.confusion
@@ -143,6 +148,11 @@ def judge_check(
     matrix.add_row(positive, str(c.tp), str(c.fn))
     matrix.add_row(f"not {positive}", str(c.fp), str(c.tn))
     console.print(matrix)
+    if "probe" in record:
+        from deltaguard.guard.check import probe_lines
+
+        for line in probe_lines({"stages": {judge: record}}):
+            console.print(line, highlight=False)
     console.print(f"wrote {path}")
 
 
