@@ -49,7 +49,7 @@ import hashlib
 import random
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
 from deltaguard.data.base import datasets, group_of, normalise_text, split_of
@@ -378,9 +378,11 @@ def reply_prefixes(examples: list[GuardExample], *, seed: int, share: float) -> 
     """
     if not 0.0 <= share <= 1.0:
         raise ConfigError(f"reply prefix share {share} must be in [0, 1]")
+    if not share:
+        return list(examples)
     out = []
     for e in examples:
-        if e.response is None or not e.unsafe or not share:
+        if e.response is None or not e.unsafe:
             out.append(e)
             continue
         rng = random.Random(f"guard-prefix:{seed}:{e.id}")
@@ -393,8 +395,7 @@ def reply_prefixes(examples: list[GuardExample], *, seed: int, share: float) -> 
             out.append(e)   # one sentence, or none long enough: nothing shorter to train on
             continue
         prefix = e.response[:rng.choice(cuts[:2])].strip()   # one or two sentences: the short replies are what is missing
-        out.append(GuardExample(**{**asdict(e), "id": f"{e.id}:prefix", "response": prefix,
-                                   "categories": e.categories, "weak": True}))
+        out.append(replace(e, id=f"{e.id}:prefix", response=prefix, weak=True))
     return out
 
 
