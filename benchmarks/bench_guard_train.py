@@ -80,7 +80,7 @@ def main() -> None:
     if missing:
         parser.error(f"the build's stage models are not at {', '.join(missing)}; run it inside the build directory")
     data = build_data_of(args.guard, build, manifest)
-    train = training_examples(build, sample_examples(data.split("train"), build.n_train, build.seed))   # as built
+    train = training_examples(build, sample_examples(data.split("train"), build.n_train, build.seed), data)   # as built
     encoder = guard_train.GuardEncoder(load_tokenizer(build.model), **build.encoder_settings)
 
     timer = _Timed()

@@ -10,6 +10,7 @@ import torch
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.artifact import load_guard, size_on_disk
 from deltaguard.guard.build import GuardBuildConfig, build_guard, choose_threshold, data_file_name, guard_profile, load_data
+from deltaguard.guard.frames import FRAMES, activity_of
 from deltaguard.guard.probe import PROBE
 from deltaguard.guard.train import GuardTrainConfig
 from tinymodels import make_tiny_llama
@@ -224,6 +225,10 @@ def test_check_measures_every_stage_and_the_keyword_judge(built):
         probe = report["stages"][stage]["probe"]
         assert sum(r["n"] for r in probe["kinds"].values()) == len(PROBE), stage
         assert probe["recall"]["n"] + probe["fpr"]["n"] == len(PROBE), stage
+    for stage in ("teacher", "pruned", "student", "int4"):   # the split's requests re-asked in every wording
+        wording = report["stages"][stage]["wording"]
+        assert wording is None or sum(e["unsafe"]["n"] + e["safe"]["n"] for e in wording["frames"].values()) == \
+            len(FRAMES) * wording["n_requests"], stage
     keyword_probe = report["stages"]["keyword"]["probe"]   # it reads replies only
     assert "harmful-request" not in keyword_probe["kinds"] and "plain-compliance" in keyword_probe["kinds"]
     _assert_low_fpr_point_is_stricter(report, ("teacher", "pruned", "student", "int4"))
@@ -265,6 +270,9 @@ def test_the_validation_report_never_reads_the_test_or_check_split(built, monkey
         row = report["stages"][stage]
         assert row["check_agreement"] is None and row["n"] == len(val) and 0.0 <= row["f1"]["value"] <= 1.0
         assert "probe" not in row   # nothing is ever chosen on the probe
+        readable = [e for e in val if e.response is None and activity_of(e.prompt)]
+        assert readable and row["wording"]["n_requests"] == len(readable), stage   # re-asked at their own cuts
+        assert {e["unsafe"]["n"] + e["safe"]["n"] for e in row["wording"]["frames"].values()} == {len(readable)}
     _assert_low_fpr_point_is_stricter(report, ("student", "int4"))
     with pytest.raises(ConfigError, match="split 'train'"):
         check_module.check_guard(result.guard_dir, split="train", progress=False)

@@ -46,12 +46,15 @@ def check_cmd(
     stages: str = typer.Option("teacher,pruned,student,int4,keyword", "--stages",
                                help="comma-separated: teacher, pruned, student, int4, int4-bf16 and int4-int8 "
                                     "(the INT4 guard computing in bfloat16, or with INT8 integer matmuls), keyword"),
+    wording: bool = typer.Option(True, "--wording/--no-wording",
+                                 help="also ask the split's requests in each of guard.frames' wordings, to show "
+                                      "whether a verdict follows what is asked or how it is worded"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """F1 / FPR / accuracy / AUPRC on the test split for every stage and the keyword judge, size, speed
     (also written to check.json, or check-val.json for --split val, in the build directory)."""
     from deltaguard.errors import ConfigError
-    from deltaguard.guard.check import SPLITS, STAGES, check_guard, format_table, probe_lines, task_lines
+    from deltaguard.guard.check import SPLITS, STAGES, check_guard, format_table, probe_lines, task_lines, wording_lines
     from deltaguard.io import write_json
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
@@ -66,7 +69,8 @@ def check_cmd(
         if not as_json:
             console.print(line, highlight=False, markup=False)
 
-    result = check_guard(guard_dir, n_test=n_test, split=split, stages=chosen, progress=not as_json, log=log)
+    result = check_guard(guard_dir, n_test=n_test, split=split, stages=chosen, wording=wording,
+                         progress=not as_json, log=log)
     write_json(Path(guard_dir).resolve().parent / ("check.json" if split == "test" else "check-val.json"), result)
     if as_json:
         print_json(result)
@@ -92,6 +96,8 @@ def check_cmd(
     for line in task_lines(result):
         console.print(line, highlight=False)
     for line in probe_lines(result):
+        console.print(line, highlight=False)
+    for line in wording_lines(result):
         console.print(line, highlight=False)
     teacher_bf16 = result.get("teacher_bf16_bytes")
     int4 = result["stages"].get("int4", {}).get("size_bytes")

@@ -33,8 +33,9 @@ from deltaguard.config import Config, check_range
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import (
     DATA_VERSION, HARMFUL_PROMPT_SOURCES, GuardData, GuardExample, add_replies, balance_labels, build_examples,
-    check_disjoint, graded_refusals, prompts_to_answer, reply_prefixes,
+    check_disjoint, graded_refusals, group_of, prompts_to_answer, reply_prefixes,
 )
+from deltaguard.guard.frames import FRAMES, reframe_requests
 from deltaguard.guard.quant import SCALE_DTYPE
 from deltaguard.guard.train import GuardEncoder, GuardTrainConfig, compute_precision, score, train_guard
 from deltaguard.io import atomic_dir, content_key, read_json, write_json
@@ -74,6 +75,9 @@ class GuardBuildConfig(Config):
             (``guard.data.reply_prefixes``), so that a reply's length stops predicting its label; 0 = off. Off by
             default: at 0.7 the guard read F1 0.850 / source-mean FPR 0.145 on validation against 0.889 / 0.095,
             and caught no more of the hand-written probe's harmful replies (docs/guard.md, "Out of distribution").
+        reframe_requests: each training request on its own whose activity can be read off its wording is added
+            again in this many other wordings (``guard.frames.reframe_requests``), so that how a source words its
+            requests stops predicting their label; 0 = off.
         max_prompt_tokens / max_response_tokens: each example's prompt and reply are cut to these.
         teacher / distill / qat: the three training stages.
         n_calib: training examples whose activations rank blocks and neurons.
@@ -103,6 +107,7 @@ class GuardBuildConfig(Config):
     balance_labels: bool = False
     refuse_graded: bool = False
     reply_prefixes: float = 0.0
+    reframe_requests: int = 0
     compliant_sources: tuple[str, ...] = ()
     max_prompt_tokens: int = 96
     max_response_tokens: int = 128
@@ -134,6 +139,7 @@ class GuardBuildConfig(Config):
         check_range("guard.group_size", self.group_size, 1)
         check_range("guard.n_val", self.n_val, 0)
         check_range("guard.reply_prefixes", self.reply_prefixes, 0.0, 1.0)
+        check_range("guard.reframe_requests", self.reframe_requests, 0, len(FRAMES) - 1)
         unknown = sorted(set(self.compliant_sources) - set(HARMFUL_PROMPT_SOURCES))
         if unknown:
             raise ConfigError(f"guard.compliant_sources names {', '.join(unknown)}; the harmful prompt sources are "
@@ -228,12 +234,24 @@ def sample_examples(examples: list[GuardExample], n: int, seed: int) -> list[Gua
     return sorted(random.Random(f"guard-sample:{seed}").sample(examples, n), key=lambda e: e.id)
 
 
-def training_examples(config: GuardBuildConfig, drawn: list[GuardExample]) -> list[GuardExample]:
+def held_out_groups(data: GuardData) -> set[str]:
+    """The prompt groups no training example may have: every non-training split's and the probe's."""
+    from deltaguard.guard.probe import PROBE
+
+    return {e.group for e in data.examples if e.split != "train"} | {group_of(item.prompt) for item in PROBE}
+
+
+def training_examples(config: GuardBuildConfig, drawn: list[GuardExample], data: GuardData) -> list[GuardExample]:
     """What every training stage trains on: the drawn training-split examples plus the recipe's additions
-    (``refuse_graded``, ``balance_labels``). One definition, so a benchmark of the stages trains on what they do."""
+    (``refuse_graded``, ``reply_prefixes``, ``reframe_requests``, ``balance_labels``). One definition, so a
+    benchmark of the stages trains on what they do. ``data`` is the whole build's, for the held-out prompts
+    that a rewording must not produce."""
     train = graded_refusals(drawn, seed=config.seed) if config.refuse_graded else drawn
     if config.reply_prefixes:
         train = reply_prefixes(train, seed=config.seed, share=config.reply_prefixes)
+    if config.reframe_requests:
+        train = reframe_requests(train, seed=config.seed, per_request=config.reframe_requests,
+                                 exclude=held_out_groups(data))
     return balance_labels(train, seed=config.seed) if config.balance_labels else train
 
 
@@ -289,7 +307,7 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
     steps.run("data", data_path, make_data)
     data = load_data(data_path)
     drawn = sample_examples(data.split("train"), config.n_train, config.seed)
-    train = training_examples(config, drawn)
+    train = training_examples(config, drawn, data)
     data_key = data.content_hash
 
     def stage_dir(name: str, payload: dict[str, Any]) -> Path:
@@ -306,7 +324,8 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
                        "balance_labels": config.balance_labels, "teacher": config.teacher.to_dict(),
                        # only when on, so that the stages of builds without it keep their keys
                        **({"refuse_graded": True} if config.refuse_graded else {}),
-                       **({"reply_prefixes": config.reply_prefixes} if config.reply_prefixes else {})}
+                       **({"reply_prefixes": config.reply_prefixes} if config.reply_prefixes else {}),
+                       **({"reframe_requests": config.reframe_requests} if config.reframe_requests else {})}
     teacher_dir = stage_dir("teacher", teacher_payload)
 
     def make_teacher() -> None:

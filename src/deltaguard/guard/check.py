@@ -43,6 +43,7 @@ import numpy as np
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.data import GuardExample
 from deltaguard.guard.points import LOW_FPR
+from deltaguard.guard.frames import frame_swap, frame_swap_lines
 from deltaguard.guard.probe import probe_examples, probe_rates
 from deltaguard.judges.check import agreement
 from deltaguard.metrics import Interval, wilson
@@ -167,13 +168,14 @@ def cross_fitted_thresholds(scores: list[float], examples: list[GuardExample], *
 def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = None, n_check: int = 0,
                 split: str = "test",
                 stages: tuple[str, ...] = ("teacher", "pruned", "student", "int4", "keyword"),
-                batch_size: int = 16, progress: bool = True, log: Callable[[str], None] = lambda line: None,
-                ) -> dict[str, Any]:
+                batch_size: int = 16, wording: bool = True, progress: bool = True,
+                log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Measure each stage of the guard at ``guard_dir`` (its build directory supplies the float stages).
 
     ``split="test"``: the model card (thresholds from the validation split, the refusal check split's
     agreement). ``split="val"``: the recipe-choosing report — the whole validation split (``n_test`` caps
-    it), cross-fitted thresholds, and neither the test nor the check split is read.
+    it), cross-fitted thresholds, and neither the test nor the check split is read. ``wording``: also ask the
+    measured split's requests in every wording of ``guard.frames`` (``row["wording"]``), at the same cuts.
     """
     from deltaguard.guard.artifact import load_guard, size_on_disk
     from deltaguard.guard.build import GuardBuildConfig, choose_threshold, sample_examples
@@ -254,6 +256,8 @@ def check_guard(guard_dir: str | Path, *, n_test: int = 0, n_val: int | None = N
             row["check_agreement"] = None
         if probe:
             row["probe"] = probe_rates(score(probe, f"{stage} probe"), probe, threshold)
+        if wording:
+            row["wording"] = frame_swap(lambda asked: score(asked, f"{stage} wordings"), measured, threshold)
         row["size_bytes"] = size
         row["judgments_per_second"] = round(per_second, 2)
         rows[stage] = row
@@ -453,6 +457,14 @@ def probe_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def wording_lines(result: dict[str, Any]) -> list[str]:
+    """Per model, how its verdicts on the measured split's requests move when only their wording does."""
+    lines = []
+    for stage, row in result["stages"].items():
+        lines += frame_swap_lines(row.get("wording"), f"{stage}, the same requests in other wordings")
+    return lines
+
+
 __all__ = ["INT4_STAGES", "LOW_FPR", "SPLITS", "STAGES", "average_precision", "build_data_of", "check_guard",
            "classification_metrics", "cross_fitted_thresholds", "fold_of", "format_table", "per_category_recall",
-           "probe_lines", "source_mean_fpr", "task_lines"]
+           "probe_lines", "source_mean_fpr", "task_lines", "wording_lines"]
