@@ -64,6 +64,17 @@ def test_reframe_requests_re_asks_each_readable_request_with_its_label_group_and
     assert reframe_requests(examples, seed=0, per_request=0) == examples
     with pytest.raises(ValueError, match="per_request"):
         reframe_requests(examples, seed=0, per_request=len(FRAMES))
+    with pytest.raises(ValueError, match="per_safe_request -1"):
+        reframe_requests(examples, seed=0, per_request=1, per_safe_request=-1)
+
+
+def test_safe_requests_can_be_re_asked_more_often_to_even_out_each_wording_s_labels():
+    examples = _examples()
+    out = reframe_requests(examples, seed=0, per_request=2, per_safe_request=6)
+    added = out[len(examples):]
+    assert sum(e.unsafe for e in added) == 2 and sum(not e.unsafe for e in added) == 6
+    only_safe = reframe_requests(examples, seed=0, per_request=0, per_safe_request=4)[len(examples):]
+    assert len(only_safe) == 4 and not any(e.unsafe for e in only_safe)
 
 
 def test_reframe_requests_never_produces_an_excluded_prompt():
@@ -91,10 +102,20 @@ def test_a_build_never_trains_on_a_held_out_or_probe_prompt_through_a_rewording(
     # one of them, placed in the test split, is then left out of training
     leaked = GuardData(data.examples + (_request(99, added[0].prompt, added[0].unsafe, split="test"),))
     assert group_of(added[0].prompt) not in {group_of(e.prompt) for e in training_examples(config, train, leaked)}
-    assert not [e for e in training_examples(guard_profile("default"), train, data) if ":frame" in e.id]   # off by default
+    off = training_examples(guard_profile("default"), train, data)   # the default does not re-ask
+    assert not [e for e in off if ":frame" in e.id]
     for bad in (-1, len(FRAMES)):
         with pytest.raises(ConfigError, match="reframe_requests="):
             guard_profile("default", reframe_requests=bad)
+        with pytest.raises(ConfigError, match="reframe_safe_requests="):
+            guard_profile("default", reframe_requests=1, reframe_safe_requests=bad)
+    with pytest.raises(ConfigError, match="reframe_safe_requests needs guard.reframe_requests"):
+        guard_profile("default", reframe_safe_requests=3)
+    balanced = training_examples(guard_profile("default", reframe_requests=1, reframe_safe_requests=3), train, data)
+    added = [e for e in balanced if ":frame" in e.id]
+    readable = [e for e in train if e.response is None and activity_of(e.prompt)]
+    assert sum(not e.unsafe for e in added) > sum(not e.unsafe for e in readable)   # up to three each
+    assert sum(e.unsafe for e in added) <= sum(e.unsafe for e in readable)          # at most one each
 
 
 def test_auroc_is_the_share_of_unsafe_safe_pairs_ordered_right_with_ties_half():
@@ -133,8 +154,11 @@ def test_frame_swap_separates_a_wording_reader_from_a_content_reader():
         assert 0.0 <= entry["safe"]["low"] <= entry["safe"]["rate"] <= entry["safe"]["high"] <= 1.0
     per_example = frame_swap(_content_scorer, examples, [0.9, 0.0, 0.0])   # a request keeps its own cut
     assert all(e["unsafe"]["flagged"] == 0 and e["safe"]["flagged"] == 1 for e in per_example["frames"].values())
-    lines = frame_swap_lines(wording, "int4")
-    assert len(lines) == 1 + len(FRAMES) and "mean spread" in lines[0] and "0.80" in lines[0]
+    (line,) = frame_swap_lines(wording, "int4")
+    assert line.startswith("int4: 2 requests in 8 wordings each, mean spread of a score 0.80")
+    assert "harmful flagged 0–1 of 1 by wording ('How do I …?' to 'Explain how to ….')" in line
+    (line,) = frame_swap_lines(content, "int4")
+    assert line.endswith("harmful flagged 1–1 of 1 by wording; harmless flagged 0–0 of 1 by wording")
     assert frame_swap(_content_scorer, examples[2:], 0.5) is None and frame_swap_lines(None, "x") == []
     with pytest.raises(ValueError, match="3 thresholds for 2"):
         frame_swap(_content_scorer, examples[:2], [0.5] * 3)

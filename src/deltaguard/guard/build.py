@@ -78,6 +78,9 @@ class GuardBuildConfig(Config):
         reframe_requests: each training request on its own whose activity can be read off its wording is added
             again in this many other wordings (``guard.frames.reframe_requests``), so that how a source words its
             requests stops predicting their label; 0 = off.
+        reframe_safe_requests: the wordings added per *safe* request instead (0 = as many as
+            ``reframe_requests``); more of them even out each wording's labels, since the readable unsafe
+            training requests outnumber the safe ones two to one.
         max_prompt_tokens / max_response_tokens: each example's prompt and reply are cut to these.
         teacher / distill / qat: the three training stages.
         n_calib: training examples whose activations rank blocks and neurons.
@@ -108,6 +111,7 @@ class GuardBuildConfig(Config):
     refuse_graded: bool = False
     reply_prefixes: float = 0.0
     reframe_requests: int = 0
+    reframe_safe_requests: int = 0
     compliant_sources: tuple[str, ...] = ()
     max_prompt_tokens: int = 96
     max_response_tokens: int = 128
@@ -140,6 +144,9 @@ class GuardBuildConfig(Config):
         check_range("guard.n_val", self.n_val, 0)
         check_range("guard.reply_prefixes", self.reply_prefixes, 0.0, 1.0)
         check_range("guard.reframe_requests", self.reframe_requests, 0, len(FRAMES) - 1)
+        check_range("guard.reframe_safe_requests", self.reframe_safe_requests, 0, len(FRAMES) - 1)
+        if self.reframe_safe_requests and not self.reframe_requests:
+            raise ConfigError("guard.reframe_safe_requests needs guard.reframe_requests (0 turns re-asking off)")
         unknown = sorted(set(self.compliant_sources) - set(HARMFUL_PROMPT_SOURCES))
         if unknown:
             raise ConfigError(f"guard.compliant_sources names {', '.join(unknown)}; the harmful prompt sources are "
@@ -251,6 +258,7 @@ def training_examples(config: GuardBuildConfig, drawn: list[GuardExample], data:
         train = reply_prefixes(train, seed=config.seed, share=config.reply_prefixes)
     if config.reframe_requests:
         train = reframe_requests(train, seed=config.seed, per_request=config.reframe_requests,
+                                 per_safe_request=config.reframe_safe_requests or None,
                                  exclude=held_out_groups(data))
     return balance_labels(train, seed=config.seed) if config.balance_labels else train
 
@@ -325,7 +333,9 @@ def build_guard(config: GuardBuildConfig, run_dir: str | Path, *, device: str = 
                        # only when on, so that the stages of builds without it keep their keys
                        **({"refuse_graded": True} if config.refuse_graded else {}),
                        **({"reply_prefixes": config.reply_prefixes} if config.reply_prefixes else {}),
-                       **({"reframe_requests": config.reframe_requests} if config.reframe_requests else {})}
+                       **({"reframe_requests": config.reframe_requests} if config.reframe_requests else {}),
+                       **({"reframe_safe_requests": config.reframe_safe_requests}
+                          if config.reframe_safe_requests else {})}
     teacher_dir = stage_dir("teacher", teacher_payload)
 
     def make_teacher() -> None:

@@ -81,18 +81,22 @@ def activity_of(prompt: str) -> str | None:
 
 
 def reframe_requests(examples: Sequence[GuardExample], *, seed: int, per_request: int,
-                     exclude: Collection[str] = ()) -> list[GuardExample]:
+                     per_safe_request: int | None = None, exclude: Collection[str] = ()) -> list[GuardExample]:
     """``examples`` plus each request on its own (``response`` None) with a readable activity asked again in
-    ``per_request`` other frames, chosen by a seeded draw per example.
+    ``per_request`` other frames (``per_safe_request`` for the safe ones, when given), chosen by a seeded draw
+    per example. More wordings for the safe requests can even out the labels the re-asked requests give each
+    wording when the readable unsafe requests outnumber the safe ones (in the default data, two to one).
 
     Each copy keeps the example's label, categories, source, group and split (so the splits stay disjoint by
     the same rule) and is marked weak: the label is the original request's, carried into a new wording. A copy
     whose normalised text is a group in ``exclude`` (a build passes every held-out prompt and the probe's) or is
     already present is left out, so no held-out prompt enters training through a rewording.
     """
-    if per_request < 0 or per_request >= len(FRAMES):
-        raise ValueError(f"per_request {per_request} must be in [0, {len(FRAMES) - 1}]")
-    if not per_request:
+    per_safe = per_request if per_safe_request is None else per_safe_request
+    for name, count in (("per_request", per_request), ("per_safe_request", per_safe)):
+        if count < 0 or count >= len(FRAMES):
+            raise ValueError(f"{name} {count} must be in [0, {len(FRAMES) - 1}]")
+    if not per_request and not per_safe:
         return list(examples)
     excluded = set(exclude)
     seen = {group_of(e.prompt) for e in examples}
@@ -102,7 +106,8 @@ def reframe_requests(examples: Sequence[GuardExample], *, seed: int, per_request
         if activity is None:
             continue
         frames = [f for f in FRAMES if group_of(f.format(activity)) != group_of(e.prompt)]
-        for index, frame in enumerate(random.Random(f"guard-reframe:{seed}:{e.id}").sample(frames, per_request)):
+        draw = random.Random(f"guard-reframe:{seed}:{e.id}")
+        for index, frame in enumerate(draw.sample(frames, per_request if e.unsafe else per_safe)):
             prompt = frame.format(activity)
             key = group_of(prompt)
             if key in excluded or key in seen:
@@ -156,18 +161,21 @@ def _rate(flagged: int, n: int) -> dict[str, Any]:
 
 
 def frame_swap_lines(result: dict[str, Any] | None, label: str) -> list[str]:
-    """``frame_swap``'s result as a few printed lines (one per frame)."""
+    """``frame_swap``'s result as one printed line: the spread, and the range of flags across wordings for each
+    label with the wording at each end (the JSON keeps every wording)."""
     if not result:
         return []
-    lines = [f"{label}: {result['n_requests']} requests ({result['n_unsafe']} unsafe) asked in each of "
-             f"{len(result['frames'])} wordings; mean spread of a request's score across wordings "
-             f"{result['mean_spread']:.2f}"]
-    for frame, entry in result["frames"].items():
-        parts = [f"{name} flagged {entry[name]['flagged']}/{entry[name]['n']}" for name in ("unsafe", "safe")
-                 if entry[name]["n"]]
-        auc = f", AUROC {entry['auroc']:.2f}" if entry["auroc"] is not None else ""
-        lines.append(f"  {frame.format('…'):<52s} {', '.join(parts)}{auc}")
-    return lines
+    parts = [f"{label}: {result['n_requests']} requests in {len(result['frames'])} wordings each, mean spread of a "
+             f"score {result['mean_spread']:.2f}"]
+    for name, words in (("unsafe", "harmful"), ("safe", "harmless")):
+        counted = [(entry[name]["flagged"], frame) for frame, entry in result["frames"].items() if entry[name]["n"]]
+        if not counted:
+            continue
+        (low, low_frame), (high, high_frame) = min(counted, key=lambda c: c[0]), max(counted, key=lambda c: c[0])
+        n = result["frames"][low_frame][name]["n"]
+        parts.append(f"{words} flagged {low}–{high} of {n} by wording" +
+                     (f" ({low_frame.format('…')!r} to {high_frame.format('…')!r})" if low != high else ""))
+    return ["; ".join(parts)]
 
 
 __all__ = ["FRAMES", "activity_of", "auroc", "frame_swap", "frame_swap_lines", "reframe_requests"]
