@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 
 from deltaguard.assets import CHUNKED, assembled_member, cache_dir, quick_digest, wheel_member
 from deltaguard.errors import ConfigError, FormatError, ModelLoadError
-from deltaguard.io import atomic_dir, content_key, read_json, write_json
+from deltaguard.io import atomic_dir, content_key, read_json, sha256_file, write_json
 
 log = logging.getLogger("deltaguard.models")
 
@@ -260,10 +260,14 @@ def _model_files(directory: Path) -> dict[str, Path]:
 
 
 def _write_model_record(directory: Path) -> None:
-    """Record each file's size and quick digest (whole sha256 up to 16 MiB, else size + both 4 MiB ends)."""
-    files = {name: {"n_bytes": path.stat().st_size, "quick_sha256": quick_digest(path)}
+    """Record each file's size and quick digest (whole sha256 up to 16 MiB, else size + both 4 MiB ends), and
+    each weights file's full sha256: the quick digest verifies the directory on every use, the full one names
+    its content in cache keys (``model_identity``), once, at conversion."""
+    files = {name: {"n_bytes": path.stat().st_size, "quick_sha256": quick_digest(path),
+                    **({"sha256": sha256_file(path)} if name.endswith(".safetensors") else {})}
              for name, path in _model_files(directory).items()}
-    write_json(directory / MODEL_RECORD, {"format": MODEL_RECORD_FORMAT, "version": 1, "files": files})
+    write_json(directory / MODEL_RECORD, {"format": MODEL_RECORD_FORMAT, "version": 2, "files": files})
+
 
 
 def _model_record_problem(directory: Path) -> str | None:
@@ -467,11 +471,32 @@ def output_cache(output: Any) -> Any:
 
 
 def model_identity(spec: str | Path) -> str:
-    """A cheap identity of a model spec for cache keys: its resolved directory plus the name, size and
-    mtime of each weights file, so a model rewritten in place gets a new key (and no stale cache)."""
+    """A cheap identity of a model spec for cache keys.
+
+    A conversion in deltaguard's models cache whose record holds each weights file's full sha256 is named by
+    that content, so moving or copying the cache (or converting the same model into another cache) keeps every
+    key built on it, and a guard or study built there is reused instead of rebuilt. Any other directory is
+    named by its resolved path plus the name, size and mtime of each weights file, so a model rewritten in
+    place gets a new key (and no stale cache) without hashing gigabytes on every call.
+    """
     model_dir = resolve_model_dir(spec)
+    content = _recorded_weights(model_dir) if _in_models_cache(model_dir) else None
+    if content is not None:
+        return content_key("model", {"weights_sha256": content})
     stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_dir.glob("*.safetensors"))
     return content_key("model", {"dir": str(model_dir.resolve()), "weights": stats})
+
+
+def _recorded_weights(directory: Path) -> list[tuple[str, int, str]] | None:
+    """Each weights file's (name, size, sha256) from a record that still matches the directory, or None (no
+    record, a damaged directory, or a record written before full digests were kept)."""
+    if _model_record_problem(directory) is not None:
+        return None
+    files = read_json(directory / MODEL_RECORD, what="model record")["files"]
+    weights = {name: entry for name, entry in files.items() if name.endswith(".safetensors")}
+    if not weights or not all(isinstance(entry.get("sha256"), str) for entry in weights.values()):
+        return None
+    return sorted((name, entry["n_bytes"], entry["sha256"]) for name, entry in weights.items())
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import zipfile
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from tinymodels import make_tiny_llama
 from deltaguard import assets, models
 from deltaguard.assets import RECORD_SUFFIX, QuickDigest, WheelAsset, quick_digest, wheel_member
+from deltaguard.io import content_key, sha256_file
 from deltaguard.models import MODEL_RECORD, save_model
 
 MEMBER = "fakepkg/data/prompts.txt"
@@ -220,3 +223,40 @@ def test_pull_model_rebuilds_a_conversion_without_a_record(fake_conversion, mode
     save_model(make_tiny_llama(seed=0), None, legacy)  # as converted by an older deltaguard
     assert models.pull_model("smollm2-135m-instruct") == legacy
     assert len(fake_conversion) == 1 and (legacy / MODEL_RECORD).is_file()
+
+
+def test_a_recorded_conversion_is_named_by_its_content_so_a_moved_cache_keeps_its_keys(model_cache, tmp_path,
+                                                                                      monkeypatch):
+    path = _saved_tiny(model_cache / "tiny")
+    record = json.loads((path / MODEL_RECORD).read_text())
+    assert record["files"]["model.safetensors"]["sha256"] == sha256_file(path / "model.safetensors")
+    here = models.model_identity(path)
+    moved_cache = tmp_path / "moved"
+    shutil.copytree(model_cache.parent, moved_cache)   # a new mtime and a new place, the same bytes
+    monkeypatch.setenv("DELTAGUARD_CACHE_DIR", str(moved_cache))
+    assert models.model_identity(moved_cache / "models" / "tiny") == here
+    other = moved_cache / "models" / "other-weights"
+    save_model(make_tiny_llama(seed=1), None, other)
+    models._write_model_record(other)
+    assert models.model_identity(other) != here   # other weights, another name
+
+
+def test_other_directories_are_named_by_place_and_file_stats(model_cache, tmp_path):
+    user_dir = tmp_path / "mine"
+    save_model(make_tiny_llama(seed=0), None, user_dir)   # outside the models cache: never hashed
+    copy = tmp_path / "copy"
+    shutil.copytree(user_dir, copy)
+    assert models.model_identity(user_dir) != models.model_identity(copy)
+    old_record = _saved_tiny(model_cache / "old-record")   # a record from before full digests: as before
+    record = json.loads((old_record / MODEL_RECORD).read_text())
+    for entry in record["files"].values():
+        entry.pop("sha256", None)
+    (old_record / MODEL_RECORD).write_text(json.dumps(record))
+    assert models._model_record_problem(old_record) is None
+    assert models.model_identity(old_record) == content_key("model", {
+        "dir": str(old_record.resolve()),
+        "weights": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in old_record.glob("*.safetensors")]})
+    weights = old_record / "model.safetensors"   # rewritten in place: a new key, never a stale cache
+    before = models.model_identity(old_record)
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    assert models.model_identity(old_record) != before
