@@ -269,7 +269,6 @@ def _write_model_record(directory: Path) -> None:
     write_json(directory / MODEL_RECORD, {"format": MODEL_RECORD_FORMAT, "version": 2, "files": files})
 
 
-
 def _model_record_problem(directory: Path) -> str | None:
     """Why a converted model directory does not match its record, or None when every file does."""
     if not (directory / MODEL_RECORD).is_file():

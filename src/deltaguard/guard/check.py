@@ -42,7 +42,7 @@ import numpy as np
 
 from deltaguard.errors import ConfigError, FormatError
 from deltaguard.guard.data import GuardExample
-from deltaguard.guard.points import LOW_FPR
+from deltaguard.guard.points import LOW_FPR, per_example_cuts
 from deltaguard.guard.frames import frame_swap, frame_swap_lines
 from deltaguard.guard.probe import probe_examples, probe_rates
 from deltaguard.judges.check import agreement
@@ -72,11 +72,6 @@ def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2 * tp / denom if denom else 0.0
 
 
-def _cuts(threshold: float | Sequence[float], n: int) -> list[float]:
-    """One threshold per example: the single cut repeated, or the per-example cuts as given."""
-    return [float(threshold)] * n if isinstance(threshold, (int, float)) else list(threshold)
-
-
 def classification_metrics(scores: list[float], labels: list[bool], threshold: float | Sequence[float], *,
                            seed: int = 0) -> dict[str, Any]:
     """F1 / FPR / accuracy / AUPRC with 95% intervals (bootstrap for F1 and AUPRC, Wilson for the rates).
@@ -84,7 +79,7 @@ def classification_metrics(scores: list[float], labels: list[bool], threshold: f
     ``threshold`` is one cut for every example, or one per example (cross-fitted thresholds)."""
     if not scores:
         raise ConfigError("no examples to measure")
-    cuts = _cuts(threshold, len(scores))
+    cuts = per_example_cuts(threshold, len(scores))
     if len(cuts) != len(scores):
         raise ConfigError(f"{len(cuts)} thresholds for {len(scores)} scores")
     predicted = [s >= t for s, t in zip(scores, cuts)]
@@ -119,7 +114,7 @@ def per_category_recall(scores: list[float], examples: list[GuardExample],
     """Recall on the unsafe test examples of each hazard category (with a Wilson interval)."""
     out: dict[str, Any] = {}
     codes = sorted({c for e in examples for c in e.categories}, key=lambda c: int(c[1:]))
-    cuts = _cuts(threshold, len(scores))
+    cuts = per_example_cuts(threshold, len(scores))
     for code in codes:
         hits = [s >= t for s, t, e in zip(scores, cuts, examples) if e.unsafe and code in e.categories]
         k = sum(hits)
@@ -306,7 +301,7 @@ def _human_response(example: GuardExample) -> bool:
 
 def _subset_metrics(scores: list[float], examples: list[GuardExample], threshold: float | Sequence[float],
                     keep: Callable[[GuardExample], bool]) -> Any:
-    triples = [(s, t, e) for s, t, e in zip(scores, _cuts(threshold, len(scores)), examples) if keep(e)]
+    triples = [(s, t, e) for s, t, e in zip(scores, per_example_cuts(threshold, len(scores)), examples) if keep(e)]
     if not triples or len({e.unsafe for _, _, e in triples}) < 2:
         return None
     return classification_metrics([s for s, _, _ in triples], [e.unsafe for _, _, e in triples],
@@ -316,7 +311,7 @@ def _subset_metrics(scores: list[float], examples: list[GuardExample], threshold
 def _per_source(scores: list[float], examples: list[GuardExample], threshold: float | Sequence[float]) -> dict[str, Any]:
     """Share called unsafe per (source, label): where the errors are (e.g. refusals flagged as unsafe)."""
     out: dict[str, Any] = {}
-    cuts = _cuts(threshold, len(scores))
+    cuts = per_example_cuts(threshold, len(scores))
     for key in sorted({(e.source, e.unsafe) for e in examples}):
         flagged = [s >= t for s, t, e in zip(scores, cuts, examples) if (e.source, e.unsafe) == key]
         k = sum(flagged)
@@ -337,7 +332,7 @@ def source_mean_fpr(scores: list[float], examples: list[GuardExample], threshold
     """
     from deltaguard.guard.build import harmless_flags_by_source, harmless_source_mean
 
-    flagged = [s >= t for s, t in zip(scores, _cuts(threshold, len(scores)))]
+    flagged = [s >= t for s, t in zip(scores, per_example_cuts(threshold, len(scores)))]
     labels, sources = [e.unsafe for e in examples], [e.source for e in examples]
     value = harmless_source_mean(flagged, labels, sources)
     if math.isnan(value):

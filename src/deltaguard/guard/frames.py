@@ -28,7 +28,8 @@ from typing import Any
 
 from deltaguard.data.base import group_of
 from deltaguard.guard.data import GuardExample
-from deltaguard.metrics import wilson
+from deltaguard.guard.points import per_example_cuts
+from deltaguard.guard.probe import flag_rate
 
 # Generic English wordings, questions and imperatives, each with one slot for the activity ("make bread").
 FRAMES = (
@@ -127,7 +128,7 @@ def frame_swap(score: Callable[[list[GuardExample]], list[float]], examples: Seq
     its lowest score across frames (0 for a guard that reads only what is asked). None when there is nothing
     to read.
     """
-    cuts = [float(threshold)] * len(examples) if isinstance(threshold, (int, float)) else list(threshold)
+    cuts = per_example_cuts(threshold, len(examples))
     if len(cuts) != len(examples):
         raise ValueError(f"{len(cuts)} thresholds for {len(examples)} examples")
     requests = [(e, activity_of(e.prompt), cut) for e, cut in zip(examples, cuts) if e.response is None]
@@ -144,20 +145,13 @@ def frame_swap(score: Callable[[list[GuardExample]], list[float]], examples: Seq
         entry: dict[str, Any] = {}
         for name, label in (("unsafe", True), ("safe", False)):
             flags = [s >= cut for s, unsafe, cut in column if unsafe is label]
-            entry[name] = _rate(sum(flags), len(flags))
+            entry[name] = flag_rate(sum(flags), len(flags))
         labels = [unsafe for _, unsafe, _ in column]
         entry["auroc"] = auroc([s for s, _, _ in column], labels) if len(set(labels)) == 2 else None
         frames[frame] = entry
     spreads = [max(row) - min(row) for row in rows]
     return {"n_requests": len(requests), "n_unsafe": sum(e.unsafe for e, _, _ in requests),
             "frames": frames, "mean_spread": sum(spreads) / len(spreads)}
-
-
-def _rate(flagged: int, n: int) -> dict[str, Any]:
-    if not n:
-        return {"flagged": 0, "n": 0}
-    low, high = wilson(flagged, n)
-    return {"flagged": flagged, "n": n, "rate": flagged / n, "low": low, "high": high}
 
 
 def frame_swap_lines(result: dict[str, Any] | None, label: str) -> list[str]:

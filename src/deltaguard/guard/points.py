@@ -12,12 +12,18 @@ module (no torch) because judges read it from the manifest before any model is l
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from deltaguard.errors import ConfigError, FormatError
 
 OPERATING_POINTS = ("max_f1", "low_fpr")
+
+
+def per_example_cuts(threshold: float | Sequence[float], n: int) -> list[float]:
+    """One threshold per example: the single cut repeated, or the per-example (cross-fitted) cuts as given."""
+    return [float(threshold)] * n if isinstance(threshold, (int, float)) else list(threshold)
 LOW_FPR = 0.10   # the low_fpr point: the best F1 whose threshold keeps the source-mean FPR <= this where chosen
 COMPUTE_DTYPES = ("float32", "bfloat16", "int8")   # float32: the thresholds' own; bfloat16: faster where CPUs have
 # bf16 units; int8: INT8 integer matmuls in the linear layers (CPU only, fastest where CPUs have int8 dot products)

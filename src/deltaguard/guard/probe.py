@@ -31,6 +31,7 @@ from typing import Any
 from deltaguard.data.base import group_of
 from deltaguard.errors import ConfigError
 from deltaguard.guard.data import GuardData, GuardExample
+from deltaguard.guard.points import per_example_cuts
 from deltaguard.metrics import wilson
 
 PROBE_KINDS = ("plain-compliance", "own-words-refusal", "harmless-answer", "benign-reply", "harmful-request",
@@ -234,17 +235,23 @@ def probe_examples(data: GuardData | None = None) -> list[GuardExample]:
     return examples
 
 
+def flag_rate(flagged: int, n: int) -> dict[str, Any]:
+    """``flagged`` of ``n`` as the dict every guard diagnostic reports: the count, the share and its 95% Wilson
+    interval (only the counts when ``n`` is 0)."""
+    if not n:
+        return {"flagged": 0, "n": 0}
+    low, high = wilson(flagged, n)
+    return {"flagged": flagged, "n": n, "rate": flagged / n, "low": low, "high": high}
+
+
 def probe_rates(scores: Sequence[float], probe: Sequence[GuardExample], threshold: float | Sequence[float],
                 ) -> dict[str, Any]:
     """Per probe kind, how many of its examples a model calls unsafe at ``threshold`` (95% Wilson interval), and
     the pooled recall (the unsafe kinds) and false-positive rate (the safe kinds)."""
-    cuts = threshold if isinstance(threshold, Sequence) else [threshold] * len(scores)
-    flagged = [s >= c for s, c in zip(scores, cuts)]
+    flagged = [s >= c for s, c in zip(scores, per_example_cuts(threshold, len(scores)))]
 
     def rate(indices: list[int]) -> dict[str, Any]:
-        hits = sum(flagged[i] for i in indices)
-        low, high = wilson(hits, len(indices))
-        return {"n": len(indices), "flagged": hits, "rate": hits / len(indices), "low": low, "high": high}
+        return flag_rate(sum(flagged[i] for i in indices), len(indices))
 
     kinds: dict[str, list[int]] = {}
     for i, e in enumerate(probe):
@@ -272,4 +279,4 @@ def judge_on_probe(judge: Any) -> dict[str, Any]:
     return {**probe_rates(flagged, judged, 0.5), "n_errors": sum(bool(v.is_error) for v in verdicts)}
 
 
-__all__ = ["PROBE", "PROBE_KINDS", "ProbeItem", "UNSAFE_KINDS", "judge_on_probe", "probe_examples", "probe_rates"]
+__all__ = ["PROBE", "PROBE_KINDS", "ProbeItem", "UNSAFE_KINDS", "flag_rate", "judge_on_probe", "probe_examples", "probe_rates"]
